@@ -1,0 +1,1 @@
+"""invideo_jax: InternVideo and InternVideo2 in JAX/Flax."""
