@@ -1,0 +1,61 @@
+"""Size tables shared by every recipe, and the `arg` parser for `get_config(arg)`.
+
+A size is a row, not a class: `vit_encoder("B/16")` returns VisionTransformer keyword arguments.
+"""
+import ml_collections
+
+# width, depth, heads, MLP hidden. Parameter counts (encoder, no head) are checked by tests/test_sizes.py.
+VIT_SIZES = {
+    "Ti": dict(width=192, depth=12, num_heads=3, mlp_dim=768),
+    "S": dict(width=384, depth=12, num_heads=6, mlp_dim=1536),
+    "B": dict(width=768, depth=12, num_heads=12, mlp_dim=3072),
+    "L": dict(width=1024, depth=24, num_heads=16, mlp_dim=4096),
+    "H": dict(width=1280, depth=32, num_heads=16, mlp_dim=5120),
+    "g": dict(width=1408, depth=40, num_heads=16, mlp_dim=6144),  # VideoMAE V2 / InternVideo2-1B trunk
+    "6B": dict(width=3200, depth=48, num_heads=25, mlp_dim=12800),
+}
+
+# VideoMAE pre-training decoders as in the official scripts (V2-g: depth 4).
+DECODER_SIZES = {
+    "S": dict(decoder_width=192, decoder_heads=3, decoder_depth=4, decoder_mlp_dim=768),
+    "B": dict(decoder_width=384, decoder_heads=6, decoder_depth=4, decoder_mlp_dim=1536),
+    "L": dict(decoder_width=512, decoder_heads=8, decoder_depth=12, decoder_mlp_dim=2048),
+    "H": dict(decoder_width=640, decoder_heads=8, decoder_depth=12, decoder_mlp_dim=2560),
+    "g": dict(decoder_width=512, decoder_heads=8, decoder_depth=4, decoder_mlp_dim=2048),
+}
+
+
+def decode_variant(variant: str) -> tuple:
+    """'B/16' -> ('B', 16)."""
+    size, _, patch = variant.partition("/")
+    if size not in VIT_SIZES or not patch.isdigit():
+        raise ValueError(f"unknown ViT variant {variant!r}; expected SIZE/PATCH with SIZE in {sorted(VIT_SIZES)}")
+    return size, int(patch)
+
+
+def vit_encoder(variant: str, **overrides) -> dict:
+    """VideoMAE-style encoder kwargs (q/v bias, LayerNorm 1e-6, exact GELU, fixed 1-D sin-cos)."""
+    size, patch = decode_variant(variant)
+    cfg = dict(VIT_SIZES[size], patch_size=patch, tubelet_size=2, num_frames=16, image_size=224,
+               pos_embed="sincos_1d", qkv_bias="qv", norm="layernorm", norm_eps=1e-6, act="gelu")
+    cfg.update(overrides)
+    return cfg
+
+
+def parse_arg(arg, **defaults) -> ml_collections.ConfigDict:
+    """'vit_b,frames=8' style string -> ConfigDict of `defaults` updated; a bare first word sets `variant`.
+
+    Values are converted to the type of their default; an unknown key raises, naming it.
+    """
+    out = ml_collections.ConfigDict(defaults)
+    for i, item in enumerate(filter(None, (arg or "").split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            if i or "variant" not in defaults:
+                raise ValueError(f"config arg {item!r} needs the form key=value")
+            key, value = "variant", key
+        if key not in defaults:
+            raise ValueError(f"unknown config arg {key!r}; known: {sorted(defaults)}")
+        default = defaults[key]
+        out[key] = (value.lower() in ("1", "true", "yes")) if isinstance(default, bool) else type(default)(value)
+    return out

@@ -1,0 +1,313 @@
+"""Transformer building blocks shared by every model: embeddings, attention, MLP, norms, blocks, stacks.
+
+Every parameter carries logical axis names (`embed`, `mlp`, `heads`, `kv`, `layers`, ...); the rules that map
+them to mesh axes live in `invideo_jax.sharding`. Activations are constrained with the names
+(`act_batch`, `act_len`, `act_embed`) at block boundaries. Norms and softmax run in float32; matmuls in
+`dtype` (the compute dtype); parameters are stored in `param_dtype`.
+"""
+import functools
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+ACT_NAMES = ("act_batch", "act_len", "act_embed")
+
+xavier = nn.initializers.xavier_uniform()
+zeros = nn.initializers.zeros
+ones = nn.initializers.ones
+
+
+def logical(init: Callable, names: Sequence[Optional[str]]) -> Callable:
+    return nn.with_logical_partitioning(init, tuple(names))
+
+
+def scaled(init: Callable, factor: float) -> Callable:
+    return lambda *args: init(*args) * factor
+
+
+def constrain(x: jax.Array) -> jax.Array:
+    """Shards a (batch, length, embed) activation by the logical rules in scope (a no-op without rules)."""
+    return nn.with_logical_constraint(x, ACT_NAMES)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Position tables (numpy, computed once at trace time)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def sincos_1d_interleaved(num_positions: int, dim: int) -> np.ndarray:
+    """VideoMAE's fixed table: angle = pos / 10000^(2*(j//2)/dim); sin on even, cos on odd channels."""
+    pos = np.arange(num_positions, dtype=np.float64)[:, None]
+    j = np.arange(dim)
+    angle = pos / np.power(10000.0, 2 * (j // 2) / dim)
+    table = np.where(j % 2 == 0, np.sin(angle), np.cos(angle))
+    return table.astype(np.float32)
+
+
+def sincos_1d_concat(positions: np.ndarray, dim: int) -> np.ndarray:
+    """MAE-style 1-D code: [sin(pos*w_i), cos(pos*w_i)] concatenated, w_i = 1/10000^(i/(dim/2))."""
+    assert dim % 2 == 0, dim
+    omega = 1.0 / 10000.0 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+    out = np.asarray(positions, np.float64).reshape(-1)[:, None] * omega[None]
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+
+def sincos_3d(t: int, h: int, w: int, dim: int) -> np.ndarray:
+    """InternVideo2's init table (t*h*w, dim): dim/4 temporal channels, then 3*dim/4 spatial (w code, h code)."""
+    assert dim % 4 == 0, dim
+    dim_t, dim_s = dim // 4, dim // 4 * 3
+    grid_w, grid_h = np.meshgrid(np.arange(w), np.arange(h))  # each (h, w); MAE encodes w in the first half
+    spatial = np.concatenate([sincos_1d_concat(grid_w, dim_s // 2), sincos_1d_concat(grid_h, dim_s // 2)], axis=1)
+    temporal = sincos_1d_concat(np.arange(t), dim_t)
+    table = np.concatenate(
+        [np.repeat(temporal[:, None], h * w, axis=1), np.repeat(spatial[None], t, axis=0)], axis=-1
+    )
+    return table.reshape(t * h * w, dim).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Small modules
+# ----------------------------------------------------------------------------------------------------------
+
+
+def dense(features, axes, *, name, use_bias=True, dtype=jnp.float32, param_dtype=jnp.float32,
+          in_axes=-1, kernel_init=xavier) -> nn.DenseGeneral:
+    """A DenseGeneral whose kernel (inputs..., features...) and bias (features...) carry logical names."""
+    features = features if isinstance(features, tuple) else (features,)
+    return nn.DenseGeneral(
+        features, axis=in_axes, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
+        kernel_init=logical(kernel_init, axes), bias_init=logical(zeros, axes[-len(features):]),
+    )
+
+
+class Norm(nn.Module):
+    """LayerNorm (scale, bias) or RMSNorm (scale only) over the last axis, computed in float32."""
+
+    kind: str = "layernorm"
+    eps: float = 1e-6
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        if self.kind not in ("layernorm", "rmsnorm"):
+            raise ValueError(f"unknown norm kind {self.kind!r}; expected 'layernorm' or 'rmsnorm'")
+        x = x.astype(jnp.float32)
+        width = x.shape[-1]
+        if self.kind == "layernorm":
+            x = x - x.mean(axis=-1, keepdims=True)
+        x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.eps)
+        x = x * self.param("scale", logical(ones, ("norm",)), (width,), self.param_dtype)
+        if self.kind == "layernorm":
+            x = x + self.param("bias", logical(zeros, ("norm",)), (width,), self.param_dtype)
+        return x
+
+
+def activation(name: str) -> Callable:
+    table = {
+        "gelu": functools.partial(jax.nn.gelu, approximate=False),
+        "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
+        "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+        "silu": jax.nn.silu,
+    }
+    if name not in table:
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(table)}")
+    return table[name]
+
+
+class LayerScale(nn.Module):
+    init_value: float = 1e-5
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        gamma = self.param("gamma", logical(nn.initializers.constant(self.init_value), ("norm",)),
+                           (x.shape[-1],), self.param_dtype)
+        return x * gamma.astype(x.dtype)
+
+
+def drop_path(module: nn.Module, x, rate, deterministic: bool):
+    """Stochastic depth: drops the whole residual branch per example with probability `rate` (None = off)."""
+    if deterministic or rate is None:
+        return x
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(module.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+class PatchEmbed(nn.Module):
+    """Conv3d with kernel = stride = (tubelet, p, p) as one matmul: (B,T,H,W,C) -> (B, T'*H'*W', D), (t,h,w) order."""
+
+    width: int
+    patch_size: int
+    tubelet_size: int = 1
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, video):
+        b, t, h, w, c = video.shape
+        k, p = self.tubelet_size, self.patch_size
+        if t % k or h % p or w % p:
+            raise ValueError(f"video shape {video.shape} is not divisible by tubelet {k} and patch {p}")
+        x = video.reshape(b, t // k, k, h // p, p, w // p, p, c).transpose(0, 1, 3, 5, 2, 4, 6, 7)
+        x = x.reshape(b, (t // k) * (h // p) * (w // p), k, p, p, c)
+        proj = dense(self.width, (None, None, None, None, "embed"), name="proj", use_bias=self.use_bias,
+                     dtype=self.dtype, param_dtype=self.param_dtype, in_axes=(-4, -3, -2, -1))
+        return proj(x)
+
+
+class Attention(nn.Module):
+    """Multi-head attention through `jax.nn.dot_product_attention`.
+
+    qkv_bias: 'qv' (VideoMAE: q and v biases, k bias zero), 'qkv' (CLIP fused in_proj bias) or 'none'.
+    qk_norm: RMSNorm on q and k over the full width (InternVideo2). Self-attention when `context` is None.
+    """
+
+    num_heads: int
+    qkv_bias: str = "qv"
+    qk_norm: bool = False
+    qk_norm_eps: float = 1e-6
+    proj_bias: bool = True
+    out_features: Optional[int] = None
+    attn_impl: Optional[str] = None
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask=None, is_causal=False):
+        width = x.shape[-1]
+        if width % self.num_heads:
+            raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
+        head_dim = width // self.num_heads
+        if self.qkv_bias not in ("qv", "qkv", "none"):
+            raise ValueError(f"qkv_bias must be 'qv', 'qkv' or 'none', got {self.qkv_bias!r}")
+        qkv = dense((3, self.num_heads, head_dim), ("embed", None, "heads", "kv"), name="qkv",
+                    use_bias=self.qkv_bias == "qkv", dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
+        if self.qkv_bias == "qv":
+            bias_init = logical(zeros, ("heads", "kv"))
+            q = q + self.param("q_bias", bias_init, (self.num_heads, head_dim), self.param_dtype).astype(q.dtype)
+            v = v + self.param("v_bias", bias_init, (self.num_heads, head_dim), self.param_dtype).astype(v.dtype)
+        if self.qk_norm:
+            q = self._full_width_norm(q, "q_norm")
+            k = self._full_width_norm(k, "k_norm")
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, scale=head_dim ** -0.5,
+                                           implementation=self.attn_impl)
+        return dense(self.out_features or width, ("heads", "kv", "embed"), name="proj", use_bias=self.proj_bias,
+                     dtype=self.dtype, param_dtype=self.param_dtype, in_axes=(-2, -1))(out)
+
+    def _full_width_norm(self, t, name):
+        shape = t.shape
+        flat = Norm("rmsnorm", self.qk_norm_eps, self.param_dtype, name=name)(t.reshape(shape[:-2] + (-1,)))
+        return flat.reshape(shape).astype(t.dtype)
+
+
+class Mlp(nn.Module):
+    hidden: int
+    act: str = "gelu"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        width = x.shape[-1]
+        x = dense(self.hidden, ("embed", "mlp"), name="fc1", dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        x = activation(self.act)(x)
+        return dense(width, ("mlp", "embed"), name="fc2", dtype=self.dtype, param_dtype=self.param_dtype)(x)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pre-norm transformer block and the layer stack (python loop or scan, with remat)
+# ----------------------------------------------------------------------------------------------------------
+
+
+class Block(nn.Module):
+    """x + ls1(attn(norm1(x))), then x + ls2(mlp(norm2(x))), each branch with drop-path."""
+
+    num_heads: int
+    mlp_dim: int
+    qkv_bias: str = "qv"
+    qk_norm: bool = False
+    norm: str = "layernorm"
+    norm_eps: float = 1e-6
+    act: str = "gelu"
+    layer_scale: float = 0.0  # 0 = no LayerScale
+    attn_impl: Optional[str] = None
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, rate, deterministic: bool):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        y = Norm(self.norm, self.norm_eps, self.param_dtype, name="norm1")(x)
+        y = Attention(self.num_heads, self.qkv_bias, self.qk_norm, self.norm_eps, attn_impl=self.attn_impl,
+                      name="attn", **kw)(y)
+        x = x + self._branch(y, rate, deterministic, "ls1")
+        y = Norm(self.norm, self.norm_eps, self.param_dtype, name="norm2")(x)
+        y = Mlp(self.mlp_dim, self.act, name="mlp", **kw)(y)
+        x = x + self._branch(y, rate, deterministic, "ls2")
+        return constrain(x.astype(self.dtype))
+
+    def _branch(self, y, rate, deterministic, ls_name):
+        if self.layer_scale:
+            y = LayerScale(self.layer_scale, self.param_dtype, name=ls_name)(y)
+        return drop_path(self, y, rate, deterministic)
+
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots_all": jax.checkpoint_policies.checkpoint_dots,
+}
+
+
+class Transformer(nn.Module):
+    """`depth` Blocks; unscanned params are `blocks_{i}`, scanned params are `blocks` with a leading `layers` axis.
+
+    Returns the final tokens and, if `return_layers` is set, the outputs of those layer indices (stacked).
+    """
+
+    depth: int
+    block: dict  # Block keyword arguments
+    drop_path: float = 0.0  # maximum rate; linear in depth from 0
+    scan: bool = False
+    remat: str = "none"
+    return_layers: tuple = ()
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool = True):
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"unknown remat policy {self.remat!r}; expected one of {sorted(REMAT_POLICIES)}")
+        rates = np.linspace(0.0, self.drop_path, self.depth) if self.drop_path else None
+        block_cls = Block
+        if self.remat != "none":
+            block_cls = nn.remat(Block, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan,
+                                 static_argnums=(3,))
+        if not self.scan:
+            hidden = []
+            for i in range(self.depth):
+                rate = None if rates is None else float(rates[i])
+                x = block_cls(name=f"blocks_{i}", **self.block)(x, rate, deterministic)
+                hidden.append(x)
+            return x, self._pick(hidden)
+
+        def body(module, carry, rate):
+            out = module(carry, rate, deterministic)
+            return out, (out if self.return_layers else None)
+
+        scanned = nn.scan(
+            body, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+            in_axes=0, length=self.depth, metadata_params={nn.PARTITION_NAME: "layers"},
+        )
+        xs = None if rates is None else jnp.asarray(rates, jnp.float32)
+        x, stacked = scanned(block_cls(name="blocks", **self.block), x, xs)
+        return x, (stacked[jnp.asarray(self.return_layers)] if self.return_layers else None)
+
+    def _pick(self, hidden):
+        return jnp.stack([hidden[i] for i in self.return_layers]) if self.return_layers else None
