@@ -1,0 +1,87 @@
+"""Convert a PyTorch checkpoint into an Orbax checkpoint laid out like our training checkpoints.
+
+python -m invideo_jax.convert.cli --format=videomae --model=configs/videomae_pretrain.py:vit_b --input=F --output=DIR
+python -m invideo_jax.convert.cli --format=videomae_hf --model=B/16 --kind=finetune --num_classes=400 ...
+
+`--model` is a training config file `PATH[:ARG]` (the model its task builds, so scanning matches the run that
+restores it) or a preset `SIZE/PATCH`. The output is step 0 of `CheckpointManager(DIR, item_names=('state',))`
+holding {'params': ...}.
+"""
+import argparse
+import importlib.util
+import os
+import sys
+
+from invideo_jax.convert import common, videomae
+from invideo_jax.models.videomae import VideoMAE
+from invideo_jax.models.vit import VisionTransformer
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="invideo-convert", description=__doc__.splitlines()[0])
+    parser.add_argument("--format", required=True, choices=sorted(videomae.FORMATS))
+    parser.add_argument("--model", "--config", dest="model", required=True,
+                        help="config file PATH[:ARG] or preset SIZE/PATCH, e.g. B/16")
+    parser.add_argument("--input", required=True, help=".pth/.bin/.pt (torch.save) or .safetensors file")
+    parser.add_argument("--output", required=True, help="directory of the Orbax checkpoint")
+    parser.add_argument("--kind", choices=("pretrain", "finetune"), default="finetune", help="preset only")
+    parser.add_argument("--num_classes", type=int, default=0, help="preset only (finetune)")
+    parser.add_argument("--num_frames", type=int, default=16, help="preset only")
+    parser.add_argument("--image_size", type=int, default=224, help="preset only")
+    parser.add_argument("--scan", action="store_true", help="preset only: scanned (stacked) layers")
+    parser.add_argument("--drop", action="append", default=[], help="regex of checkpoint keys to ignore (repeatable)")
+    return parser.parse_args(argv)
+
+
+def load_config(spec: str):
+    """'path/to/config.py[:arg]' -> the ConfigDict its get_config returns."""
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("convert_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def build_model(args):
+    if args.model.partition(":")[0].endswith(".py"):
+        from invideo_jax.train.tasks import get_task
+        return get_task(load_config(args.model)).model
+    from configs import common as sizes  # the size tables live beside the recipes
+    encoder = sizes.vit_encoder(args.model, num_frames=args.num_frames, image_size=args.image_size, scan=args.scan)
+    if args.kind == "pretrain":
+        size = sizes.decode_variant(args.model)[0]
+        if size not in sizes.DECODER_SIZES:
+            raise ValueError(f"no pre-training decoder for size {size!r}; known: {sorted(sizes.DECODER_SIZES)}")
+        return VideoMAE(encoder=encoder, **sizes.DECODER_SIZES[size])
+    return VisionTransformer(**encoder, pool="mean", final_norm=False, num_classes=args.num_classes)
+
+
+def save(params, output_dir: str) -> str:
+    import orbax.checkpoint as ocp
+    output_dir = os.path.abspath(output_dir)
+    manager = ocp.CheckpointManager(output_dir, item_names=("state",))
+    manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params})))
+    manager.wait_until_finished()
+    manager.close()
+    return os.path.join(output_dir, "0")
+
+
+def main(argv) -> int:
+    args = parse_args(argv)
+    model = build_model(args)
+    try:
+        params, report = videomae.load_params(args.input, model, args.format, args.drop)
+    except (common.ConversionError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    print(f"wrote {save(params, args.output)}")
+    return 0
+
+
+def run():
+    sys.exit(main(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,113 @@
+"""Building blocks against independent constructions: position tables, patch embedding, attention, drop-path, scan."""
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from invideo_jax.convert import common
+from invideo_jax.models import layers
+
+
+def randomize(tree, seed=0):
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda x: rng.standard_normal(x.shape).astype(np.float32) * 0.3, tree)
+
+
+def test_sincos_1d_interleaved_matches_formula():
+    num, dim = 13, 10
+    naive = np.zeros((num, dim))
+    for pos in range(num):
+        for j in range(dim):
+            angle = pos / 10000 ** (2 * (j // 2) / dim)
+            naive[pos, j] = math.sin(angle) if j % 2 == 0 else math.cos(angle)
+    np.testing.assert_allclose(layers.sincos_1d_interleaved(num, dim), naive, atol=1e-6)
+
+
+def test_sincos_3d_splits_time_and_space():
+    t, h, w, dim = 3, 4, 5, 32
+    table = layers.sincos_3d(t, h, w, dim).reshape(t, h, w, dim)
+    temporal, spatial = table[..., : dim // 4], table[..., dim // 4:]
+    np.testing.assert_array_equal(temporal, np.broadcast_to(temporal[:, :1, :1], temporal.shape))
+    np.testing.assert_array_equal(spatial, np.broadcast_to(spatial[:1], spatial.shape))
+    assert np.ptp(temporal, axis=0).max() > 0.1 and np.ptp(spatial, axis=1).max() > 0.1
+    assert np.ptp(spatial, axis=2).max() > 0.1
+
+    def code(pos, d):  # MAE 1-D code: sines then cosines, frequency 1/10000^(i/(d/2))
+        freqs = [10000 ** (-i / (d / 2)) for i in range(d // 2)]
+        return [math.sin(pos * f) for f in freqs] + [math.cos(pos * f) for f in freqs]
+
+    naive = np.array([[[code(ti, dim // 4) + code(wi, 3 * dim // 8) + code(hi, 3 * dim // 8)
+                        for wi in range(w)] for hi in range(h)] for ti in range(t)])
+    np.testing.assert_allclose(table, naive, atol=1e-6)
+
+
+def test_patch_embed_equals_conv3d():
+    b, c, t, size, k, p, dim = 2, 3, 4, 16, 2, 8, 12
+    weight, bias = torch.randn(dim, c, k, p, p) * 0.05, torch.randn(dim)
+    video = torch.randn(b, c, t, size, size)
+    expected = torch.nn.functional.conv3d(video, weight, bias, stride=(k, p, p)).flatten(2).transpose(1, 2)
+    kernel_rule, bias_rule = common.conv3d("proj", "proj")
+    params = {"proj": {"kernel": kernel_rule.to_ours([weight.numpy()], (k, p, p, c, dim)),
+                       "bias": bias_rule.to_ours([bias.numpy()], (dim,))}}
+    module = layers.PatchEmbed(dim, p, k)
+    got = module.apply({"params": params}, video.permute(0, 2, 3, 4, 1).numpy())
+    np.testing.assert_allclose(got, expected.numpy(), atol=1e-5)
+
+
+def naive_attention(x, p, heads, qkv_bias):
+    qkv = np.einsum("bnd,dthk->bnthk", x, p["qkv"]["kernel"])
+    if qkv_bias == "qkv":
+        qkv = qkv + p["qkv"]["bias"]
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    if qkv_bias == "qv":
+        q, v = q + p["q_bias"], v + p["v_bias"]
+    scores = np.einsum("bqhk,bshk->bhqs", q, k) / math.sqrt(q.shape[-1])
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    out = np.einsum("bhqs,bshk->bqhk", weights, v)
+    return np.einsum("bqhk,hkd->bqd", out, p["proj"]["kernel"]) + p["proj"]["bias"]
+
+
+@pytest.mark.parametrize("qkv_bias", ["qv", "qkv", "none"])
+def test_attention_matches_naive_softmax(qkv_bias):
+    heads, x = 4, np.random.default_rng(1).standard_normal((2, 7, 16)).astype(np.float32)
+    module = layers.Attention(heads, qkv_bias)
+    params = randomize(common.abstract_params(module, x))
+    assert ("q_bias" in params) == (qkv_bias == "qv") and ("bias" in params["qkv"]) == (qkv_bias == "qkv")
+    got = jax.jit(module.apply)({"params": params}, x)
+    np.testing.assert_allclose(got, naive_attention(x, params, heads, qkv_bias), atol=1e-5)
+
+
+class DropPath(nn.Module):
+    rate: float
+
+    def __call__(self, x, deterministic):
+        return layers.drop_path(self, x, self.rate, deterministic)
+
+
+def test_drop_path_is_identity_at_eval_and_drops_whole_examples():
+    x = jnp.ones((64, 5, 8))
+    np.testing.assert_array_equal(DropPath(0.5).apply({}, x, True), x)
+    out = np.asarray(DropPath(0.5).apply({}, x, False, rngs={"dropout": jax.random.PRNGKey(3)}))
+    per_example = out.reshape(64, -1)
+    kept = (per_example == 2.0).all(axis=1)
+    dropped = (per_example == 0.0).all(axis=1)
+    assert (kept | dropped).all() and 10 < kept.sum() < 54
+
+
+def test_scanned_and_unscanned_transformer_agree():
+    block = dict(num_heads=2, mlp_dim=32)
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((2, 6, 16)), jnp.float32)
+    loop = layers.Transformer(3, block, return_layers=(0, 2))
+    params = randomize(common.abstract_params(loop, x))
+    scan = layers.Transformer(3, block, scan=True, return_layers=(0, 2))
+    stacked = common.loop_to_scan(params)
+    assert stacked["blocks"]["attn"]["qkv"]["kernel"].shape == (3, 16, 3, 2, 8)
+    out_loop, hidden_loop = jax.jit(loop.apply)({"params": params}, x)
+    out_scan, hidden_scan = jax.jit(scan.apply)({"params": stacked}, x)
+    np.testing.assert_allclose(out_scan, out_loop, atol=1e-6)
+    np.testing.assert_allclose(hidden_scan, hidden_loop, atol=1e-6)
