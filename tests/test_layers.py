@@ -111,3 +111,13 @@ def test_scanned_and_unscanned_transformer_agree():
     out_scan, hidden_scan = jax.jit(scan.apply)({"params": stacked}, x)
     np.testing.assert_allclose(out_scan, out_loop, atol=1e-6)
     np.testing.assert_allclose(hidden_scan, hidden_loop, atol=1e-6)
+
+
+def test_cls_token_with_fixed_and_learned_tables():
+    from invideo_jax.models.vit import VisionTransformer
+    for pos_embed in ("sincos_1d", "learned_sincos_3d", "none"):
+        m = VisionTransformer(width=32, depth=1, num_heads=2, mlp_dim=64, patch_size=8, tubelet_size=2, num_frames=2,
+                              image_size=16, cls_token=True, pos_embed=pos_embed, pool="cls")
+        video = jnp.ones((2, 2, 16, 16, 3))
+        out = m.apply(m.init(jax.random.PRNGKey(0), video), video)
+        assert out["tokens"].shape == (2, 1 + 4, 32) and out["pooled"].shape == (2, 32)

@@ -79,7 +79,9 @@ class VisionTransformer(nn.Module):
         if self.cls_token:
             cls = self.param("cls_token", layers.logical(nn.initializers.normal(0.02), (None, None, "embed")),
                              (1, 1, self.width), self.param_dtype)
-            cls = cls.astype(x.dtype) + pos[:, :num_prefix]
+            cls = cls.astype(x.dtype)
+            if num_prefix:  # learned tables store the cls position first; fixed tables have none
+                cls = cls + pos[:, :num_prefix]
             x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.width)), x], axis=1)
         x = layers.constrain(x)
         block = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, qkv_bias=self.qkv_bias, qk_norm=self.qk_norm,

@@ -1,0 +1,230 @@
+"""Orbax checkpoints: the train state with the grain iterator position, and stage-to-stage subtree restore.
+
+A step directory holds two items: 'state' (the TrainState pytree) and 'data' (the grain iterator state, one
+JSON file per process, written by grain's own Orbax handler). Orbax writes each step into
+`<step>.orbax-checkpoint-tmp` and renames it when complete, so an interrupted save is never listed as a step.
+"""
+import contextlib
+import math
+
+import grain.checkpoint
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+POS_EMBED_NAMES = ("pos_embed", "positional_embedding")
+_CUBIC_A = -0.75  # PyTorch's bicubic kernel, as used by the original pos_embed interpolation
+
+
+class Checkpointer:
+    """Keeps the last `max_to_keep` checkpoints of a run in `directory`, saving every `save_interval_steps`."""
+
+    def __init__(self, directory, *, max_to_keep: int = 3, save_interval_steps: int = 1, async_save: bool = True):
+        self.directory = epath.Path(directory)
+        with _io_errors(self.directory, "cannot create or write the checkpoint directory"):
+            self.directory.mkdir(parents=True, exist_ok=True)
+            probe = self.directory / f".write_probe_{jax.process_index()}"
+            probe.write_text("")
+            probe.unlink()
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
+            enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def save(self, step: int, state, data_iterator=None, force: bool = False) -> bool:
+        """Saves unless the interval says no (or `step` exists); raises on non-finite params. True if saving."""
+        step = int(step)
+        if not (force or self._manager.should_save(step)) or step in self._manager.all_steps():
+            return False
+        bad = non_finite_paths(state.params)
+        if bad:
+            raise ValueError(f"refusing to checkpoint step {step} to {self.directory}: non-finite values in "
+                             f"params {', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}")
+        items = {"state": ocp.args.StandardSave(state)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        with _io_errors(self.directory, f"cannot write checkpoint step {step} (disk full or read-only?)"):
+            return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+    def latest_step(self):
+        """The newest finished step, or None."""
+        return self._manager.latest_step()
+
+    def restore(self, abstract_state, data_iterator=None, step=None):
+        """Restores into `abstract_state`'s shapes, dtypes and shardings; sets `data_iterator`'s position."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no finished checkpoint in {self.directory}")
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        return self._manager.restore(step, args=ocp.args.Composite(**items)).state
+
+    def wait(self):
+        """Blocks until an asynchronous save has been committed."""
+        with _io_errors(self.directory, "cannot finish writing a checkpoint (disk full or read-only?)"):
+            self._manager.wait_until_finished()
+
+    def close(self):
+        """Waits for pending saves and releases Orbax's resources."""
+        self.wait()
+        self._manager.close()
+
+
+@contextlib.contextmanager
+def _io_errors(directory, what: str):
+    """Re-raises OSErrors with the checkpoint directory and what was being done."""
+    try:
+        yield
+    except OSError as e:
+        raise OSError(e.errno, f"{what}: {directory}: {e}") from e
+
+
+_all_finite = jax.jit(lambda leaves: [jnp.all(jnp.isfinite(x)) for x in leaves])
+
+
+def non_finite_paths(tree) -> list:
+    """'/'-joined paths of floating-point leaves of `tree` that hold a NaN or an infinity."""
+    leaves = [(p, x) for p, x in jax.tree_util.tree_leaves_with_path(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    finite = jax.device_get(_all_finite([x for _, x in leaves]))
+    return [_path(p) for (p, _), ok in zip(leaves, finite) if not ok]
+
+
+def restore_subtrees(params, init_from):
+    """`params` with the subtrees named by `init_from.mapping` (target path -> source path) read from a checkpoint.
+
+    `init_from.checkpoint` is a run's checkpoint directory (latest step), one step directory, or a bare pytree
+    checkpoint. `params` holds arrays or ShapeDtypeStructs with shardings; restored leaves take their shardings
+    and dtypes, unmapped leaves are returned as given. A differing `pos_embed` is resampled when `init_from` gives
+    `pos_embed_grid_src` and `pos_embed_grid_dst` (t, h, w); any other difference raises, listing every path.
+    """
+    source_dir = _pytree_dir(epath.Path(init_from["checkpoint"]))
+    saved = {_path(p): m.shape for p, m in jax.tree_util.tree_leaves_with_path(
+        ocp.PyTreeCheckpointer().metadata(source_dir).item_metadata.tree)}
+    grids = init_from.get("pos_embed_grid_src"), init_from.get("pos_embed_grid_dst")
+
+    item, restore_args, resampled, problems = {}, {}, [], []
+    for target, source in init_from["mapping"].items():
+        for key_path, leaf in jax.tree_util.tree_leaves_with_path(_subtree(params, target)):
+            rel = _path(key_path)
+            src = "/".join(filter(None, (source, rel)))
+            tgt = "/".join(filter(None, (target, rel)))
+            shape = saved.get(src)
+            if shape is None:
+                problems.append(f"{tgt}: missing in checkpoint as {src}")
+            elif tuple(shape) == leaf.shape:
+                _set(item, src, jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding))
+                _set(restore_args, src, ocp.ArrayRestoreArgs(sharding=leaf.sharding, dtype=leaf.dtype))
+            elif _resamplable(rel, tuple(shape), leaf.shape, *grids):
+                _set(item, src, jax.ShapeDtypeStruct(tuple(shape), leaf.dtype))
+                _set(restore_args, src, ocp.RestoreArgs(restore_type=np.ndarray))
+                resampled.append((src, leaf))
+            else:
+                problems.append(f"{tgt}: target {leaf.shape} vs checkpoint {src} {tuple(shape)}")
+    if problems:
+        raise ValueError(f"cannot restore from {source_dir}:\n  " + "\n  ".join(problems))
+
+    restored = ocp.PyTreeCheckpointer().restore(source_dir, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=restore_args, partial_restore=True))
+    for src, leaf in resampled:
+        pe = resample_pos_embed(_subtree(restored, src), *grids).astype(leaf.dtype)
+        _set(restored, src, jax.make_array_from_callback(leaf.shape, leaf.sharding, lambda index: pe[index]))
+    for target, source in init_from["mapping"].items():
+        params = _replace(params, target, _subtree(restored, source))
+    return params
+
+
+def resample_pos_embed(pe, src_grid, dst_grid) -> np.ndarray:
+    """(..., prefix + t*h*w, D) -> (..., prefix + t'*h'*w', D): temporal linear, then spatial bicubic.
+
+    Matches PyTorch's `interpolate(align_corners=False)` ('linear' over time, 'bicubic' over space), as the
+    original code uses; leading tokens (cls) beyond the grid are kept.
+    """
+    pe = np.asarray(pe)
+    (t, h, w), (t2, h2, w2) = src_grid, dst_grid
+    prefix = pe.shape[-2] - t * h * w
+    if prefix < 0:
+        raise ValueError(f"pos_embed with {pe.shape[-2]} tokens cannot hold a {src_grid} grid")
+    grid = pe[..., prefix:, :].astype(np.float64).reshape(*pe.shape[:-2], t, h, w, pe.shape[-1])
+    grid = np.einsum("Tt,...thwd->...Thwd", _interp_matrix(t, t2, cubic=False), grid)
+    grid = np.einsum("Hh,...thwd->...tHwd", _interp_matrix(h, h2, cubic=True), grid)
+    grid = np.einsum("Ww,...thwd->...thWd", _interp_matrix(w, w2, cubic=True), grid)
+    grid = grid.reshape(*pe.shape[:-2], t2 * h2 * w2, pe.shape[-1]).astype(pe.dtype)
+    return np.concatenate([pe[..., :prefix, :], grid], axis=-2)
+
+
+def _interp_matrix(n_in: int, n_out: int, cubic: bool) -> np.ndarray:
+    """(n_out, n_in) weights of PyTorch's 1-D linear or cubic (a=-0.75) interpolation, border clamped."""
+    x = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+    base = np.floor(x).astype(int)
+    f = x - base
+    if cubic:
+        a = _CUBIC_A
+        near = lambda d: ((a + 2) * d - (a + 3)) * d * d + 1
+        far = lambda d: ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+        weights = np.stack([far(f + 1), near(f), near(1 - f), far(2 - f)], axis=-1)
+        taps = base[:, None] + np.arange(-1, 3)
+    else:
+        weights = np.stack([1 - f, f], axis=-1)
+        taps = base[:, None] + np.arange(2)
+    matrix = np.zeros((n_out, n_in))
+    np.add.at(matrix, (np.arange(n_out)[:, None], np.clip(taps, 0, n_in - 1)), weights)
+    return matrix
+
+
+def _resamplable(rel: str, src_shape: tuple, dst_shape: tuple, src_grid, dst_grid) -> bool:
+    """Whether a pos_embed of `src_shape` resamples from `src_grid` to `dst_grid` into `dst_shape`."""
+    if rel.rsplit("/", 1)[-1] not in POS_EMBED_NAMES or src_grid is None or dst_grid is None:
+        return False
+    prefix = src_shape[-2] - math.prod(src_grid)
+    return (prefix >= 0 and src_shape[:-2] == dst_shape[:-2] and src_shape[-1] == dst_shape[-1]
+            and dst_shape[-2] == prefix + math.prod(dst_grid))
+
+
+def _pytree_dir(path: epath.Path) -> epath.Path:
+    """The pytree directory behind a run's checkpoint directory, a step directory or a bare pytree."""
+    if (path / "state").is_dir():
+        return path / "state"
+    if (path / "_METADATA").exists():
+        return path
+    latest = ocp.path.step.latest_step_metadata(path, ocp.path.step.standard_name_format())
+    if latest is None:
+        raise FileNotFoundError(f"no finished checkpoint in {path}")
+    return latest.path / "state"
+
+
+def _path(key_path) -> str:
+    """Tree key path -> 'params/encoder/pos_embed'."""
+    return jax.tree_util.keystr(key_path, simple=True, separator="/")
+
+
+def _parts(path: str) -> list:
+    return [p for p in path.split("/") if p]
+
+
+def _subtree(tree, path: str):
+    """tree['a']['b'] for path 'a/b'; the whole tree for ''."""
+    for i, key in enumerate(_parts(path)):
+        if not isinstance(tree, dict) or key not in tree:
+            have = sorted(tree) if isinstance(tree, dict) else type(tree).__name__
+            raise KeyError(f"no {'/'.join(_parts(path)[:i + 1])!r} in the tree (have {have})")
+        tree = tree[key]
+    return tree
+
+
+def _set(tree: dict, path: str, value):
+    """In place: tree['a']['b'] = value for path 'a/b', creating dicts on the way."""
+    *parents, last = _parts(path)
+    for key in parents:
+        tree = tree.setdefault(key, {})
+    tree[last] = value
+
+
+def _replace(tree, path: str, value):
+    """A copy of `tree` with the subtree at `path` replaced (the original is left as it was)."""
+    parts = _parts(path)
+    if not parts:
+        return value
+    return {**tree, parts[0]: _replace(tree[parts[0]], "/".join(parts[1:]), value)}
