@@ -1,0 +1,116 @@
+"""Annotation readers: VideoMAE, UniFormerV2, VideoMAE V2 pre-train and InternVideo JSON lists."""
+import dataclasses
+import json
+import os
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+FORMATS = ("videomae", "uniformer", "videomae_v2", "json")
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoRecord:
+    """One annotated example: a video (or image) path, its class (-1 if none) and captions."""
+
+    path: str
+    label: int = -1
+    captions: tuple[str, ...] = ()
+    is_image: bool = False
+
+
+def is_image_path(path: str) -> bool:
+    """Whether a path names a still image (decided by its extension)."""
+    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
+
+
+def make_record(path: str, root: str = "", label: int = -1, captions=()) -> VideoRecord:
+    """A record with `path` joined to `root` (absolute paths are kept)."""
+    full_path = os.path.join(root, path) if root else path
+    return VideoRecord(full_path, label, tuple(captions), is_image_path(path))
+
+
+def _fields(line: str, separator: str | None, count: int, where: str) -> list[str]:
+    """Splits a line into exactly `count` fields."""
+    fields = line.split(separator)
+    if len(fields) != count:
+        raise ValueError(f"{where}: expected {count} fields, got {len(fields)}: {line!r}")
+    return [f.strip() for f in fields]
+
+
+def _integer(text: str, where: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{where}: expected an integer, got {text!r}") from None
+
+
+def _videomae(line: str, where: str, root: str) -> VideoRecord:
+    path, label = _fields(line, None, 2, where)
+    return make_record(path, root, _integer(label, where))
+
+
+def _uniformer(line: str, where: str, root: str) -> VideoRecord:
+    path, label = _fields(line, ",", 2, where)
+    return make_record(path, root, _integer(label, where))
+
+
+def _videomae_v2(line: str, where: str, root: str) -> VideoRecord:
+    path, start, total = _fields(line, None, 3, where)
+    for number in (start, total):
+        _integer(number, where)
+    return make_record(path, root)
+
+
+def _json_entry(entry, where: str, root: str) -> VideoRecord:
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(entry).__name__}")
+    path = entry.get("video", entry.get("image"))
+    if not isinstance(path, str):
+        raise ValueError(f"{where}: needs a 'video' or 'image' path: {entry!r}")
+    captions = entry.get("caption", [])
+    captions = [captions] if isinstance(captions, str) else captions
+    if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
+        raise ValueError(f"{where}: 'caption' must be a string or a list of strings")
+    label = entry.get("label", -1)
+    if not isinstance(label, int):
+        raise ValueError(f"{where}: 'label' must be an integer, got {label!r}")
+    return make_record(path, root, label, captions)
+
+
+def _read_json(path: str, root: str) -> list[VideoRecord]:
+    """A JSON array of entries, or JSON Lines (one entry per line)."""
+    with open(path) as f:
+        text = f.read()
+    if text.lstrip().startswith("["):
+        try:
+            entries = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+        return [_json_entry(e, f"{path}: entry {i}", root) for i, e in enumerate(entries)]
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{number}: invalid JSON: {e.msg}") from None
+            records.append(_json_entry(entry, f"{path}:{number}", root))
+    return records
+
+
+_LINE_PARSERS = {"videomae": _videomae, "uniformer": _uniformer, "videomae_v2": _videomae_v2}
+
+
+def read_annotations(path: str, format: str, root: str = "") -> list[VideoRecord]:
+    """Reads an annotation file; relative video paths are joined to `root`."""
+    if format == "json":
+        records = _read_json(path, root)
+    elif format in _LINE_PARSERS:
+        parse = _LINE_PARSERS[format]
+        with open(path) as f:
+            records = [parse(line, f"{path}:{number}", root)
+                       for number, line in enumerate(f, 1) if line.strip()]
+    else:
+        raise ValueError(f"Unknown annotation format {format!r}; expected one of {FORMATS}")
+    if not records:
+        raise ValueError(f"Annotation file {path} ({format} format) contains no examples")
+    return records

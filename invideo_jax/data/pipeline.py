@@ -1,0 +1,327 @@
+"""grain pipelines: endless shuffled training batches, padded multi-view evaluation batches.
+
+Configuration (`default_data_config()`, locked: unknown fields fail):
+  train_annotations, eval_annotations  annotation files (any format but 'tfds')
+  format             'videomae' (`path label`), 'uniformer' (`path,label`), 'videomae_v2'
+                     (`path 0 -1`), 'json' (InternVideo lists) or 'tfds' (packed ArrayRecord)
+  root               directory joined to relative video paths
+  tfds_dir, tfds_name, train_split, eval_split   where a 'tfds' dataset lives and its splits
+  num_frames         frames per clip (T)
+  sampling           'dense' (T frames `sampling_rate` apart) or 'segment' (one per T equal parts)
+  sampling_rate      frame stride of dense clips
+  crop_size          output height and width
+  short_side         evaluation frames (and 'resize_crop' training frames) are resized to this short
+                     side before cropping; must be >= crop_size
+  train_crop         'multiscale' (VideoMAE pre-training), 'rrc' (random resized crop) or
+                     'resize_crop' (resize short side, random crop)
+  rrc_scale, rrc_ratio   area fraction and aspect ratio ranges of 'rrc'
+  flip               random horizontal flip in training (off for left/right-sensitive labels, SSv2)
+  randaug            '' or a timm spec such as 'rand-m7-n4-mstd0.5-inc1' (same ops on every frame)
+  random_erase       probability of erasing one box (same on every frame) with noise
+  mixup, cutmix      Beta alphas of batch mixup / cutmix (0 = off; both on: switch with p 0.5)
+  label_smoothing    smoothing of the soft 'targets'
+  num_classes        size of 'targets'; 0 for unlabelled data (no 'targets')
+  normalize          'imagenet', 'clip' or 'uniformer' mean/std
+  eval_clips, eval_crops   temporal clips x spatial crops per evaluation video
+  min_frames         videos with fewer frames count as bad
+  workers            grain worker processes (0: in the calling process)
+  threads            reading threads per process
+  prefetch           batches to prefetch per process
+
+Batches are dicts of numpy arrays: 'video' float32 (B, T, H, W, 3) normalised, 'label' int32 (-1 if
+none), 'targets' float32 (B, num_classes) when num_classes > 0, 'bad' int32 (1 where a bad video was
+replaced by another example), 'caption' str when the annotations have captions; evaluation adds
+'video_index' and 'mask' (0 for padding and for bad videos, which evaluation skips).
+"""
+import math
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from invideo_jax.data import transforms
+from invideo_jax.data.annotations import FORMATS, read_annotations
+from invideo_jax.data.video import BadVideo, decode_frames, dense_indices, segment_indices
+
+MAX_REPLACEMENTS = 10
+_CHOICES = {
+    "format": FORMATS + ("tfds",),
+    "sampling": ("dense", "segment"),
+    "train_crop": ("multiscale", "rrc", "resize_crop"),
+    "normalize": tuple(transforms.NORMALIZATION),
+}
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    """Every data field with its default (see the module docstring); locked."""
+    config = ml_collections.ConfigDict(dict(
+        train_annotations="", eval_annotations="", format="videomae", root="",
+        tfds_dir="", tfds_name="", train_split="train", eval_split="validation",
+        num_frames=16, sampling="dense", sampling_rate=4,
+        crop_size=224, short_side=224, train_crop="rrc", rrc_scale=(0.08, 1.0),
+        rrc_ratio=(3 / 4, 4 / 3), flip=True, randaug="", random_erase=0.0,
+        mixup=0.0, cutmix=0.0, label_smoothing=0.0, num_classes=0, normalize="imagenet",
+        eval_clips=1, eval_crops=1, min_frames=1, workers=0, threads=4, prefetch=2,
+    ))
+    config.lock()
+    return config
+
+
+def check_data_config(cfg: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first invalid field."""
+    for field, choices in _CHOICES.items():
+        if cfg[field] not in choices:
+            raise ValueError(f"data.{field}={cfg[field]!r}: expected one of {choices}")
+    for field in ("num_frames", "sampling_rate", "crop_size", "eval_clips", "eval_crops",
+                  "min_frames", "prefetch"):
+        if cfg[field] < 1:
+            raise ValueError(f"data.{field}={cfg[field]} must be >= 1")
+    for field in ("num_classes", "workers", "threads", "mixup", "cutmix"):
+        if cfg[field] < 0:
+            raise ValueError(f"data.{field}={cfg[field]} must be >= 0")
+    for field in ("random_erase", "label_smoothing"):
+        if not 0 <= cfg[field] < 1:
+            raise ValueError(f"data.{field}={cfg[field]} must be in [0, 1)")
+    if cfg.short_side < cfg.crop_size:
+        raise ValueError(f"data.short_side={cfg.short_side} must be >= crop_size={cfg.crop_size}")
+    for field in ("rrc_scale", "rrc_ratio"):
+        low, high = cfg[field]
+        if not 0 < low <= high:
+            raise ValueError(f"data.{field}={cfg[field]} must be an increasing positive pair")
+    if (cfg.mixup or cfg.cutmix) and not cfg.num_classes:
+        raise ValueError("data.mixup/cutmix need data.num_classes > 0")
+    if cfg.randaug:
+        try:
+            transforms.parse_rand_augment(cfg.randaug)
+        except ValueError as e:
+            raise ValueError(f"data.randaug: {e}") from None
+
+
+class FileVideoSource:
+    """Annotated video files: item i is (VideoRecord, path)."""
+
+    def __init__(self, records):
+        self.records = records
+        self.has_captions = any(record.captions for record in records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        record = self.records[index]
+        return record, record.path
+
+
+def make_source(cfg: ml_collections.ConfigDict, split: str):
+    """The examples of split 'train' or 'eval' as a random-access source of (record, video)."""
+    if cfg.format == "tfds":
+        if not (cfg.tfds_dir and cfg.tfds_name):
+            raise ValueError("data.format='tfds' needs data.tfds_dir and data.tfds_name")
+        # Imported here: TFDS is slow to import and only this format needs it.
+        from invideo_jax.data.tfds_builder import TfdsVideoSource
+        return TfdsVideoSource(cfg.tfds_dir, cfg.tfds_name, cfg[f"{split}_split"])
+    path = cfg[f"{split}_annotations"]
+    if not path:
+        raise ValueError(f"data.{split}_annotations is empty: name an annotation file")
+    return FileVideoSource(read_annotations(path, cfg.format, cfg.root))
+
+
+def clip_indices(cfg, video_frames: int, *, rng=None, view: int = 0) -> np.ndarray:
+    """Frame indices of one clip: random with rng (training), else evaluation clip `view`."""
+    if cfg.sampling == "dense":
+        return dense_indices(video_frames, cfg.num_frames, cfg.sampling_rate, rng=rng, view=view,
+                             num_views=cfg.eval_clips)
+    return segment_indices(video_frames, cfg.num_frames, rng=rng, view=view,
+                           num_views=cfg.eval_clips)
+
+
+def _decode_example(source, index: int, indices_for, min_frames: int):
+    record, video = source[index]
+    try:
+        return record, decode_frames(video, indices_for, min_frames=min_frames)
+    except BadVideo as e:
+        raise BadVideo(f"{record.path}: {e}") from e
+
+
+def load_clips(source, index: int, rng: np.random.Generator, indices_for, min_frames: int):
+    """Decodes example `index`; a bad video is logged and replaced by a random other example.
+
+    Returns (record, frames, bad) with bad = 1 when a replacement was used.
+    """
+    for attempt in range(MAX_REPLACEMENTS + 1):
+        try:
+            return *_decode_example(source, index, indices_for, min_frames), int(attempt > 0)
+        except BadVideo as e:
+            logging.warning("Bad video, replaced by another example: %s", e)
+            index = int(rng.integers(len(source)))
+    raise RuntimeError(f"{MAX_REPLACEMENTS + 1} bad videos in a row: check the data (see the log)")
+
+
+def _checked_label(record, num_classes: int) -> int:
+    if num_classes and not 0 <= record.label < num_classes:
+        raise ValueError(f"{record.path}: label {record.label} outside [0, {num_classes})")
+    return record.label
+
+
+class TrainExample:
+    """Example index -> augmented training clip (a grain random map)."""
+
+    def __init__(self, source, cfg):
+        self.source, self.cfg = source, cfg
+        self.rand_augment = transforms.parse_rand_augment(cfg.randaug) if cfg.randaug else None
+
+    def _crop_box(self, height: int, width: int, rng):
+        cfg = self.cfg
+        if cfg.train_crop == "rrc":
+            return transforms.random_resized_crop_box(height, width, rng, cfg.rrc_scale,
+                                                      cfg.rrc_ratio)
+        if cfg.train_crop == "multiscale":
+            return transforms.multiscale_crop_box(height, width, rng, cfg.crop_size)
+        return transforms.short_side_crop_box(height, width, cfg.short_side, cfg.crop_size, rng=rng)
+
+    def __call__(self, index: int, rng: np.random.Generator) -> dict:
+        cfg = self.cfg
+        record, frames, bad = load_clips(self.source, index, rng,
+                                         lambda n: clip_indices(cfg, n, rng=rng), cfg.min_frames)
+        box = self._crop_box(frames.shape[1], frames.shape[2], rng)
+        clip = transforms.resize_box(frames, box, cfg.crop_size)
+        if cfg.flip and rng.random() < 0.5:
+            clip = clip[:, :, ::-1]
+        if self.rand_augment:
+            clip = transforms.rand_augment(clip, rng, self.rand_augment)
+        video = transforms.random_erase(transforms.normalize(clip, cfg.normalize), rng,
+                                        cfg.random_erase)
+        example = {"video": video, "label": np.int32(_checked_label(record, cfg.num_classes)),
+                   "bad": np.int32(bad)}
+        if self.source.has_captions:
+            example["caption"] = str(rng.choice(record.captions)) if record.captions else ""
+        return example
+
+
+class MixTargets:
+    """Batch -> batch with soft 'targets' (label smoothing, mixup/cutmix) (a grain random map)."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def __call__(self, batch: dict, rng: np.random.Generator) -> dict:
+        cfg = self.cfg
+        batch["video"], batch["targets"] = transforms.mix_batch(
+            batch["video"], batch["label"], rng, num_classes=cfg.num_classes, mixup=cfg.mixup,
+            cutmix=cfg.cutmix, smoothing=cfg.label_smoothing)
+        return batch
+
+
+def _process_slice(process_index, process_count) -> tuple[int, int]:
+    return (jax.process_index() if process_index is None else process_index,
+            jax.process_count() if process_count is None else process_count)
+
+
+def _read_options(cfg, batch_size: int) -> grain.ReadOptions:
+    return grain.ReadOptions(num_threads=cfg.threads,
+                             prefetch_buffer_size=cfg.prefetch * batch_size)
+
+
+def _with_workers(dataset, cfg):
+    if not cfg.workers:
+        return dataset
+    return dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.workers,
+                                                            per_worker_buffer_size=cfg.prefetch))
+
+
+def train_iterator(cfg, *, seed: int, batch_size: int, process_index: int | None = None,
+                   process_count: int | None = None):
+    """An endless iterator of this host's training batches; resumable with get_state/set_state."""
+    check_data_config(cfg)
+    source = make_source(cfg, "train")
+    process_index, process_count = _process_slice(process_index, process_count)
+    host_seed = int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
+    dataset = grain.MapDataset.range(len(source))[process_index::process_count]
+    if not len(dataset):
+        raise ValueError(f"No training examples for host {process_index} of {process_count}")
+    dataset = (dataset.seed(host_seed).shuffle().repeat().random_map(TrainExample(source, cfg))
+               .to_iter_dataset(_read_options(cfg, batch_size))
+               .batch(batch_size, drop_remainder=True))
+    if cfg.num_classes:
+        dataset = dataset.random_map(MixTargets(cfg), seed=host_seed)
+    return iter(_with_workers(dataset, cfg))
+
+
+class EvalViews:
+    """Example index (-1: padding) -> its eval_clips x eval_crops views, stacked (a grain map)."""
+
+    def __init__(self, source, cfg):
+        self.source, self.cfg = source, cfg
+        self.num_views = cfg.eval_clips * cfg.eval_crops
+
+    def _views(self, frames: np.ndarray) -> np.ndarray:
+        cfg = self.cfg
+        height, width = frames.shape[2:4]
+        boxes = [transforms.short_side_crop_box(height, width, cfg.short_side, cfg.crop_size,
+                                                index=crop, count=cfg.eval_crops)
+                 for crop in range(cfg.eval_crops)]
+        return np.stack([transforms.resize_box(clip, box, cfg.crop_size)
+                         for clip in frames for box in boxes])
+
+    def __call__(self, index: int) -> dict:
+        cfg, count = self.cfg, self.num_views
+        if index < 0:
+            size = cfg.crop_size
+            video = np.zeros((count, cfg.num_frames, size, size, 3), np.float32)
+            label, bad, caption = -1, 0, ""
+        else:
+            record, frames, bad = load_clips(
+                self.source, index, np.random.default_rng(index),
+                lambda n: np.stack([clip_indices(cfg, n, view=k) for k in range(cfg.eval_clips)]),
+                cfg.min_frames)
+            video = transforms.normalize(self._views(frames), cfg.normalize)
+            label = _checked_label(record, cfg.num_classes)
+            caption = record.captions[0] if record.captions else ""
+        views = {"video": video, "label": np.full(count, label, np.int32),
+                 "bad": np.full(count, bad, np.int32),
+                 "video_index": np.full(count, index, np.int32),
+                 "mask": np.full(count, int(index >= 0 and not bad), np.int32)}
+        if cfg.num_classes:
+            targets = np.zeros((count, cfg.num_classes), np.float32)
+            if label >= 0:
+                targets[:, label] = 1
+            views["targets"] = targets
+        if self.source.has_captions:
+            views["caption"] = np.full(count, caption)
+        return views
+
+
+class SplitViews(grain.experimental.FlatMapTransform):
+    """Stacked views -> one element per view."""
+
+    def __init__(self, num_views: int):
+        self.max_fan_out = num_views
+
+    def flat_map(self, views: dict) -> list[dict]:
+        return [{key: value[i] for key, value in views.items()} for i in range(self.max_fan_out)]
+
+
+def eval_iterator(cfg, *, batch_size: int, process_index: int | None = None,
+                  process_count: int | None = None):
+    """This host's evaluation batches: every (video, clip, crop) view of its shard once, then
+    padding (mask 0) so that every host yields the same number of full batches."""
+    check_data_config(cfg)
+    source = make_source(cfg, "eval")
+    process_index, process_count = _process_slice(process_index, process_count)
+    views = EvalViews(source, cfg)
+    num_batches = math.ceil(math.ceil(len(source) / process_count) * views.num_views / batch_size)
+    indices = list(range(len(source)))[process_index::process_count]
+    indices += [-1] * (math.ceil(num_batches * batch_size / views.num_views) - len(indices))
+    dataset = grain.MapDataset.source(indices).map(views).to_iter_dataset(
+        _read_options(cfg, math.ceil(batch_size / views.num_views)))
+    dataset = grain.experimental.FlatMapIterDataset(_with_workers(dataset, cfg),
+                                                    SplitViews(views.num_views))
+    return iter(dataset.batch(batch_size, drop_remainder=True))
+
+
+def make_global(batch: dict, sharding) -> dict:
+    """Host-local numpy batch -> global jax.Arrays (string fields are left out)."""
+    return {key: jax.make_array_from_process_local_data(sharding, value)
+            for key, value in batch.items() if np.asarray(value).dtype.kind in "biuf"}

@@ -1,0 +1,51 @@
+"""Multi-view classification: softmax averaged over each video's views; top-1/top-5 accuracy."""
+import numpy as np
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, in float64."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+class MultiViewAccumulator:
+    """Sums per-view class probabilities by video index; views with mask 0 (padding, bad videos)
+    are skipped. Video indices are global example indices, so views gathered from every host can
+    be added to one accumulator."""
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+        self.prob_sums = np.zeros((0, num_classes))
+        self.view_counts = np.zeros(0, np.int64)
+        self.labels = np.zeros(0, np.int64)
+
+    def _grow(self, size: int) -> None:
+        extra = size - len(self.view_counts)
+        if extra > 0:
+            self.prob_sums = np.pad(self.prob_sums, ((0, extra), (0, 0)))
+            self.view_counts = np.pad(self.view_counts, (0, extra))
+            self.labels = np.pad(self.labels, (0, extra))
+
+    def add(self, logits, video_index, mask, label) -> None:
+        """Adds a batch of views: logits (B, C), video_index, mask and label (B,)."""
+        keep = np.asarray(mask).astype(bool)
+        index = np.asarray(video_index)[keep]
+        if not len(index):
+            return
+        self._grow(int(index.max()) + 1)
+        np.add.at(self.prob_sums, index, softmax(np.asarray(logits, np.float64)[keep]))
+        np.add.at(self.view_counts, index, 1)
+        self.labels[index] = np.asarray(label)[keep]
+
+    def result(self) -> dict[str, float]:
+        """top1 and top5 accuracy (fractions) over the videos seen, num_videos and num_views."""
+        seen = self.view_counts > 0
+        probs = self.prob_sums[seen] / self.view_counts[seen, None]
+        labels = self.labels[seen]
+        ranked = np.argsort(-probs, axis=-1)
+        results = {"num_videos": int(seen.sum()), "num_views": int(self.view_counts.sum())}
+        for k in (1, 5):
+            hits = (ranked[:, :k] == labels[:, None]).any(axis=-1)
+            results[f"top{k}"] = float(hits.mean()) if len(hits) else 0.0
+        return results
