@@ -59,3 +59,35 @@ def parse_arg(arg, **defaults) -> ml_collections.ConfigDict:
         default = defaults[key]
         out[key] = (value.lower() in ("1", "true", "yes")) if isinstance(default, bool) else type(default)(value)
     return out
+
+
+def train_config(task: str, model_kwargs: dict) -> ml_collections.ConfigDict:
+    """The fields every training stage has, with defaults; recipes override them. Returned unlocked."""
+    from invideo_jax.data.pipeline import default_data_config
+    from invideo_jax.train.optim import default_optim_config
+
+    c = ml_collections.ConfigDict()
+    c.task = task
+    c.model = ml_collections.ConfigDict({"kwargs": model_kwargs})
+    c.data = default_data_config()
+    c.optim = default_optim_config()
+    c.seed = 0
+    c.batch_size = 256  # global
+    c.total_steps = 1000
+    c.log_every = 50
+    c.checkpoint_every = 1000
+    c.keep_checkpoints = 3
+    c.eval_every = 0  # 0: evaluate only at the end
+    c.eval_batch_size = 64
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.sharding_rules = "fsdp"
+    # Restore subtrees of an earlier stage: checkpoint = a checkpoints dir (or a stage name in a pipeline);
+    # mapping = {our path: saved path}; empty mapping = the task's default (e.g. encoder <- pre-training).
+    c.init_from = ml_collections.ConfigDict(dict(checkpoint="", mapping={}))
+    return c
+
+
+def mask_config(v2: bool = False, ratio: float = 0.9) -> ml_collections.ConfigDict:
+    """Tube masking for the encoder; VideoMAE V2 adds running-cell decoder masking at 0.5."""
+    return ml_collections.ConfigDict(dict(kind="tube", ratio=ratio, decoder_kind="running_cell" if v2 else "none",
+                                          decoder_ratio=0.5, normalize_target=True))

@@ -74,14 +74,43 @@ def sincos_3d(t: int, h: int, w: int, dim: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def dense(features, axes, *, name, use_bias=True, dtype=jnp.float32, param_dtype=jnp.float32,
-          in_axes=-1, kernel_init=xavier) -> nn.DenseGeneral:
-    """A DenseGeneral whose kernel (inputs..., features...) and bias (features...) carry logical names."""
+class Dense(nn.Module):
+    """y = x . kernel (+ bias) over the last `in_dims` axes; kernel (inputs..., features...) with logical names.
+
+    The initialiser sees the flattened (fan_in, fan_out) shape, as for a plain Linear layer.
+    """
+
+    features: tuple
+    axes: tuple
+    in_dims: int = 1
+    use_bias: bool = True
+    kernel_init: Callable = xavier
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        in_shape = x.shape[-self.in_dims:]
+        shape = tuple(in_shape) + tuple(self.features)
+
+        def init(key, shape, dtype):
+            flat = (int(np.prod(in_shape)), int(np.prod(self.features)))
+            return self.kernel_init(key, flat, dtype).reshape(shape)
+
+        kernel = self.param("kernel", logical(init, self.axes), shape, self.param_dtype)
+        y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.in_dims)
+        if self.use_bias:
+            bias = self.param("bias", logical(zeros, self.axes[self.in_dims:]), tuple(self.features),
+                              self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+def dense(features, axes, *, name, use_bias=True, dtype=jnp.float32, param_dtype=jnp.float32, in_dims=1,
+          kernel_init=xavier) -> Dense:
+    """A Dense layer; `features` an int or a tuple (e.g. (3, heads, head_dim) for a fused qkv)."""
     features = features if isinstance(features, tuple) else (features,)
-    return nn.DenseGeneral(
-        features, axis=in_axes, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
-        kernel_init=logical(kernel_init, axes), bias_init=logical(zeros, axes[-len(features):]),
-    )
+    return Dense(features, tuple(axes), in_dims, use_bias, kernel_init, dtype, param_dtype, name=name)
 
 
 class Norm(nn.Module):
@@ -157,7 +186,7 @@ class PatchEmbed(nn.Module):
         x = video.reshape(b, t // k, k, h // p, p, w // p, p, c).transpose(0, 1, 3, 5, 2, 4, 6, 7)
         x = x.reshape(b, (t // k) * (h // p) * (w // p), k, p, p, c)
         proj = dense(self.width, (None, None, None, None, "embed"), name="proj", use_bias=self.use_bias,
-                     dtype=self.dtype, param_dtype=self.param_dtype, in_axes=(-4, -3, -2, -1))
+                     dtype=self.dtype, param_dtype=self.param_dtype, in_dims=4)
         return proj(x)
 
 
@@ -199,7 +228,7 @@ class Attention(nn.Module):
         out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, scale=head_dim ** -0.5,
                                            implementation=self.attn_impl)
         return dense(self.out_features or width, ("heads", "kv", "embed"), name="proj", use_bias=self.proj_bias,
-                     dtype=self.dtype, param_dtype=self.param_dtype, in_axes=(-2, -1))(out)
+                     dtype=self.dtype, param_dtype=self.param_dtype, in_dims=2)(out)
 
     def _full_width_norm(self, t, name):
         shape = t.shape

@@ -1,0 +1,33 @@
+"""Entry point: python -m invideo_jax.main --config=configs/X.py:ARG --workdir=DIR [--config.field=value ...]
+
+A config with `stages` runs as a pipeline (each stage in DIR/<stage>, finished stages skipped); any other
+config trains one stage in DIR, resuming from its latest checkpoint.
+"""
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, optionally with :ARG.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the report.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    del argv
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from invideo_jax import stages  # after flag parsing: keeps `--help` fast
+    config, workdir = _CONFIG.value, _WORKDIR.value
+    logging.info("config:\n%s", config)
+    if "stages" in config:
+        stages.run_pipeline(config, workdir)
+    else:
+        stages.run_stage(config, workdir)
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

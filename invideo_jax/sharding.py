@@ -1,0 +1,92 @@
+"""Meshes (data, fsdp, tensor), logical-axis rules, and shardings for the train state and batches.
+
+One code path for every scale: a 1-device mesh on a laptop, FSDP over a pod. Parameters carry logical names
+(see `invideo_jax.models.layers`); a rules table maps them to mesh axes.
+"""
+import math
+
+import flax.linen as nn
+import jax
+from absl import logging
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+_ACTIVATIONS = [("act_batch", BATCH_AXES), ("act_len", None), ("act_embed", None)]
+_UNSHARDED = [("kv", None), ("norm", None), ("layers", None), ("classes", None), ("vocab", None)]
+RULES = {
+    # Pure data parallelism: parameters replicated.
+    "dp": _ACTIVATIONS + [("embed", None), ("mlp", None), ("heads", None)] + _UNSHARDED,
+    # FSDP (ZeRO-3 style): parameters and optimiser state sharded over `fsdp` along their embed axis.
+    "fsdp": _ACTIVATIONS + [("embed", "fsdp"), ("mlp", None), ("heads", None)] + _UNSHARDED,
+    # FSDP + tensor parallelism (Megatron split of MLP hidden and attention heads).
+    "fsdp_tp": _ACTIVATIONS + [("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor")] + _UNSHARDED,
+}
+
+
+def rules(name: str):
+    if name not in RULES:
+        raise ValueError(f"unknown sharding rules {name!r}; expected one of {sorted(RULES)}")
+    return tuple(RULES[name])
+
+
+def mesh_shape(sizes: dict, num_devices: int) -> tuple:
+    """Sizes per axis with at most one -1 ("the rest"); fully explicit sizes may use fewer devices."""
+    shape = [int(sizes.get(axis, 1)) for axis in MESH_AXES]
+    if shape.count(-1) > 1:
+        raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))}: at most one axis may be -1")
+    known = math.prod(s for s in shape if s != -1)
+    if -1 in shape:
+        if num_devices % known:
+            raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))} does not divide {num_devices} devices")
+        shape[shape.index(-1)] = num_devices // known
+    if math.prod(shape) > num_devices:
+        raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices, have {num_devices}")
+    return tuple(shape)
+
+
+def make_mesh(sizes: dict, devices=None) -> jax.sharding.Mesh:
+    devices = jax.devices() if devices is None else devices
+    shape = mesh_shape(dict(sizes), len(devices))
+    if math.prod(shape) < len(devices):
+        logging.warning("mesh %s uses %d of %d devices", shape, math.prod(shape), len(devices))
+        devices = devices[:math.prod(shape)]
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
+                         devices=devices)
+
+
+def batch_sharding(mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def strip_boxes(tree):
+    """The values of logically-annotated leaves, without applying sharding constraints (for abstract trees)."""
+    return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.meta.AxisMetadata) else x,
+                        tree, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+
+
+def logical_shardings(boxed_tree, mesh, rule_table):
+    """Shardings for a tree of (possibly) logically-annotated leaves; unannotated leaves are replicated."""
+    specs = nn.get_partition_spec(boxed_tree)
+    return nn.logical_to_mesh_sharding(specs, mesh, rule_table)
+
+
+def opt_state_shardings(tx, abstract_params, param_shardings):
+    """Shardings of the optimiser state as the compiler propagates them from the parameters' shardings."""
+    sharded = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                           abstract_params, param_shardings)
+    return jax.jit(tx.init).lower(sharded).compile().output_shardings
+
+
+def local_batch_size(global_batch: int, mesh) -> int:
+    """This host's share of the global batch; the batch must split evenly over the batch axes."""
+    shards = int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+    if global_batch % shards:
+        raise ValueError(f"batch_size {global_batch} is not divisible by the {shards} batch shards of the mesh")
+    return global_batch // jax.process_count()
