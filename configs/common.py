@@ -83,7 +83,9 @@ def train_config(task: str, model_kwargs: dict) -> ml_collections.ConfigDict:
     c.sharding_rules = "fsdp"
     # Restore subtrees of an earlier stage: checkpoint = a checkpoints dir (or a stage name in a pipeline);
     # mapping = {our path: saved path}; empty mapping = the task's default (e.g. encoder <- pre-training).
-    c.init_from = ml_collections.ConfigDict(dict(checkpoint="", mapping={}))
+    # A learned pos_embed of another frame count / resolution is resampled given both (t, h, w) token grids.
+    c.init_from = ml_collections.ConfigDict(dict(checkpoint="", mapping={}, pos_embed_grid_src=(),
+                                                 pos_embed_grid_dst=()))
     return c
 
 

@@ -17,7 +17,7 @@ import ml_collections
 
 from configs import common
 
-ENCODER = dict(width=128, depth=4, num_heads=4, mlp_dim=512, patch_size=8, tubelet_size=2, num_frames=16,
+ENCODER = dict(width=128, depth=4, num_heads=4, mlp_dim=512, patch_size=8, tubelet_size=2, num_frames=8,
                image_size=32, pos_embed="sincos_1d", qkv_bias="qv", norm="layernorm", norm_eps=1e-6, act="gelu",
                scan=True)
 DECODER = dict(decoder_width=64, decoder_depth=1, decoder_heads=2, decoder_mlp_dim=256)
@@ -26,7 +26,7 @@ DECODER = dict(decoder_width=64, decoder_depth=1, decoder_heads=2, decoder_mlp_d
 def _data(c, arg, num_classes):
     c.data.update(dict(
         train_annotations="{workdir}/data/train.csv", eval_annotations="{workdir}/data/val.csv",
-        root="{workdir}/data", format="videomae", num_frames=16, sampling="dense", sampling_rate=2,
+        root="{workdir}/data", format="videomae", num_frames=8, sampling="dense", sampling_rate=2,
         crop_size=32, short_side=32, train_crop="multiscale", flip=False,  # flipping would swap left/right labels
         num_classes=num_classes, normalize="imagenet", eval_clips=2, eval_crops=1, workers=arg.workers))
     c.batch_size = c.eval_batch_size = arg.batch
@@ -60,7 +60,7 @@ def get_config(arg=None):
     finetune = _classifier(arg)
     finetune.init_from.checkpoint = "pretrain"  # a stage name: resolved to its checkpoints
     c = ml_collections.ConfigDict()
-    c.synthetic_data = dict(num_train=arg.train, num_val=arg.val, num_frames=32, size=32, seed=0)
+    c.synthetic_data = dict(num_train=arg.train, num_val=arg.val, num_frames=16, size=32, seed=0)
     c.stages = ml_collections.ConfigDict(dict(pretrain=pretrain, finetune=finetune, scratch=_classifier(arg)))
     c.stage_order = ("pretrain", "finetune", "scratch")
     c.report_title = "invideo_jax demo: VideoMAE pre-training and fine-tuning on synthetic motion videos"

@@ -176,7 +176,7 @@ def _interp_matrix(n_in: int, n_out: int, cubic: bool) -> np.ndarray:
 
 def _resamplable(rel: str, src_shape: tuple, dst_shape: tuple, src_grid, dst_grid) -> bool:
     """Whether a pos_embed of `src_shape` resamples from `src_grid` to `dst_grid` into `dst_shape`."""
-    if rel.rsplit("/", 1)[-1] not in POS_EMBED_NAMES or src_grid is None or dst_grid is None:
+    if rel.rsplit("/", 1)[-1] not in POS_EMBED_NAMES or not src_grid or not dst_grid:
         return False
     prefix = src_shape[-2] - math.prod(src_grid)
     return (prefix >= 0 and src_shape[:-2] == dst_shape[:-2] and src_shape[-1] == dst_shape[-1]

@@ -1,0 +1,52 @@
+"""Every shipped recipe builds: task, abstract parameters and optimiser, without memory (jax.eval_shape)."""
+import jax
+import numpy as np
+import pytest
+
+from configs import common, demo, videomae_finetune, videomae_pretrain
+from invideo_jax import sharding, stages
+from invideo_jax.train import optim, trainer
+from invideo_jax.train.tasks import get_task
+
+
+def build(config):
+    task = get_task(config)
+    boxed = jax.eval_shape(task.init_variables, jax.random.PRNGKey(0), trainer.example_batch(config, 1))
+    params = sharding.strip_boxes(boxed["params"])
+    optim.make_optimizer(config.optim, params, total_steps=config.total_steps, global_batch=config.batch_size)
+    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+
+
+def block(d):
+    """A pre-norm block with MLP ratio 4 and q/v biases: qkv 3d^2+2d, proj d^2+d, norms 4d, MLP 8d^2+5d."""
+    return 12 * d * d + 12 * d
+
+
+VIT_S_PRETRAIN = (12 * block(384) + 2 * 16 * 16 * 3 * 384 + 384 + 2 * 384  # encoder with final norm
+                  + 384 * 192 + 192 + 4 * block(192) + 2 * 192 + 192 * 1536 + 1536)  # decoder side
+VIT_B_K400 = 12 * block(768) + 2 * 16 * 16 * 3 * 768 + 768 + 2 * 768 + 768 * 400 + 400
+
+
+@pytest.mark.parametrize("module, arg, expected", [
+    (videomae_pretrain, "vit_s", VIT_S_PRETRAIN),
+    (videomae_pretrain, "vit_b,v2=True", None),
+    (videomae_finetune, "vit_b,classes=400", VIT_B_K400),
+    (videomae_finetune, "vit_s,classes=174,flip=False,scan=False", None),
+])
+def test_recipes_build(module, arg, expected):
+    count = build(module.get_config(arg))
+    if expected:
+        assert count == expected
+
+
+def test_demo_stages_build(tmp_path):
+    config = demo.get_config()
+    for name in config.stage_order:
+        build(stages.stage_config(config, name, str(tmp_path)))
+
+
+def test_unknown_arg_is_named():
+    with pytest.raises(ValueError, match="frmes"):
+        videomae_pretrain.get_config("vit_b,frmes=8")
+    with pytest.raises(ValueError, match="vit_q"):
+        videomae_pretrain.get_config("vit_q")
