@@ -236,3 +236,14 @@ def test_make_global_shards_numeric_fields(dataset):
     assert arrays["video"].shape == (8, 4, 24, 24, 3)
     assert len(arrays["video"].addressable_shards) == 8
     np.testing.assert_array_equal(np.asarray(arrays["label"]), batch["label"])
+
+
+def test_cached_videos_give_identical_batches(dataset):
+    cfg = config(dataset, randaug="")
+    plain = pipeline.train_iterator(cfg, seed=3, batch_size=4)
+    cached_cfg = config(dataset, randaug="", cache_videos=True)
+    cached = pipeline.train_iterator(cached_cfg, seed=3, batch_size=4)
+    for _ in range(3):  # the second epoch's clips come from the cache
+        a, b = next(plain), next(cached)
+        np.testing.assert_array_equal(a["video"], b["video"])
+        np.testing.assert_array_equal(a["label"], b["label"])

@@ -27,6 +27,7 @@ Configuration (`default_data_config()`, locked: unknown fields fail):
   workers            grain worker processes (0: in the calling process)
   threads            reading threads per process
   prefetch           batches to prefetch per process
+  cache_videos       keep whole decoded videos in memory (per process): for small datasets (the demo)
 
 Batches are dicts of numpy arrays: 'video' float32 (B, T, H, W, 3) normalised, 'label' int32 (-1 if
 none), 'targets' float32 (B, num_classes) when num_classes > 0, 'bad' int32 (1 where a bad video was
@@ -63,7 +64,7 @@ def default_data_config() -> ml_collections.ConfigDict:
         crop_size=224, short_side=224, train_crop="rrc", rrc_scale=(0.08, 1.0),
         rrc_ratio=(3 / 4, 4 / 3), flip=True, randaug="", random_erase=0.0,
         mixup=0.0, cutmix=0.0, label_smoothing=0.0, num_classes=0, normalize="imagenet",
-        eval_clips=1, eval_crops=1, min_frames=1, workers=0, threads=4, prefetch=2,
+        eval_clips=1, eval_crops=1, min_frames=1, workers=0, threads=4, prefetch=2, cache_videos=False,
     ))
     config.lock()
     return config
@@ -100,11 +101,20 @@ def check_data_config(cfg: ml_collections.ConfigDict) -> None:
 
 
 class FileVideoSource:
-    """Annotated video files: item i is (VideoRecord, path)."""
+    """Annotated video files: item i is (VideoRecord, path). With `cache`, whole decoded videos stay in memory."""
 
-    def __init__(self, records):
+    def __init__(self, records, cache: bool = False):
         self.records = records
         self.has_captions = any(record.captions for record in records)
+        self.cache = {} if cache else None
+
+    def decode(self, path: str, indices_for, min_frames: int) -> np.ndarray:
+        if self.cache is None:
+            return decode_frames(path, indices_for, min_frames=min_frames)
+        if path not in self.cache:
+            self.cache[path] = decode_frames(path, np.arange, min_frames=min_frames)
+        frames = self.cache[path]
+        return frames[np.asarray(indices_for(len(frames)))]
 
     def __len__(self) -> int:
         return len(self.records)
@@ -125,7 +135,7 @@ def make_source(cfg: ml_collections.ConfigDict, split: str):
     path = cfg[f"{split}_annotations"]
     if not path:
         raise ValueError(f"data.{split}_annotations is empty: name an annotation file")
-    return FileVideoSource(read_annotations(path, cfg.format, cfg.root))
+    return FileVideoSource(read_annotations(path, cfg.format, cfg.root), cache=cfg.cache_videos)
 
 
 def clip_indices(cfg, video_frames: int, *, rng=None, view: int = 0) -> np.ndarray:
@@ -140,6 +150,8 @@ def clip_indices(cfg, video_frames: int, *, rng=None, view: int = 0) -> np.ndarr
 def _decode_example(source, index: int, indices_for, min_frames: int):
     record, video = source[index]
     try:
+        if isinstance(source, FileVideoSource):
+            return record, source.decode(video, indices_for, min_frames)
         return record, decode_frames(video, indices_for, min_frames=min_frames)
     except BadVideo as e:
         raise BadVideo(f"{record.path}: {e}") from e
