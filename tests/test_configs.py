@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import common, demo, videomae_finetune, videomae_pretrain
+from configs import demo, videomae_finetune, videomae_pretrain
 from invideo_jax import sharding, stages
 from invideo_jax.train import optim, trainer
 from invideo_jax.train.tasks import get_task

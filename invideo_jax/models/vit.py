@@ -6,7 +6,6 @@ gathered subset of tokens (static count), as masked pre-training does.
 from typing import Any, Optional
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from invideo_jax.models import layers

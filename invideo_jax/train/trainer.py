@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
+from jax.experimental import multihost_utils
 
 from invideo_jax import sharding
 from invideo_jax.data import pipeline
@@ -70,14 +71,18 @@ def make_train_step(task, tx, schedule):
     return train_step
 
 
-def evaluate(task, state, predict, config, mesh) -> dict:
+def evaluate(state, predict, config, mesh) -> dict:
     """Multi-view classification accuracy over the whole eval split (softmax averaged over views)."""
     batch_size = config.eval_batch_size
     local = sharding.local_batch_size(batch_size, mesh)
     acc = multiview.MultiViewAccumulator(config.data.num_classes)
     for batch in pipeline.eval_iterator(config.data, batch_size=local):
-        out = predict(state.params, state.batch_stats, pipeline.make_global(batch, sharding.batch_sharding(mesh)))
-        acc.add(jax.device_get(out["logits"]), batch["video_index"], batch["mask"], batch["label"])
+        batch = pipeline.make_global(batch, sharding.batch_sharding(mesh))
+        logits = predict(state.params, state.batch_stats, batch)["logits"]
+        # Every host gathers the whole global batch, so all hosts compute the same accuracy.
+        views = multihost_utils.process_allgather(
+            {"logits": logits, **{k: batch[k] for k in ("video_index", "mask", "label")}}, tiled=True)
+        acc.add(views["logits"], views["video_index"], views["mask"], views["label"])
     return acc.result()
 
 
@@ -146,7 +151,7 @@ def train(config, workdir: str, stop_after: int = 0):
                 writer.write(step, dict(summary, clips_per_s=progress.throughput(step)))
                 progress.update(step, summary)
             if config.eval_every and step % config.eval_every == 0 and step != config.total_steps:
-                writer.write(step, {f"eval/{k}": v for k, v in evaluate(task, state, predict, config, mesh).items()})
+                _log_eval(writer, step, evaluate(state, predict, config, mesh))
             stopping = step == stop_after
             ckpt.save(step, state, data_iterator=train_iter, force=stopping or step == config.total_steps)
             if stopping:
@@ -161,14 +166,18 @@ def train(config, workdir: str, stop_after: int = 0):
         # ------------------------------------------------------------ final evaluation
         result = {"steps": config.total_steps, "train": writer.last("loss", "accuracy")}
         if config.task == "classification":
-            result["eval"] = evaluate(task, state, predict, config, mesh)
-            writer.write(config.total_steps, {f"eval/{k}": v for k, v in result["eval"].items()})
+            result["eval"] = evaluate(state, predict, config, mesh)
+            _log_eval(writer, config.total_steps, result["eval"])
         writer.close()
         ckpt.close()
     result["wall_s"] = round(time.perf_counter() - start_time, 1)
     with open(os.path.join(workdir, SUMMARY), "w") as f:
         json.dump(result, f, indent=1)
     return result
+
+
+def _log_eval(writer, step, result):
+    writer.write(step, {f"eval/{k}": v for k, v in result.items()})
 
 
 def _init_from(config, task):

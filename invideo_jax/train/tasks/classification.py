@@ -1,5 +1,4 @@
 """Supervised video classification: soft-target cross-entropy (label smoothing / mixup / cutmix from the data)."""
-import jax
 import jax.numpy as jnp
 
 from invideo_jax import losses
