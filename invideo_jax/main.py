@@ -1,7 +1,8 @@
 """Entry point: python -m invideo_jax.main --config=configs/X.py:ARG --workdir=DIR [--config.field=value ...]
 
 A config with `stages` runs as a pipeline (each stage in DIR/<stage>, finished stages skipped); any other
-config trains one stage in DIR, resuming from its latest checkpoint.
+config trains one stage in DIR, resuming from its latest checkpoint. Launched as several processes (TPU pod,
+Slurm, JAX_* variables: see invideo_jax/distributed.py), it connects them first; process 0 writes logs and reports.
 """
 import os
 
@@ -16,7 +17,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     del argv
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from invideo_jax import stages  # after flag parsing: keeps `--help` fast
+    from invideo_jax import distributed, stages  # after flag parsing: keeps `--help` fast
+    distributed.initialize()
     config, workdir = _CONFIG.value, _WORKDIR.value
     logging.info("config:\n%s", config)
     if "stages" in config:

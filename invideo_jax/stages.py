@@ -4,7 +4,8 @@
 A stage is finished when its workdir holds `summary.json`. Once a stage runs, every later stage runs again
 (its inputs may have changed); a later stage's previous results are moved aside to `<stage>.stale-<time>`,
 never deleted. String fields may use `{workdir}` (the pipeline's workdir); `init_from.checkpoint` may name an
-earlier stage.
+earlier stage. In a multi-process run the workdir is shared and process 0 alone writes the data, moves stale
+stages and writes the report.
 """
 import copy
 import json
@@ -14,7 +15,7 @@ import time
 import jax
 from absl import logging
 
-from invideo_jax import report
+from invideo_jax import distributed, report
 from invideo_jax.train import trainer
 
 
@@ -53,9 +54,11 @@ def run_pipeline(config, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     # Stages often compile identical programs (e.g. fine-tuning from pre-trained vs from scratch).
     jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "xla_cache"))
-    if config.get("synthetic_data"):
+    existed = {name: os.path.exists(os.path.join(workdir, name)) for name in config.stage_order}
+    if config.get("synthetic_data") and distributed.is_main():
         from invideo_jax.data import synthetic
         synthetic.write_dataset(os.path.join(workdir, "data"), **config.synthetic_data)
+    distributed.barrier("pipeline_start")  # the data is written and every process saw the same stage dirs
     results, upstream_ran = {}, False
     for name in config.stage_order:
         stage_dir = os.path.join(workdir, name)
@@ -64,13 +67,16 @@ def run_pipeline(config, workdir: str) -> dict:
             with open(os.path.join(stage_dir, trainer.SUMMARY)) as f:
                 results[name] = json.load(f)
             continue
-        if upstream_ran and os.path.exists(stage_dir):
+        if upstream_ran and existed[name]:
             stale = f"{stage_dir}.stale-{time.strftime('%Y%m%d-%H%M%S')}"
             logging.warning("stage %s: an earlier stage ran again; moving old results to %s", name, stale)
-            os.rename(stage_dir, stale)
-        print(f"=== stage {name}", flush=True)
+            if distributed.is_main():
+                os.rename(stage_dir, stale)
+            distributed.barrier(f"stale_{name}")
+        if distributed.is_main():
+            print(f"=== stage {name}", flush=True)
         results[name] = run_stage(stage_config(config, name, workdir), stage_dir)
         upstream_ran = True
-    path = report.write(workdir, config, results)
-    print(f"report: {path}", flush=True)
+    if distributed.is_main():
+        print(f"report: {report.write(workdir, config, results)}", flush=True)
     return results

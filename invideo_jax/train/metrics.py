@@ -1,8 +1,9 @@
-"""Metrics: JSONL + TensorBoard in the workdir, and a progress bar with loss, LR and clips/s."""
+"""Metrics: JSONL + TensorBoard in the workdir, and a progress bar with loss, LR and clips/s (process 0 only)."""
 import json
 import os
 import time
 
+import jax
 import numpy as np
 import tqdm
 from tensorboardX import SummaryWriter
@@ -27,18 +28,22 @@ def read(workdir: str) -> list:
 
 
 class MetricWriter:
-    """Appends {'step': s, ...} rows; on resume drops rows past the restored step, so logs match an unbroken run."""
+    """Appends {'step': s, ...} rows, dropping rows past a resumed step; process 0 alone reads and writes files."""
 
     def __init__(self, workdir: str, resume_step: int = 0):
         self.path = os.path.join(workdir, METRICS_FILE)
-        self.rows = [r for r in read(workdir) if r["step"] <= resume_step]
-        with open(self.path, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in self.rows)
-        self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self.rows, self.tb = [], None
+        if jax.process_index() == 0:
+            self.rows = [r for r in read(workdir) if r["step"] <= resume_step]
+            with open(self.path, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in self.rows)
+            self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, values: dict):
         row = {"step": int(step), **{k: float(v) for k, v in values.items()}}
         self.rows.append(row)
+        if self.tb is None:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
         for k, v in values.items():
@@ -52,16 +57,17 @@ class MetricWriter:
         return out
 
     def close(self):
-        self.tb.close()
+        if self.tb is not None:
+            self.tb.close()
 
 
 class Progress:
-    """A tqdm bar over steps showing loss, LR and clips/s (measured over the steps of this process)."""
+    """A tqdm bar over steps showing loss, LR and clips/s (measured on this process); shown by process 0 only."""
 
     def __init__(self, total_steps: int, start_step: int, batch_size: int):
         self.batch_size, self.start_step, self.start = batch_size, start_step, time.perf_counter()
         self.bar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                             mininterval=1.0)
+                             mininterval=1.0, disable=jax.process_index() != 0)
 
     def throughput(self, step: int) -> float:
         return (step - self.start_step) * self.batch_size / max(time.perf_counter() - self.start, 1e-9)

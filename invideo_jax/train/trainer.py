@@ -16,7 +16,7 @@ import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from invideo_jax import sharding
+from invideo_jax import distributed, sharding
 from invideo_jax.data import pipeline
 from invideo_jax.evaluate import multiview
 from invideo_jax.train import checkpoint, metrics as metrics_lib, optim
@@ -171,8 +171,9 @@ def train(config, workdir: str, stop_after: int = 0):
         writer.close()
         ckpt.close()
     result["wall_s"] = round(time.perf_counter() - start_time, 1)
-    with open(os.path.join(workdir, SUMMARY), "w") as f:
-        json.dump(result, f, indent=1)
+    if distributed.is_main():  # one writer: the workdir is shared
+        with open(os.path.join(workdir, SUMMARY), "w") as f:
+            json.dump(result, f, indent=1)
     return result
 
 
