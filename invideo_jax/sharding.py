@@ -78,10 +78,20 @@ def logical_shardings(boxed_tree, mesh, rule_table):
 
 
 def opt_state_shardings(tx, abstract_params, param_shardings):
-    """Shardings of the optimiser state as the compiler propagates them from the parameters' shardings."""
-    sharded = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                           abstract_params, param_shardings)
-    return jax.jit(tx.init).lower(sharded).compile().output_shardings
+    """Optimiser-state shardings: a leaf ending with a parameter's path and shape (Adam mu, nu) shares its sharding."""
+    # Not left to the compiler: zeros_like(param) does not depend on the parameter, so XLA replicated the moments.
+    by_path = {path: (a.shape, s) for (path, a), s in zip(jax.tree_util.tree_leaves_with_path(abstract_params),
+                                                           jax.tree.leaves(param_shardings))}
+    repl = replicated(jax.tree.leaves(param_shardings)[0].mesh)
+
+    def pick(path, leaf):
+        for start in range(len(path)):
+            shape, param_sharding = by_path.get(path[start:], (None, None))
+            if shape == leaf.shape:
+                return param_sharding
+        return repl
+
+    return jax.tree_util.tree_map_with_path(pick, jax.eval_shape(tx.init, abstract_params))
 
 
 def local_batch_size(global_batch: int, mesh) -> int:
