@@ -24,7 +24,7 @@ def test_row_on_a_tiny_config(task, capsys):
     got = dict(zip(videomae_step.COLUMNS, row))
     assert (got["model"], got["task"], got["clip"], got["batch"]) == ("tiny", task, "4×32²", "1")
     assert float(got["JAX/PyTorch clips/s"]) > 0 and got["JAX MFU"].endswith("%")
-    assert got["command"] == f"`python -m benchmarks.videomae_step {' '.join(argv)}`"
+    assert got["command"].endswith(f" -m benchmarks.videomae_step {' '.join(argv)}`")
     assert "matmul peak GFLOP/s: JAX" in capsys.readouterr().out
 
 
