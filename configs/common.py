@@ -24,6 +24,18 @@ DECODER_SIZES = {
     "g": dict(decoder_width=512, decoder_heads=8, decoder_depth=4, decoder_mlp_dim=2048),
 }
 
+# OpenAI CLIP towers (UniFormerV2 / InternVideo-MM backbones). Text: 77-token context, 49408 BPE ids.
+CLIP_VISION_SIZES = {
+    "B/16": dict(width=768, depth=12, num_heads=12, mlp_dim=3072, patch_size=16, image_size=224),
+    "L/14": dict(width=1024, depth=24, num_heads=16, mlp_dim=4096, patch_size=14, image_size=224),
+    "L/14@336": dict(width=1024, depth=24, num_heads=16, mlp_dim=4096, patch_size=14, image_size=336),
+}
+CLIP_TEXT_SIZES = {
+    "B/16": dict(width=512, depth=12, num_heads=8, mlp_dim=2048, embed_dim=512),
+    "L/14": dict(width=768, depth=12, num_heads=12, mlp_dim=3072, embed_dim=768),
+}
+CLIP_VOCAB_SIZE, CLIP_CONTEXT_LENGTH = 49408, 77
+
 
 def decode_variant(variant: str) -> tuple:
     """'B/16' -> ('B', 16)."""

@@ -82,6 +82,34 @@ def test_attention_matches_naive_softmax(qkv_bias):
     np.testing.assert_allclose(got, naive_attention(x, params, heads, qkv_bias), atol=1e-5)
 
 
+def test_cross_attention_and_causal_mask_match_torch():
+    """Cross-attention (query width 16, context width 12) and causal self-attention vs torch MultiheadAttention."""
+    torch = pytest.importorskip("torch")
+    heads, rng = 4, np.random.default_rng(3)
+    x, context = rng.standard_normal((2, 5, 16)).astype(np.float32), rng.standard_normal((2, 9, 12)).astype(np.float32)
+    mha = torch.nn.MultiheadAttention(16, heads, kdim=12, vdim=12, batch_first=True).eval()
+    torch.nn.init.normal_(mha.in_proj_bias)
+    wq, wk, wv = mha.q_proj_weight.detach().numpy(), mha.k_proj_weight.detach().numpy(), mha.v_proj_weight.detach().numpy()
+    bq, bk, bv = np.split(mha.in_proj_bias.detach().numpy(), 3)
+    params = {"q": {"kernel": wq.T.reshape(16, heads, 4), "bias": bq.reshape(heads, 4)},
+              "kv": {"kernel": np.stack([wk.T, wv.T], 1).reshape(12, 2, heads, 4),
+                     "bias": np.stack([bk, bv]).reshape(2, heads, 4)},
+              "proj": {"kernel": mha.out_proj.weight.detach().numpy().T.reshape(heads, 4, 16),
+                       "bias": mha.out_proj.bias.detach().numpy()}}
+    got = layers.Attention(heads, "qkv").apply({"params": params}, x, context)
+    want = mha(torch.from_numpy(x), torch.from_numpy(context), torch.from_numpy(context))[0].detach().numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+    self_attn = layers.Attention(heads, "none")
+    self_params = randomize(common.abstract_params(self_attn, x))
+    causal = self_attn.apply({"params": self_params}, x, is_causal=True)
+    changed = x.copy()
+    changed[:, 3:] += 1.0  # later tokens must not change earlier outputs
+    causal_changed = self_attn.apply({"params": self_params}, changed, is_causal=True)
+    np.testing.assert_allclose(causal[:, :3], causal_changed[:, :3], atol=1e-6)
+    assert not np.allclose(causal[:, 3:], causal_changed[:, 3:])
+
+
 class DropPath(nn.Module):
     rate: float
 

@@ -194,7 +194,9 @@ class Attention(nn.Module):
     """Multi-head attention through `jax.nn.dot_product_attention`.
 
     qkv_bias: 'qv' (VideoMAE: q and v biases, k bias zero), 'qkv' (CLIP fused in_proj bias) or 'none'.
-    qk_norm: RMSNorm on q and k over the full width (InternVideo2). Self-attention when `context` is None.
+    qk_norm: RMSNorm on q and k over the full width (InternVideo2).
+    Self-attention (one fused `qkv` projection) when `context` is None; otherwise cross-attention: `q` from x,
+    `kv` (one fused projection) from `context`, whose width may differ from x's.
     """
 
     num_heads: int
@@ -208,16 +210,21 @@ class Attention(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, mask=None, is_causal=False):
+    def __call__(self, x, context=None, mask=None, is_causal=False):
         width = x.shape[-1]
         if width % self.num_heads:
             raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
         head_dim = width // self.num_heads
         if self.qkv_bias not in ("qv", "qkv", "none"):
             raise ValueError(f"qkv_bias must be 'qv', 'qkv' or 'none', got {self.qkv_bias!r}")
-        qkv = dense((3, self.num_heads, head_dim), ("embed", None, "heads", "kv"), name="qkv",
-                    use_bias=self.qkv_bias == "qkv", dtype=self.dtype, param_dtype=self.param_dtype)(x)
-        q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
+        kw = dict(use_bias=self.qkv_bias == "qkv", dtype=self.dtype, param_dtype=self.param_dtype)
+        if context is None:
+            qkv = dense((3, self.num_heads, head_dim), ("embed", None, "heads", "kv"), name="qkv", **kw)(x)
+            q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
+        else:
+            q = dense((self.num_heads, head_dim), ("embed", "heads", "kv"), name="q", **kw)(x)
+            kv = dense((2, self.num_heads, head_dim), ("embed", None, "heads", "kv"), name="kv", **kw)(context)
+            k, v = kv[..., 0, :, :], kv[..., 1, :, :]
         if self.qkv_bias == "qv":
             bias_init = logical(zeros, ("heads", "kv"))
             q = q + self.param("q_bias", bias_init, (self.num_heads, head_dim), self.param_dtype).astype(q.dtype)
@@ -266,6 +273,7 @@ class Block(nn.Module):
     norm_eps: float = 1e-6
     act: str = "gelu"
     layer_scale: float = 0.0  # 0 = no LayerScale
+    is_causal: bool = False  # each token attends to itself and earlier ones (text decoders)
     attn_impl: Optional[str] = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -275,7 +283,7 @@ class Block(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         y = Norm(self.norm, self.norm_eps, self.param_dtype, name="norm1")(x)
         y = Attention(self.num_heads, self.qkv_bias, self.qk_norm, self.norm_eps, attn_impl=self.attn_impl,
-                      name="attn", **kw)(y)
+                      name="attn", **kw)(y, is_causal=self.is_causal)
         x = x + self._branch(y, rate, deterministic, "ls1")
         y = Norm(self.norm, self.norm_eps, self.param_dtype, name="norm2")(x)
         y = Mlp(self.mlp_dim, self.act, name="mlp", **kw)(y)
