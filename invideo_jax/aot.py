@@ -6,7 +6,6 @@ The compiled step also runs on real arrays placed in the returned state's shardi
 """
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from invideo_jax import sharding
@@ -19,13 +18,8 @@ MEMORY_FIELDS = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_i
 
 def abstract_batch(config, batch_sharding) -> dict:
     """ShapeDtypeStructs of a global training batch as the data pipeline yields it, in `batch_sharding`."""
-    d, b = config.data, config.batch_size
-    spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
-    batch = {"video": spec((b, d.num_frames, d.crop_size, d.crop_size, 3), jnp.float32),
-             "label": spec((b,), jnp.int32), "bad": spec((b,), jnp.int32)}
-    if d.num_classes:
-        batch["targets"] = spec((b, d.num_classes), jnp.float32)
-    return batch
+    return {key: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=batch_sharding)
+            for key, s in trainer.batch_shapes(config, config.batch_size).items()}
 
 
 def lower_train_step(config):
@@ -37,10 +31,10 @@ def lower_train_step(config):
     sharding.local_batch_size(config.batch_size, mesh)  # the batch must split over the batch axes
     batch = abstract_batch(config, batch_sh)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rule_table):
-        params = sharding.strip_boxes(jax.eval_shape(task.init_variables, jax.random.PRNGKey(0), batch)["params"])
-        tx, schedule = optim.make_optimizer(config.optim, params, total_steps=config.total_steps,
-                                            global_batch=config.batch_size)
-        abstract, shardings = trainer.state_shardings(task, tx, mesh, rule_table, batch)
+        boxed = jax.eval_shape(task.init_variables, jax.random.PRNGKey(0), batch)
+        tx, schedule = optim.make_optimizer(config.optim, sharding.strip_boxes(boxed["params"]),
+                                            total_steps=config.total_steps, global_batch=config.batch_size)
+        abstract, shardings = trainer.state_shardings(boxed, tx, mesh, rule_table)
         step = jax.jit(trainer.make_train_step(task, tx, schedule), in_shardings=(shardings, batch_sh),
                        out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
         return step.lower(abstract, batch), abstract

@@ -28,10 +28,15 @@ Configuration (`default_data_config()`, locked: unknown fields fail):
   threads            reading threads per process
   prefetch           batches to prefetch per process
   cache_videos       keep whole decoded videos in memory (per process): for small datasets (the demo)
+  tokenizer          '' (captions stay strings) or a `tokenizer.load_tokenizer` kind: 'clip', 'bert',
+                     'words'; batches then carry 'text' token ids
+  tokenizer_path     its vocabulary ('' = the packaged one, where a kind has one)
+  text_length        token ids per caption (CLIP: 77)
 
 Batches are dicts of numpy arrays: 'video' float32 (B, T, H, W, 3) normalised, 'label' int32 (-1 if
 none), 'targets' float32 (B, num_classes) when num_classes > 0, 'bad' int32 (1 where a bad video was
-replaced by another example), 'caption' str when the annotations have captions; evaluation adds
+replaced by another example), 'caption' str when the annotations have captions (one drawn at random per
+training clip; the first in evaluation), 'text' int32 (B, text_length) with a tokenizer; evaluation adds
 'video_index' and 'mask' (0 for padding and for bad videos, which evaluation skips).
 """
 import math
@@ -65,6 +70,7 @@ def default_data_config() -> ml_collections.ConfigDict:
         rrc_ratio=(3 / 4, 4 / 3), flip=True, randaug="", random_erase=0.0,
         mixup=0.0, cutmix=0.0, label_smoothing=0.0, num_classes=0, normalize="imagenet",
         eval_clips=1, eval_crops=1, min_frames=1, workers=0, threads=4, prefetch=2, cache_videos=False,
+        tokenizer="", tokenizer_path="", text_length=77,
     ))
     config.lock()
     return config
@@ -76,7 +82,7 @@ def check_data_config(cfg: ml_collections.ConfigDict) -> None:
         if cfg[field] not in choices:
             raise ValueError(f"data.{field}={cfg[field]!r}: expected one of {choices}")
     for field in ("num_frames", "sampling_rate", "crop_size", "eval_clips", "eval_crops",
-                  "min_frames", "prefetch"):
+                  "min_frames", "prefetch", "text_length"):
         if cfg[field] < 1:
             raise ValueError(f"data.{field}={cfg[field]} must be >= 1")
     for field in ("num_classes", "workers", "threads", "mixup", "cutmix"):
@@ -226,6 +232,34 @@ class MixTargets:
         return batch
 
 
+class TokenizeCaptions:
+    """Batch with 'caption' strings -> the same batch with 'text' token ids (a grain map)."""
+
+    def __init__(self, cfg, source):
+        if not getattr(source, "has_captions", False):
+            raise ValueError(f"data.tokenizer={cfg.tokenizer!r} but the annotations have no captions "
+                             "(use the 'json' format with a 'caption' field)")
+        self.kind, self.path, self.length = cfg.tokenizer, cfg.tokenizer_path, cfg.text_length
+        self.tokenizer = self._load()  # fails here, before any worker starts, if the vocabulary is missing
+
+    def _load(self):
+        from invideo_jax.data.tokenizer import load_tokenizer
+        return load_tokenizer(self.kind, self.path, context_length=self.length)
+
+    def __getstate__(self):  # worker processes load their own copy
+        return dict(self.__dict__, tokenizer=None)
+
+    def __call__(self, batch: dict) -> dict:
+        if self.tokenizer is None:
+            self.tokenizer = self._load()
+        batch["text"] = self.tokenizer.encode([str(c) for c in batch["caption"]])
+        return batch
+
+
+def _tokenized(dataset, cfg, source):
+    return dataset.map(TokenizeCaptions(cfg, source)) if cfg.tokenizer else dataset
+
+
 def _process_slice(process_index, process_count) -> tuple[int, int]:
     return (jax.process_index() if process_index is None else process_index,
             jax.process_count() if process_count is None else process_count)
@@ -258,7 +292,7 @@ def train_iterator(cfg, *, seed: int, batch_size: int, process_index: int | None
                .batch(batch_size, drop_remainder=True))
     if cfg.num_classes:
         dataset = dataset.random_map(MixTargets(cfg), seed=host_seed)
-    return iter(_with_workers(dataset, cfg))
+    return iter(_with_workers(_tokenized(dataset, cfg, source), cfg))
 
 
 class EvalViews:
@@ -330,7 +364,7 @@ def eval_iterator(cfg, *, batch_size: int, process_index: int | None = None,
         _read_options(cfg, math.ceil(batch_size / views.num_views)))
     dataset = grain.experimental.FlatMapIterDataset(_with_workers(dataset, cfg),
                                                     SplitViews(views.num_views))
-    return iter(dataset.batch(batch_size, drop_remainder=True))
+    return iter(_tokenized(dataset.batch(batch_size, drop_remainder=True), cfg, source))
 
 
 def make_global(batch: dict, sharding) -> dict:

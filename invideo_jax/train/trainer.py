@@ -26,15 +26,28 @@ from invideo_jax.train.tasks import get_task
 SUMMARY = "summary.json"
 
 
+def batch_shapes(config, batch_size) -> dict:
+    """ShapeDtypeStructs of a training batch as the data pipeline yields it."""
+    d = config.data
+    shapes = {"video": ((batch_size, d.num_frames, d.crop_size, d.crop_size, 3), jnp.float32),
+              "label": ((batch_size,), jnp.int32), "bad": ((batch_size,), jnp.int32)}
+    if d.num_classes:
+        shapes["targets"] = ((batch_size, d.num_classes), jnp.float32)
+    if d.tokenizer:
+        shapes["text"] = ((batch_size, d.text_length), jnp.int32)
+    return {key: jax.ShapeDtypeStruct(*spec) for key, spec in shapes.items()}
+
+
 def example_batch(config, batch_size):
     """Zeros shaped like a training batch (for shapes only)."""
-    d = config.data
-    return {"video": jnp.zeros((batch_size, d.num_frames, d.crop_size, d.crop_size, 3), jnp.float32)}
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), batch_shapes(config, batch_size))
 
 
-def state_shardings(task, tx, mesh, rule_table, batch):
-    """(abstract TrainState with shardings, TrainState of shardings) from the model's logical axis names."""
-    boxed = jax.eval_shape(task.init_variables, jax.random.PRNGKey(0), batch)
+def state_shardings(boxed, tx, mesh, rule_table):
+    """(abstract TrainState with shardings, TrainState of shardings) from the abstract variables' logical names.
+
+    `boxed`: `jax.eval_shape(task.init_variables, ...)`, whose leaves still carry their logical axis names.
+    """
     param_sh = sharding.logical_shardings(boxed["params"], mesh, rule_table)
     stats_sh = sharding.logical_shardings(boxed.get("batch_stats", {}), mesh, rule_table)
     abstract_params = sharding.strip_boxes(boxed["params"])
@@ -104,11 +117,10 @@ def train(config, workdir: str, stop_after: int = 0):
     with jax.set_mesh(mesh), nn.logical_axis_rules(rule_table):
         # ------------------------------------------------------------ state
         batch = example_batch(config, int(np.prod([mesh.shape[a] for a in sharding.BATCH_AXES])))
-        abstract_params = sharding.strip_boxes(
-            jax.eval_shape(task.init_variables, jax.random.PRNGKey(0), batch)["params"])
-        tx, schedule = optim.make_optimizer(config.optim, abstract_params, total_steps=config.total_steps,
-                                            global_batch=config.batch_size)
-        abstract, shardings = state_shardings(task, tx, mesh, rule_table, batch)
+        boxed = jax.eval_shape(task.init_variables, jax.random.PRNGKey(0), batch)
+        tx, schedule = optim.make_optimizer(config.optim, sharding.strip_boxes(boxed["params"]),
+                                            total_steps=config.total_steps, global_batch=config.batch_size)
+        abstract, shardings = state_shardings(boxed, tx, mesh, rule_table)
 
         def init_state(rng):
             init_rng, state_rng = jax.random.split(rng)
