@@ -73,14 +73,18 @@ def parse_arg(arg, **defaults) -> ml_collections.ConfigDict:
     return out
 
 
-def train_config(task: str, model_kwargs: dict) -> ml_collections.ConfigDict:
-    """The fields every training stage has, with defaults; recipes override them. Returned unlocked."""
+def train_config(task: str, model_kwargs: dict, model_name: str = "vit") -> ml_collections.ConfigDict:
+    """The fields every training stage has, with defaults; recipes override them. Returned unlocked.
+
+    `model_name` (`c.model.name`) tells a task which model class takes `model_kwargs` (classification:
+    'vit' or 'uniformerv2').
+    """
     from invideo_jax.data.pipeline import default_data_config
     from invideo_jax.train.optim import default_optim_config
 
     c = ml_collections.ConfigDict()
     c.task = task
-    c.model = ml_collections.ConfigDict({"kwargs": model_kwargs})
+    c.model = ml_collections.ConfigDict({"name": model_name, "kwargs": model_kwargs})
     c.data = default_data_config()
     c.optim = default_optim_config()
     c.seed = 0

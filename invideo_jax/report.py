@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from invideo_jax.train import metrics as metrics_lib  # noqa: E402
 
-PLOTTED = ("loss", "eval/top1", "clips_per_s")
+PLOTTED = ("loss", "eval/top1", "clips_per_s", "contrastive_loss")
 
 
 def _fmt(value):
@@ -25,6 +25,25 @@ def results_table(results: dict) -> str:
                   ev.get("top5"), ev.get("num_videos")]
         lines.append(f"| {name} | " + " | ".join("" if v is None else _fmt(v) for v in values) + " |")
     return "\n".join(lines)
+
+
+VIDEOTEXT_COLUMNS = {"zero-shot top1": "zero_shot/top1", "zero-shot top5": "zero_shot/top5",
+                     "t2v R@1": "retrieval/t2v_r1", "t2v R@5": "retrieval/t2v_r5", "t2v R@10": "retrieval/t2v_r10",
+                     "v2t R@1": "retrieval/v2t_r1", "v2t R@5": "retrieval/v2t_r5",
+                     "t2v R@1 DSL": "retrieval_dsl/t2v_r1", "v2t R@1 DSL": "retrieval_dsl/v2t_r1",
+                     "videos": "num_videos"}
+
+
+def videotext_table(results: dict) -> str:
+    """Markdown table of the video-text stages' zero-shot accuracy and retrieval (R@K in %), or '' if none."""
+    rows = {name: r["eval"] for name, r in results.items() if "retrieval/t2v_r1" in r.get("eval", {})}
+    if not rows:
+        return ""
+    lines = ["| stage | " + " | ".join(VIDEOTEXT_COLUMNS) + " |", "|---" * (len(VIDEOTEXT_COLUMNS) + 1) + "|"]
+    for name, ev in rows.items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(ev[k]) if k in ev else "" for k in VIDEOTEXT_COLUMNS.values())
+                     + " |")
+    return "\n".join(lines + ["", "R@K: plain cosine ranking; DSL: with dual-softmax re-ranking."])
 
 
 def plot(workdir: str, stage_names, key: str):
@@ -54,6 +73,9 @@ def plot(workdir: str, stage_names, key: str):
 def write(workdir: str, config, results: dict) -> str:
     title = config.get("report_title", "invideo_jax pipeline report")
     parts = [f"# {title}", "", config.get("report_intro", ""), "", "## Results", "", results_table(results), ""]
+    videotext = videotext_table(results)
+    if videotext:
+        parts += ["## Video-text evaluation", "", videotext, ""]
     for key in PLOTTED:
         fname = plot(workdir, list(results), key)
         if fname:

@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import demo, videomae_finetune, videomae_pretrain
+from configs import demo, internvideo_mm_pretrain, uniformerv2_finetune, videomae_finetune, videomae_pretrain
 from invideo_jax import sharding, stages
 from invideo_jax.train import optim, trainer
 from invideo_jax.train.tasks import get_task
@@ -32,6 +32,10 @@ VIT_B_K400 = 12 * block(768) + 2 * 16 * 16 * 3 * 768 + 768 + 2 * 768 + 768 * 400
     (videomae_pretrain, "vit_b,v2=True", None),
     (videomae_finetune, "vit_b,classes=400", VIT_B_K400),
     (videomae_finetune, "vit_s,classes=174,flip=False,scan=False", None),
+    (uniformerv2_finetune, "L/14@336", None),  # parameter counts: tests/test_uniformerv2.py
+    (uniformerv2_finetune, "B/16,dataset=ssv2,frozen=True,scan=False", None),
+    (internvideo_mm_pretrain, "B/16", None),
+    (internvideo_mm_pretrain, "L/14,scan=False,frames=16", None),
 ])
 def test_recipes_build(module, arg, expected):
     count = build(module.get_config(arg))
@@ -50,3 +54,5 @@ def test_unknown_arg_is_named():
         videomae_pretrain.get_config("vit_b,frmes=8")
     with pytest.raises(ValueError, match="vit_q"):
         videomae_pretrain.get_config("vit_q")
+    with pytest.raises(ValueError, match="k700"):
+        uniformerv2_finetune.get_config("B/16,dataset=k700")

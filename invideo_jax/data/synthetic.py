@@ -5,9 +5,10 @@ the shape moves (left, right, up, down, clockwise, counter-clockwise, growing, s
 parameterised symmetrically about the middle frame from label-independent random draws, so a
 scene's middle frame is the same whatever its class, reversing time turns a clip into the same
 scene with the opposite motion, and translation wraps around so positions say nothing either.
-Written as h264 mp4 with VideoMAE-style csv lists, InternVideo-style JSON lists with captions, and
-classes.txt.
+Written as h264 mp4 with VideoMAE-style csv lists, InternVideo-style JSON lists with captions,
+classes.txt and a word-level tokenizer of the captions (tokenizer/tokenizer.json).
 """
+import itertools
 import json
 import math
 import os
@@ -15,6 +16,7 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
+from invideo_jax.data.tokenizer import train_word_tokenizer
 from invideo_jax.data.video import write_video
 
 CLASSES = ("moving left", "moving right", "moving up", "moving down", "rotating clockwise",
@@ -37,7 +39,7 @@ SHAPES = {
 }
 _SUPERSAMPLE = 2
 _WRAP_OFFSETS = np.array([(x, y) for x in (-1, 0, 1) for y in (-1, 0, 1)])
-_VERSION = 2  # bump when the rendering changes, so cached datasets are regenerated
+_VERSION = 3  # bump when the rendering changes, so cached datasets are regenerated
 
 
 def _background(rng: np.random.Generator, size: int) -> Image.Image:
@@ -90,10 +92,20 @@ def render_clip(label: int, rng: np.random.Generator, *, num_frames: int = 16, s
     return np.clip(np.stack(frames) + noise, 0, 255).astype(np.uint8), color, shape
 
 
+def _subject(color: str, shape: str) -> str:
+    return f"{'an' if color[0] in 'aeiou' else 'a'} {color} {shape}"
+
+
 def captions(label: int, color: str, shape: str) -> list[str]:
     """The templated captions of a clip, e.g. 'a red square moves to the left'."""
-    article = "an" if color[0] in "aeiou" else "a"
-    return [f"{article} {color} {shape} {phrase}" for phrase in CAPTION_PHRASES[label]]
+    return [f"{_subject(color, shape)} {phrase}" for phrase in CAPTION_PHRASES[label]]
+
+
+def zero_shot_prompts() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(class names, templates) for zero-shot classification: the first caption phrase of each class, and one
+    template per colour and shape ('a red square {}'), so that the prompt ensemble averages appearance out."""
+    names = tuple(phrases[0] for phrases in CAPTION_PHRASES)
+    return names, tuple(f"{_subject(color, shape)} {{}}" for color in COLORS for shape in SHAPES)
 
 
 def _write_split(root: str, split: str, count: int, num_frames: int, size: int, seed: int):
@@ -118,8 +130,9 @@ def _write_split(root: str, split: str, count: int, num_frames: int, size: int, 
 def write_dataset(root: str, *, num_train: int, num_val: int, num_frames: int = 16,
                   size: int = 64, seed: int = 0) -> dict[str, str]:
     """Writes the dataset under root unless an identical one is there; returns its paths
-    (root, train_csv, val_csv, train_json, val_json, classes)."""
-    paths = {"root": root, "classes": os.path.join(root, "classes.txt")}
+    (root, train_csv, val_csv, train_json, val_json, classes, tokenizer)."""
+    paths = {"root": root, "classes": os.path.join(root, "classes.txt"),
+             "tokenizer": os.path.join(root, "tokenizer")}
     for split in ("train", "val"):
         paths[f"{split}_csv"] = os.path.join(root, f"{split}.csv")
         paths[f"{split}_json"] = os.path.join(root, f"{split}.json")
@@ -135,6 +148,9 @@ def write_dataset(root: str, *, num_train: int, num_val: int, num_frames: int = 
         _write_split(root, split, count, num_frames, size, seed)
     with open(paths["classes"], "w") as f:
         f.write("\n".join(CLASSES) + "\n")
+    every_caption = [caption for label, color, shape in itertools.product(range(len(CLASSES)), COLORS, SHAPES)
+                     for caption in captions(label, color, shape)]
+    train_word_tokenizer(every_caption, paths["tokenizer"])
     with open(manifest, "w") as f:  # written last: its presence means the dataset is complete
         json.dump(settings, f)
     return paths

@@ -114,11 +114,15 @@ def dense(features, axes, *, name, use_bias=True, dtype=jnp.float32, param_dtype
 
 
 class Norm(nn.Module):
-    """LayerNorm (scale, bias) or RMSNorm (scale only) over the last axis, computed in float32."""
+    """LayerNorm (scale, bias) or RMSNorm (scale only) over the last axis, computed in float32.
+
+    use_bias=False: LayerNorm without the bias (CoCa / PaLM).
+    """
 
     kind: str = "layernorm"
     eps: float = 1e-6
     param_dtype: Dtype = jnp.float32
+    use_bias: bool = True
 
     @nn.compact
     def __call__(self, x):
@@ -130,7 +134,7 @@ class Norm(nn.Module):
             x = x - x.mean(axis=-1, keepdims=True)
         x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.eps)
         x = x * self.param("scale", logical(ones, ("norm",)), (width,), self.param_dtype)
-        if self.kind == "layernorm":
+        if self.kind == "layernorm" and self.use_bias:
             x = x + self.param("bias", logical(zeros, ("norm",)), (width,), self.param_dtype)
         return x
 
@@ -206,6 +210,7 @@ class Attention(nn.Module):
     proj_bias: bool = True
     out_features: Optional[int] = None
     attn_impl: Optional[str] = None
+    proj_init: Callable = xavier
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -235,7 +240,7 @@ class Attention(nn.Module):
         out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, scale=head_dim ** -0.5,
                                            implementation=self.attn_impl)
         return dense(self.out_features or width, ("heads", "kv", "embed"), name="proj", use_bias=self.proj_bias,
-                     dtype=self.dtype, param_dtype=self.param_dtype, in_dims=2)(out)
+                     dtype=self.dtype, param_dtype=self.param_dtype, in_dims=2, kernel_init=self.proj_init)(out)
 
     def _full_width_norm(self, t, name):
         shape = t.shape
@@ -244,17 +249,23 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
+    """fc1 -> activation -> dropout -> fc2."""
+
     hidden: int
     act: str = "gelu"
+    dropout: float = 0.0
+    out_init: Callable = xavier
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, deterministic: bool = True):
         width = x.shape[-1]
         x = dense(self.hidden, ("embed", "mlp"), name="fc1", dtype=self.dtype, param_dtype=self.param_dtype)(x)
         x = activation(self.act)(x)
-        return dense(width, ("mlp", "embed"), name="fc2", dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        x = nn.Dropout(self.dropout, deterministic=deterministic)(x)
+        return dense(width, ("mlp", "embed"), name="fc2", dtype=self.dtype, param_dtype=self.param_dtype,
+                     kernel_init=self.out_init)(x)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -280,15 +291,20 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x, rate, deterministic: bool):
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = x + self._attention(x, rate, deterministic)
+        x = x + self._mlp(x, rate, deterministic)
+        return constrain(x.astype(self.dtype))
+
+    def _attention(self, x, rate, deterministic):
         y = Norm(self.norm, self.norm_eps, self.param_dtype, name="norm1")(x)
         y = Attention(self.num_heads, self.qkv_bias, self.qk_norm, self.norm_eps, attn_impl=self.attn_impl,
-                      name="attn", **kw)(y, is_causal=self.is_causal)
-        x = x + self._branch(y, rate, deterministic, "ls1")
+                      name="attn", dtype=self.dtype, param_dtype=self.param_dtype)(y, is_causal=self.is_causal)
+        return self._branch(y, rate, deterministic, "ls1")
+
+    def _mlp(self, x, rate, deterministic):
         y = Norm(self.norm, self.norm_eps, self.param_dtype, name="norm2")(x)
-        y = Mlp(self.mlp_dim, self.act, name="mlp", **kw)(y)
-        x = x + self._branch(y, rate, deterministic, "ls2")
-        return constrain(x.astype(self.dtype))
+        y = Mlp(self.mlp_dim, self.act, name="mlp", dtype=self.dtype, param_dtype=self.param_dtype)(y)
+        return self._branch(y, rate, deterministic, "ls2")
 
     def _branch(self, y, rate, deterministic, ls_name):
         if self.layer_scale:
@@ -307,6 +323,8 @@ REMAT_POLICIES = {
 class Transformer(nn.Module):
     """`depth` Blocks; unscanned params are `blocks_{i}`, scanned params are `blocks` with a leading `layers` axis.
 
+    `block_cls` may be a Block subclass with the same call signature (its `batch_stats` are scanned like params).
+
     Returns the final tokens and, if `return_layers` is set, the outputs of those layer indices (stacked).
     """
 
@@ -316,15 +334,16 @@ class Transformer(nn.Module):
     scan: bool = False
     remat: str = "none"
     return_layers: tuple = ()
+    block_cls: Any = Block
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"unknown remat policy {self.remat!r}; expected one of {sorted(REMAT_POLICIES)}")
         rates = np.linspace(0.0, self.drop_path, self.depth) if self.drop_path else None
-        block_cls = Block
+        block_cls = self.block_cls
         if self.remat != "none":
-            block_cls = nn.remat(Block, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan,
+            block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan,
                                  static_argnums=(3,))
         if not self.scan:
             hidden = []
@@ -339,7 +358,7 @@ class Transformer(nn.Module):
             return out, (out if self.return_layers else None)
 
         scanned = nn.scan(
-            body, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+            body, variable_axes={"params": 0, "batch_stats": 0}, split_rngs={"params": True, "dropout": True},
             in_axes=0, length=self.depth, metadata_params={nn.PARTITION_NAME: "layers"},
         )
         xs = None if rates is None else jnp.asarray(rates, jnp.float32)

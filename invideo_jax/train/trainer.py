@@ -14,11 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
-from jax.experimental import multihost_utils
 
 from invideo_jax import distributed, sharding
 from invideo_jax.data import pipeline
-from invideo_jax.evaluate import multiview
 from invideo_jax.train import checkpoint, metrics as metrics_lib, optim
 from invideo_jax.train.state import TrainState
 from invideo_jax.train.tasks import get_task
@@ -84,21 +82,6 @@ def make_train_step(task, tx, schedule):
     return train_step
 
 
-def evaluate(state, predict, config, mesh) -> dict:
-    """Multi-view classification accuracy over the whole eval split (softmax averaged over views)."""
-    batch_size = config.eval_batch_size
-    local = sharding.local_batch_size(batch_size, mesh)
-    acc = multiview.MultiViewAccumulator(config.data.num_classes)
-    for batch in pipeline.eval_iterator(config.data, batch_size=local):
-        batch = pipeline.make_global(batch, sharding.batch_sharding(mesh))
-        logits = predict(state.params, state.batch_stats, batch)["logits"]
-        # Every host gathers the whole global batch, so all hosts compute the same accuracy.
-        views = multihost_utils.process_allgather(
-            {"logits": logits, **{k: batch[k] for k in ("video_index", "mask", "label")}}, tiled=True)
-        acc.add(views["logits"], views["video_index"], views["mask"], views["label"])
-    return acc.result()
-
-
 def train(config, workdir: str, stop_after: int = 0):
     """Trains one stage in `workdir`; returns (and writes) its summary. Resumes if checkpoints exist.
 
@@ -148,6 +131,7 @@ def train(config, workdir: str, stop_after: int = 0):
         train_step = jax.jit(make_train_step(task, tx, schedule), in_shardings=(shardings, batch_sh),
                              out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
         predict = jax.jit(task.predict, in_shardings=(shardings.params, shardings.batch_stats, batch_sh))
+        evaluate = getattr(task, "evaluate", None)  # a task without one is evaluated by its training loss only
 
         # ------------------------------------------------------------ loop
         writer = metrics_lib.MetricWriter(workdir, resume_step=start_step)
@@ -162,8 +146,8 @@ def train(config, workdir: str, stop_after: int = 0):
                 pending = []
                 writer.write(step, dict(summary, clips_per_s=progress.throughput(step)))
                 progress.update(step, summary)
-            if config.eval_every and step % config.eval_every == 0 and step != config.total_steps:
-                _log_eval(writer, step, evaluate(state, predict, config, mesh))
+            if evaluate and config.eval_every and step % config.eval_every == 0 and step != config.total_steps:
+                _log_eval(writer, step, evaluate(state, predict, mesh))
             stopping = step == stop_after
             ckpt.save(step, state, data_iterator=train_iter, force=stopping or step == config.total_steps)
             if stopping:
@@ -177,8 +161,8 @@ def train(config, workdir: str, stop_after: int = 0):
 
         # ------------------------------------------------------------ final evaluation
         result = {"steps": config.total_steps, "train": writer.last("loss", "accuracy")}
-        if config.task == "classification":
-            result["eval"] = evaluate(state, predict, config, mesh)
+        if evaluate:
+            result["eval"] = evaluate(state, predict, mesh)
             _log_eval(writer, config.total_steps, result["eval"])
         writer.close()
         ckpt.close()

@@ -4,13 +4,31 @@
   loss(params, model_state, batch, rng) -> (loss, (metrics, new_model_state))
   predict(params, model_state, batch) -> dict of per-example outputs (evaluation)
   init_from_mapping -> default `init_from.mapping` when restoring an earlier stage (may be empty)
+  evaluate(state, predict, mesh) -> dict of metrics over the eval split (optional)
+
+`model_state` is the BatchNorm statistics collection ({} for models without BatchNorm).
 """
 import importlib
 
 TASKS = {
     "videomae_pretrain": "invideo_jax.train.tasks.videomae_pretrain",
     "classification": "invideo_jax.train.tasks.classification",
+    "videotext": "invideo_jax.train.tasks.videotext",
 }
+
+
+def model_variables(params, batch_stats) -> dict:
+    return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+
+
+def apply_model(model, params, batch_stats, *args, rng, **kwargs):
+    """Training-mode apply with dropout from `rng`; returns (outputs, batch_stats updated if the model has any)."""
+    variables = model_variables(params, batch_stats)
+    if not batch_stats:
+        return model.apply(variables, *args, train=True, rngs={"dropout": rng}, **kwargs), batch_stats
+    out, updated = model.apply(variables, *args, train=True, rngs={"dropout": rng}, mutable=["batch_stats"],
+                               **kwargs)
+    return out, updated["batch_stats"]
 
 
 def get_task(config):

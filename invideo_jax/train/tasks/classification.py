@@ -1,29 +1,50 @@
-"""Supervised video classification: soft-target cross-entropy (label smoothing / mixup / cutmix from the data)."""
+"""Supervised video classification: soft-target cross-entropy (label smoothing / mixup / cutmix from the data).
+
+`config.model.name` picks the model: 'vit' (VisionTransformer) or 'uniformerv2' (UniFormerV2, whose BatchNorm
+statistics are the task's model state). Default `init_from` mappings: a ViT restores the encoder of a VideoMAE
+pre-training checkpoint; UniFormerV2 restores its whole `backbone` from the visual tower of a multimodal
+checkpoint (`params/visual/backbone`).
+"""
 import jax.numpy as jnp
 
 from invideo_jax import losses
+from invideo_jax.evaluate import loop, multiview
+from invideo_jax.models.uniformerv2 import UniFormerV2
 from invideo_jax.models.vit import VisionTransformer
+from invideo_jax.train.tasks import apply_model, model_variables
 
-# Stage-to-stage default: a classifier restores the encoder of a VideoMAE pre-training checkpoint.
-ENCODER_FROM_PRETRAIN = {"patch_embed": "params/encoder/patch_embed", "transformer": "params/encoder/transformer"}
+MODELS = {
+    "vit": (VisionTransformer,
+            {"patch_embed": "params/encoder/patch_embed", "transformer": "params/encoder/transformer"}),
+    "uniformerv2": (UniFormerV2, {"backbone": "params/visual/backbone"}),
+}
 
 
 class Task:
     def __init__(self, config):
         self.config = config
-        self.model = VisionTransformer(**config.model.kwargs)
+        if config.model.name not in MODELS:
+            raise ValueError(f"config.model.name={config.model.name!r} is unknown; expected one of {sorted(MODELS)}")
+        model_cls, self.init_from_mapping = MODELS[config.model.name]
+        self.model = model_cls(**config.model.kwargs)
         if not self.model.num_classes:
             raise ValueError("config.model.kwargs.num_classes must be > 0 for the classification task")
-        self.init_from_mapping = ENCODER_FROM_PRETRAIN
 
     def init_variables(self, rng, batch):
         return self.model.init({"params": rng, "dropout": rng}, batch["video"])
 
     def loss(self, params, model_state, batch, rng):
-        out = self.model.apply({"params": params}, batch["video"], train=True, rngs={"dropout": rng})
+        out, model_state = apply_model(self.model, params, model_state, batch["video"], rng=rng)
         loss = losses.softmax_cross_entropy(out["logits"], batch["targets"])
         accuracy = jnp.mean(jnp.argmax(out["logits"], -1) == jnp.argmax(batch["targets"], -1))
         return loss, ({"loss": loss, "accuracy": accuracy}, model_state)
 
     def predict(self, params, model_state, batch):
-        return {"logits": self.model.apply({"params": params}, batch["video"])["logits"]}
+        return {"logits": self.model.apply(model_variables(params, model_state), batch["video"])["logits"]}
+
+    def evaluate(self, state, predict, mesh) -> dict:
+        """Multi-view top-1/top-5 accuracy over the eval split (softmax averaged over each video's views)."""
+        accumulator = multiview.MultiViewAccumulator(self.config.data.num_classes)
+        for out in loop.predictions(state, predict, self.config, mesh):
+            accumulator.add(out["logits"], out["video_index"], out["mask"], out["label"])
+        return accumulator.result()

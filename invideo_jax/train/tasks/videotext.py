@@ -1,0 +1,113 @@
+"""Video-text pre-training (InternVideo-MM): symmetric InfoNCE on the global batch + captioning cross-entropy.
+
+Evaluation on the eval split (multi-view: each video's unit features averaged over its views):
+  zero-shot classification from prompt-ensembled class names (`config.zero_shot`), and text->video /
+  video->text retrieval with each video's first caption, reported twice: plain cosine ranking (`retrieval/...`)
+  and with dual-softmax re-ranking (`retrieval_dsl/...`), so numbers are never ambiguous.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from invideo_jax import losses
+from invideo_jax.data.tokenizer import load_tokenizer
+from invideo_jax.evaluate import loop, retrieval, zero_shot
+from invideo_jax.models.multimodal import VideoTextModel
+from invideo_jax.train.tasks import apply_model, model_variables
+
+
+def caption_targets(ids):
+    """(targets, mask) for next-token prediction: the tokens after the start token, up to (not including) the
+    end token (the largest id of a row); the end token and the padding are not predicted, as the official."""
+    targets = ids[:, 1:]
+    end = jnp.argmax(ids, axis=-1)[:, None]
+    mask = jnp.arange(1, ids.shape[1])[None] < end
+    return targets, mask
+
+
+def class_names(spec) -> list:
+    """`config.zero_shot.class_names`: a tuple of names, or a text file with one name per line."""
+    if isinstance(spec, str):
+        with open(spec) as f:
+            return [line.strip() for line in f if line.strip()]
+    return list(spec)
+
+
+# The CLIP text tower pools at the largest id of a row, which must be the end token.
+TOKENIZERS = ("clip", "words")
+
+
+class Task:
+    def __init__(self, config):
+        self.config = config
+        if config.data.tokenizer not in TOKENIZERS:
+            raise ValueError(f"data.tokenizer={config.data.tokenizer!r}: the videotext task needs one of "
+                             f"{TOKENIZERS} (the end token must be the largest id)")
+        self.model = VideoTextModel(**config.model.kwargs)
+        self.init_from_mapping = {}
+        self._check_vocabulary()
+
+    def _check_vocabulary(self):
+        d = self.config.data
+        try:
+            tokenizer = load_tokenizer(d.tokenizer, d.tokenizer_path, context_length=d.text_length)
+        except FileNotFoundError:
+            return  # not written yet (e.g. a pipeline's data stage); the data pipeline reports it
+        if tokenizer.vocab_size > self.model.text_config["vocab_size"]:
+            raise ValueError(f"the {d.tokenizer} tokenizer has {tokenizer.vocab_size} ids but "
+                             f"model.kwargs.text_config.vocab_size is {self.model.text_config['vocab_size']}")
+
+    def init_variables(self, rng, batch):
+        return self.model.init({"params": rng, "dropout": rng}, batch["video"], batch["text"])
+
+    def loss(self, params, model_state, batch, rng):
+        out, model_state = apply_model(self.model, params, model_state, batch["video"], batch["text"], rng=rng)
+        loss, metrics = losses.contrastive_loss(out["video_features"], out["text_features"], out["logit_scale"])
+        metrics = dict(metrics, contrastive_loss=loss)
+        if "caption_logits" in out:
+            targets, mask = caption_targets(batch["text"])
+            caption, accuracy = losses.caption_loss(out["caption_logits"], targets, mask)
+            loss = loss + self.config.loss.caption_weight * caption
+            metrics.update(caption_loss=caption, caption_accuracy=accuracy)
+        return loss, (dict(metrics, loss=loss), model_state)
+
+    def predict(self, params, model_state, batch):
+        variables = model_variables(params, model_state)
+        video, _ = self.model.apply(variables, batch["video"], method=VideoTextModel.encode_video)
+        text = self.model.apply(variables, batch["text"], method=VideoTextModel.encode_text)["features"]
+        return {"video_features": video, "text_features": text}
+
+    def evaluate(self, state, predict, mesh) -> dict:
+        video_sum, views, text, labels = {}, {}, {}, {}
+        for out in loop.predictions(state, predict, self.config, mesh):
+            for i in np.flatnonzero(out["mask"]):
+                index = int(out["video_index"][i])
+                video_sum[index] = video_sum.get(index, 0) + zero_shot.l2_normalize(out["video_features"][i])
+                views[index] = views.get(index, 0) + 1
+                text.setdefault(index, out["text_features"][i])
+                labels[index] = int(out["label"][i])
+        order = sorted(video_sum)
+        video = zero_shot.l2_normalize(np.stack([video_sum[i] / views[i] for i in order]))
+        text = zero_shot.l2_normalize(np.stack([text[i] for i in order]))
+        similarity = text @ video.T
+        result = {"num_videos": len(order)}
+        for prefix, dual_softmax in (("retrieval", False), ("retrieval_dsl", True)):
+            metrics = retrieval.retrieval_metrics(similarity, np.arange(len(order)), dual_softmax=dual_softmax)
+            result.update({f"{prefix}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+        zs = self.config.zero_shot
+        if zs.class_names:
+            result.update(self._zero_shot(state, video, np.array([labels[i] for i in order]), zs))
+        return result
+
+    def _zero_shot(self, state, video, labels, zs) -> dict:
+        d = self.config.data
+        tokenizer = load_tokenizer(d.tokenizer, d.tokenizer_path, context_length=d.text_length)
+        encode = jax.jit(lambda ids: self.model.apply(model_variables(state.params, state.batch_stats), ids,
+                                                      method=VideoTextModel.encode_text)["features"])
+        names = class_names(zs.class_names)
+        templates = tuple(zs.templates) or zero_shot.DEFAULT_TEMPLATES
+        logits = zero_shot.zero_shot_logits(video, zero_shot.class_embeddings(encode, tokenizer, names, templates))
+        ranked = np.argsort(-logits, axis=-1)
+        known = labels >= 0
+        return {f"zero_shot/top{k}": float((ranked[known, :k] == labels[known, None]).any(-1).mean())
+                for k in (1, 5) if k <= len(names)}
