@@ -7,8 +7,8 @@ VideoMAE csv and InternVideo JSON lists) into WORKDIR/data, then runs the stages
   pretrain  VideoMAE pre-training of a tiny video ViT (random mask 0.75, normalised-pixel targets)
   finetune  supervised fine-tuning, the encoder restored from `pretrain` (init_from)
   scratch   the same fine-tuning from random initialisation (same budget): the effect of pre-training
-  multimodal  video-text pre-training (InternVideo-MM): a tiny UniFormerV2 (global UniBlocks on the last two
-            layers), a causal text tower and a caption decoder, trained with the contrastive and captioning
+  multimodal  video-text pre-training (InternVideo-MM): a tiny UniFormerV2 (local UniBlocks in every layer, for
+            motion, and global UniBlocks on the last two), a causal text tower and a caption decoder, trained with the contrastive and captioning
             losses on the videos' captions ("a red square moves to the left"), tokenised by a word-level
             tokenizer trained on them
 and evaluates on the held-out split with multi-view testing (2 clips): both classifiers' accuracy, and the
@@ -60,7 +60,8 @@ def _classifier(arg):
 def _videotext(arg):
     size = {k: ENCODER[k] for k in ("width", "depth", "num_heads", "mlp_dim", "patch_size", "image_size",
                                     "num_frames")}
-    model = dict(visual_config=dict(size, global_layers=(2, 3), global_mlp_dropout=0.1, drop_path=0.1),
+    model = dict(visual_config=dict(size, local_blocks=True, global_layers=(2, 3), global_mlp_dropout=0.1,
+                                    drop_path=0.1),
                  text_config=dict(vocab_size=64, context_length=16, width=64, depth=2, num_heads=4, mlp_dim=256),
                  caption_config=dict(depth=1, num_queries=16), embed_dim=64)
     names, templates = synthetic.zero_shot_prompts()

@@ -2,7 +2,7 @@
 
   python -m invideo_jax.main --config=configs/internvideo_mm_pretrain.py:B/16 --workdir=$WORKDIR \
       --config.data.train_annotations=webvid/train.json --config.data.eval_annotations=msrvtt/test_1k.json \
-      --config.data.root=videos --config.init_from.checkpoint=$CONVERTED_CLIP/checkpoints
+      --config.data.root=videos --config.init_from.checkpoint=$CONVERTED_CLIP   # restores the whole model
 
 Data: InternVideo JSON lists ({"video": path, "caption": str | [str, ...]}), CLIP BPE tokens (77), 8 frames, one per
 equal segment, CLIP mean/std; evaluation resizes the short side to 224 and takes the centre crop. Start from CLIP

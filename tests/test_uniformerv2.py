@@ -243,3 +243,18 @@ def test_classification_task_train_step_updates_batch_stats(variables):
     after = new.batch_stats["backbone"]["transformer"]["blocks_1"]["lmhra2"]["bn"]
     assert np.abs(after["mean"] - before["mean"]).min() > 0 and np.abs(after["var"] - before["var"]).min() > 0
     assert np.abs(new.params["backbone"]["balance"] - variables["params"]["backbone"]["balance"]).max() > 0
+
+
+@pytest.mark.parametrize("kernel_size", [(3, 3, 3), (3, 1, 1)])
+def test_depthwise_conv_matches_torch_grouped_conv3d(kernel_size):
+    import torch
+    from invideo_jax.models.uniformerv2 import DepthwiseConv
+    x = np.random.default_rng(0).standard_normal((2, 4, 3, 5, 6)).astype(np.float32)
+    module = DepthwiseConv(kernel_size, "embed")
+    params = module.init(jax.random.PRNGKey(0), x)["params"]
+    params = jax.tree.map(lambda p: p + 0.1, nn.unbox(params))
+    weight = torch.from_numpy(np.asarray(params["kernel"])).permute(4, 3, 0, 1, 2)  # (C, 1, kt, kh, kw)
+    want = torch.nn.functional.conv3d(torch.from_numpy(x).permute(0, 4, 1, 2, 3), weight,
+                                      torch.from_numpy(np.asarray(params["bias"])),
+                                      padding=tuple(k // 2 for k in kernel_size), groups=6)
+    np.testing.assert_allclose(module.apply({"params": params}, x), want.permute(0, 2, 3, 4, 1).numpy(), atol=1e-5)

@@ -2,26 +2,28 @@
 
 python -m invideo_jax.convert.cli --format=videomae --model=configs/videomae_pretrain.py:vit_b --input=F --output=DIR
 python -m invideo_jax.convert.cli --format=videomae_hf --model=B/16 --kind=finetune --num_classes=400 ...
+python -m invideo_jax.convert.cli --format=clip_hf --model=configs/internvideo_mm_pretrain.py:B/16 --input=F ...
 
 `--model` is a training config file `PATH[:ARG]` (the model its task builds, so scanning matches the run that
-restores it) or a preset `SIZE/PATCH`. The output is step 0 of `CheckpointManager(DIR, item_names=('state',))`
-holding {'params': ...}.
+restores it) or, for the VideoMAE formats, a preset `SIZE/PATCH`. The output is step 0 of
+`CheckpointManager(DIR, item_names=('state',))` holding {'params': ...} (and 'batch_stats' for UniFormerV2 models
+with local UniBlocks).
 """
 import argparse
 import importlib.util
 import os
 import sys
 
-from invideo_jax.convert import common, videomae
+from invideo_jax.convert import clip, common, videomae
 from invideo_jax.models.videomae import VideoMAE
 from invideo_jax.models.vit import VisionTransformer
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="invideo-convert", description=__doc__.splitlines()[0])
-    parser.add_argument("--format", required=True, choices=sorted(videomae.FORMATS))
+    parser.add_argument("--format", required=True, choices=sorted([*videomae.FORMATS, *clip.FORMATS]))
     parser.add_argument("--model", "--config", dest="model", required=True,
-                        help="config file PATH[:ARG] or preset SIZE/PATCH, e.g. B/16")
+                        help="config file PATH[:ARG], or for VideoMAE a preset SIZE/PATCH, e.g. B/16")
     parser.add_argument("--input", required=True, help=".pth/.bin/.pt (torch.save) or .safetensors file")
     parser.add_argument("--output", required=True, help="directory of the Orbax checkpoint")
     parser.add_argument("--kind", choices=("pretrain", "finetune"), default="finetune", help="preset only")
@@ -46,6 +48,9 @@ def build_model(args):
     if args.model.partition(":")[0].endswith(".py"):
         from invideo_jax.train.tasks import get_task
         return get_task(load_config(args.model)).model
+    if args.format in clip.FORMATS:
+        raise ValueError(f"--format={args.format} needs a config file --model=PATH[:ARG], e.g. "
+                         "configs/uniformerv2_finetune.py:B/16 or configs/internvideo_mm_pretrain.py:B/16")
     from configs import common as sizes  # the size tables live beside the recipes
     encoder = sizes.vit_encoder(args.model, num_frames=args.num_frames, image_size=args.image_size, scan=args.scan)
     if args.kind == "pretrain":
@@ -56,11 +61,19 @@ def build_model(args):
     return VisionTransformer(**encoder, pool="mean", final_norm=False, num_classes=args.num_classes)
 
 
-def save(params, output_dir: str) -> str:
+def convert(args, model):
+    """(variables {'params': ..., ['batch_stats': ...]}, common.Report) read from args.input."""
+    if args.format in clip.FORMATS:
+        return clip.load_variables(args.input, model, args.format, args.drop)
+    params, report = videomae.load_params(args.input, model, args.format, args.drop)
+    return {"params": params}, report
+
+
+def save(variables, output_dir: str) -> str:
     import orbax.checkpoint as ocp
     output_dir = os.path.abspath(output_dir)
     manager = ocp.CheckpointManager(output_dir, item_names=("state",))
-    manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params})))
+    manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave(variables)))
     manager.wait_until_finished()
     manager.close()
     return os.path.join(output_dir, "0")
@@ -70,12 +83,12 @@ def main(argv) -> int:
     args = parse_args(argv)
     model = build_model(args)
     try:
-        params, report = videomae.load_params(args.input, model, args.format, args.drop)
+        variables, report = convert(args, model)
     except (common.ConversionError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(report.summary())
-    print(f"wrote {save(params, args.output)}")
+    print(f"wrote {save(variables, args.output)}")
     return 0
 
 

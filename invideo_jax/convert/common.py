@@ -3,21 +3,22 @@
 A `Rule` pairs one of our param paths ('/'-joined, `{i}` = layer index) with one or more PyTorch keys and a layout
 transform. Conversion is driven by the target model's expected param shapes: every expected param must be found
 with the right shape and every checkpoint key must be used, otherwise one `ConversionError` lists all problems.
-Rules are written for the unscanned layout (`blocks_{i}`); scanned targets are stacked afterwards.
+Rules are written for the unscanned layout (`blocks_{i}`); scanned targets are stacked afterwards. The target tree
+may be a params tree or a variables dict with collections (`params/...`, `batch_stats/...` paths).
 """
 import dataclasses
 import math
 import os
 import re
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import numpy as np
 from flax import traverse_util
 
-WRAPPER_KEYS = ("model", "module", "state_dict")
-KINDS = ("copy", "vector", "linear", "conv3d")
+WRAPPER_KEYS = ("model", "module", "state_dict", "model_state")
+KINDS = ("copy", "vector", "linear", "conv3d", "inflated")
 MAX_LISTED = 50
 
 
@@ -30,13 +31,20 @@ class Rule:
     """ours <-> theirs (several keys = concatenated along the PyTorch output axis) with a layout `kind`.
 
     copy: same shape; vector: flattened to 1-D in PyTorch; linear: PyTorch (out, in) <-> our kernel whose first
-    `n_in` axes are inputs; conv3d: PyTorch (O, I, T, H, W) <-> our (T, H, W, I, O).
+    `n_in` axes are inputs; conv3d: PyTorch (O, I, T, H, W) <-> our (T, H, W, I, O) (depthwise convs: I = 1);
+    inflated: a PyTorch 2-D kernel (O, I, H, W) <-> the centre time slice of our (T, H, W, I, O) (loading fills the
+    other slices with zeros, saving keeps the centre slice only).
+    unit_axes: PyTorch axes of size 1 that our layout lacks (a 1x1x1 Conv3d as our Dense: linear with (2, 3, 4)).
+    part (start, stop, num): ours is rows [start/num, stop/num) of the PyTorch tensor (one fused PyTorch projection
+    split into several of our params).
     """
 
     ours: str
     theirs: tuple
     kind: str = "copy"
     n_in: int = 1
+    unit_axes: tuple = ()
+    part: tuple = ()
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -52,32 +60,57 @@ class Rule:
         return tuple(key.replace("{i}", index) for key in self.theirs)
 
     def to_theirs(self, x) -> list:
+        """Our array (numpy or traced) -> the PyTorch arrays (each only its `part` rows)."""
         if self.kind == "vector":
             x = x.reshape(-1)
         elif self.kind == "linear":
             x = x.reshape(math.prod(x.shape[: self.n_in]), -1).T
         elif self.kind == "conv3d":
             x = x.transpose(4, 3, 0, 1, 2)
+        elif self.kind == "inflated":
+            x = x.transpose(4, 3, 0, 1, 2)[:, :, x.shape[0] // 2]
+        shape = list(x.shape)
+        for axis in sorted(self.unit_axes):
+            shape.insert(axis, 1)
+        x = x.reshape(shape)
+        if len(self.theirs) == 1:
+            return [x]
         size = x.shape[0] // len(self.theirs)
         return [x[k * size:(k + 1) * size] for k in range(len(self.theirs))]
 
+    def full_shape(self, shape) -> tuple:
+        """The PyTorch tensor's shape, given the shape of the rows this rule owns."""
+        if not self.part:
+            return tuple(shape)
+        start, stop, num = self.part
+        return (shape[0] * num // (stop - start),) + tuple(shape[1:])
+
     def to_ours(self, parts: Sequence[np.ndarray], shape) -> np.ndarray:
         x = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        if self.part:
+            start, stop, num = self.part
+            rows = x.shape[0] // num
+            x = x[start * rows:stop * rows]
+        x = np.squeeze(x, self.unit_axes)
         if self.kind == "linear":
             x = x.T
         elif self.kind == "conv3d":
             x = x.transpose(2, 3, 4, 1, 0)
+        elif self.kind == "inflated":
+            full = np.zeros(x.shape[:2] + (shape[0],) + x.shape[2:], x.dtype)
+            full[:, :, shape[0] // 2] = x
+            x = full.transpose(2, 3, 4, 1, 0)
         return x.reshape(shape)
 
 
-def rule(ours: str, theirs, kind: str = "copy", n_in: int = 1) -> Rule:
-    return Rule(ours, (theirs,) if isinstance(theirs, str) else tuple(theirs), kind, n_in)
+def rule(ours: str, theirs, kind: str = "copy", n_in: int = 1, unit_axes: tuple = (), part: tuple = ()) -> Rule:
+    return Rule(ours, (theirs,) if isinstance(theirs, str) else tuple(theirs), kind, n_in, unit_axes, part)
 
 
-def linear(ours: str, theirs, n_in: int = 1, bias: bool = True) -> list:
+def linear(ours: str, theirs, n_in: int = 1, bias: bool = True, unit_axes: tuple = ()) -> list:
     """A torch nn.Linear (several names = fused along outputs) <-> our `kernel` (+ `bias`)."""
     names = (theirs,) if isinstance(theirs, str) else tuple(theirs)
-    rules = [rule(f"{ours}/kernel", [f"{n}.weight" for n in names], "linear", n_in)]
+    rules = [rule(f"{ours}/kernel", [f"{n}.weight" for n in names], "linear", n_in, unit_axes)]
     if bias:
         rules.append(rule(f"{ours}/bias", [f"{n}.bias" for n in names], "vector"))
     return rules
@@ -92,29 +125,42 @@ def conv3d(ours: str, theirs: str) -> list:
 
 
 def scoped(rules: Sequence[Rule], ours_prefix: str, theirs_prefix: str) -> list:
-    return [Rule(ours_prefix + r.ours, tuple(theirs_prefix + t for t in r.theirs), r.kind, r.n_in) for r in rules]
+    return [dataclasses.replace(r, ours=ours_prefix + r.ours, theirs=tuple(theirs_prefix + t for t in r.theirs))
+            for r in rules]
 
 
 @dataclasses.dataclass(frozen=True)
 class Format:
-    """A checkpoint family: its rules, regex renames of legacy key names, and key prefixes to strip."""
+    """A checkpoint family: its rules, regex renames of legacy key names, and key prefixes to strip.
+
+    buffers: regexes of checkpoint keys that are not parameters (ignored on load, listed as dropped).
+    at_init: regexes of our paths the family does not hold: loading leaves them at their initial values (listed in
+    the report), saving omits them.
+    """
 
     rules: tuple
     aliases: tuple = ()
     prefixes: tuple = ("module.",)
+    buffers: tuple = ()
+    at_init: tuple = ()
 
 
 @dataclasses.dataclass
 class Report:
+    """Checkpoint tensors read, parameters converted, checkpoint keys dropped, our subtrees left at init."""
+
     num_tensors: int
     num_params: int
     dropped: list
+    at_init: list = dataclasses.field(default_factory=list)
 
     def summary(self) -> str:
         lines = [f"converted {self.num_tensors} tensors, {self.num_params:,} parameters"]
-        if self.dropped:
-            listed = ", ".join(self.dropped[:MAX_LISTED]) + (", ..." if len(self.dropped) > MAX_LISTED else "")
-            lines.append(f"dropped {len(self.dropped)} checkpoint keys: {listed}")
+        for items, what in ((self.dropped, "dropped {} checkpoint keys"),
+                            (self.at_init, "not in the checkpoint, left at init ({} subtrees)")):
+            if items:
+                listed = ", ".join(items[:MAX_LISTED]) + (", ..." if len(items) > MAX_LISTED else "")
+                lines.append(f"{what.format(len(items))}: {listed}")
         return "\n".join(lines)
 
 
@@ -168,10 +214,14 @@ def normalize_keys(state: Mapping, fmt: Format) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def abstract_variables(model: nn.Module, *inputs) -> dict:
+    """The unboxed {collection: {'...': ShapeDtypeStruct}} variables `model.init` would create, without allocating."""
+    return nn.meta.unbox(jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *inputs)))
+
+
 def abstract_params(model: nn.Module, *inputs) -> dict:
     """The unboxed {'...': ShapeDtypeStruct} params `model.init` would create, without allocating them."""
-    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *inputs))
-    return nn.meta.unbox(variables)["params"]
+    return abstract_variables(model, *inputs)["params"]
 
 
 def flatten(tree) -> dict:
@@ -226,17 +276,23 @@ def find_rule(rules: Sequence[Rule], path: str):
     return None, None
 
 
-def convert(state: Mapping, fmt: Format, expected, drop: Sequence[str] = ()):
-    """PyTorch/numpy state dict -> (params shaped like `expected`, Report). `drop`: regexes of keys to ignore."""
+def convert(state: Mapping, fmt: Format, expected, drop: Sequence[str] = (), initial: Optional[Callable] = None):
+    """PyTorch/numpy state dict -> (a tree shaped like `expected`, Report). `drop`: regexes of keys to ignore;
+    `initial()`: the target's initial values, read only for the params `fmt.at_init` leaves there."""
     state = normalize_keys(state, fmt)
     wanted = flatten(jax.eval_shape(scan_to_loop, expected))
-    missing, misshaped, used, plan = [], [], set(), {}
+    missing, misshaped, used, plan, at_init = [], [], set(), {}, {}
     for path, spec in wanted.items():
+        found = _search(path, fmt.at_init)
+        if found:
+            at_init[path] = path[:found.end()]  # reported by subtree
+            continue
         r, theirs = find_rule(fmt.rules, path)
         if r is None:
             missing.append(f"{path} (no conversion rule for this param)")
             continue
-        shapes = [p.shape for p in jax.eval_shape(r.to_theirs, jax.ShapeDtypeStruct(spec.shape, spec.dtype))]
+        shapes = [r.full_shape(p.shape)
+                  for p in jax.eval_shape(r.to_theirs, jax.ShapeDtypeStruct(spec.shape, spec.dtype))]
         for key, shape in zip(theirs, shapes):
             if key not in state:
                 missing.append(f"{key} {shape} (for {path})")
@@ -245,27 +301,48 @@ def convert(state: Mapping, fmt: Format, expected, drop: Sequence[str] = ()):
         used.update(theirs)
         plan[path] = (r, theirs, spec)
     leftover = sorted(set(state) - used)
-    dropped = [k for k in leftover if any(re.search(p, k) for p in drop)]
+    dropped = [k for k in leftover if _search(k, (*drop, *fmt.buffers))]
     unexpected = [f"{k} {state[k].shape}" for k in leftover if k not in dropped]
     if missing or unexpected or misshaped:
         raise ConversionError(_problems(missing, unexpected, misshaped))
-    params = unflatten({path: r.to_ours([state[k] for k in theirs], spec.shape).astype(spec.dtype, copy=False)
-                        for path, (r, theirs, spec) in plan.items()})
+    flat = {path: r.to_ours([state[k] for k in theirs], spec.shape).astype(spec.dtype, copy=False)
+            for path, (r, theirs, spec) in plan.items()}
+    if at_init:
+        if initial is None:
+            raise ValueError(f"initial values are needed for the params this format does not hold: {list(at_init)}")
+        init = flatten(scan_to_loop(initial()))
+        flat.update((path, np.asarray(init[path])) for path in at_init)
+    tree = unflatten(flat)
     if is_scanned(expected):
-        params = loop_to_scan(params)
-    report = Report(len(used), sum(int(np.prod(s.shape)) for s in wanted.values()), dropped)
-    return params, report
+        tree = loop_to_scan(tree)
+    num_params = sum(int(np.prod(s.shape)) for path, s in wanted.items() if path in plan)
+    return tree, Report(len(used), num_params, dropped, sorted(set(at_init.values())))
 
 
 def export(params, fmt: Format) -> dict:
-    """Our params (scanned or not) -> a PyTorch-layout {name: numpy array} state dict, the inverse of `convert`."""
-    out = {}
+    """Our tree (scanned or not) -> a PyTorch-layout {name: numpy array} state dict, the inverse of `convert`.
+
+    Params matching `fmt.at_init` are omitted; rules with a `part` fill their rows of a shared key.
+    """
+    pieces = {}
     for path, value in flatten(scan_to_loop(params)).items():
+        if _search(path, fmt.at_init):
+            continue
         r, theirs = find_rule(fmt.rules, path)
         if r is None:
             raise ConversionError(f"no conversion rule for param {path}")
-        out.update((k, np.ascontiguousarray(v)) for k, v in zip(theirs, r.to_theirs(np.asarray(value))))
+        for key, piece in zip(theirs, r.to_theirs(np.asarray(value))):
+            pieces.setdefault(key, {})[r.part[0] if r.part else 0] = piece
+    out = {}
+    for key, rows in pieces.items():
+        parts = [rows[start] for start in sorted(rows)]
+        out[key] = np.asarray(np.concatenate(parts) if len(parts) > 1 else parts[0], order="C")
     return out
+
+
+def _search(name: str, patterns):
+    """The first match of any regex in `patterns` in `name`, or None."""
+    return next(filter(None, (re.search(p, name) for p in patterns)), None)
 
 
 def _problems(missing, unexpected, misshaped) -> str:
@@ -278,3 +355,8 @@ def _problems(missing, unexpected, misshaped) -> str:
                 lines.append(f"    ... and {len(items) - MAX_LISTED} more")
     return "\n".join(lines)
 
+
+def pick_format(formats: Mapping[str, "Format"], fmt: str, family: str) -> "Format":
+    if fmt not in formats:
+        raise ValueError(f"unknown {family} checkpoint format {fmt!r}; expected one of {sorted(formats)}")
+    return formats[fmt]

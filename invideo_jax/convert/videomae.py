@@ -88,6 +88,4 @@ def to_state_dict(params, fmt: str = "videomae") -> dict:
 
 
 def _format(fmt: str) -> Format:
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown VideoMAE checkpoint format {fmt!r}; expected one of {sorted(FORMATS)}")
-    return FORMATS[fmt]
+    return common.pick_format(FORMATS, fmt, "VideoMAE")

@@ -44,7 +44,7 @@ class Task:
             raise ValueError(f"data.tokenizer={config.data.tokenizer!r}: the videotext task needs one of "
                              f"{TOKENIZERS} (the end token must be the largest id)")
         self.model = VideoTextModel(**config.model.kwargs)
-        self.init_from_mapping = {}
+        self.init_from_mapping = {"": "params"}  # the whole model (e.g. converted CLIP or InternVideo-MM weights)
         self._check_vocabulary()
 
     def _check_vocabulary(self):
