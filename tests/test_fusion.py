@@ -1,0 +1,87 @@
+"""Cross-model fusion: zero gates are the identity, gradients reach only the gates/heads, widths may differ."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from invideo_jax.models.fusion import FusedVideoModel
+from invideo_jax.models.uniformerv2 import UniFormerV2
+from invideo_jax.models.vit import VisionTransformer
+
+MASKED = dict(width=24, depth=2, num_heads=2, mlp_dim=48, patch_size=8, tubelet_size=2, num_frames=4,
+              image_size=16, pool="mean")
+MULTIMODAL = dict(width=32, depth=2, num_heads=2, mlp_dim=64, patch_size=8, image_size=16, num_frames=4,
+                  global_layers=(1,))
+MODEL = FusedVideoModel(MASKED, MULTIMODAL, fusion_layers=(0, 1), direction="symmetric", num_heads=2,
+                        num_classes=5)
+
+
+def clip(seed=0):
+    return np.random.default_rng(seed).standard_normal((2, 4, 16, 16, 3)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def params():
+    return nn.unbox(jax.jit(MODEL.init)(jax.random.PRNGKey(0), clip()))["params"]
+
+
+def set_gates(params, value):
+    flat = traverse_util.flatten_dict(params, sep="/")
+    return traverse_util.unflatten_dict(
+        {k: jnp.full_like(v, value) if k.endswith("_gate") else v for k, v in flat.items()}, sep="/")
+
+
+def test_zero_gates_give_the_standalone_encoders_features_exactly(params):
+    assert set(params) == {"masked", "multimodal", "fusion_0", "fusion_1", "fusion_masked_0", "fusion_masked_1",
+                           "head_multimodal", "head_masked"}
+    out = jax.jit(MODEL.apply)({"params": params}, clip())
+    masked = jax.jit(VisionTransformer(**MASKED).apply)({"params": params["masked"]}, clip())
+    multimodal = jax.jit(UniFormerV2(**MULTIMODAL).apply)({"params": params["multimodal"]}, clip())
+    np.testing.assert_array_equal(out["multimodal_features"], multimodal["features"])
+    np.testing.assert_array_equal(out["masked_features"], masked["pooled"])
+    np.testing.assert_array_equal(out["multimodal_features_unfused"], multimodal["features"])
+    assert out["logits"].shape == (2, 5)
+
+
+def test_gates_change_features_and_only_fusion_params_get_gradients(params):
+    out = jax.jit(MODEL.apply)({"params": set_gates(params, 0.5)}, clip())
+    for k in ("multimodal_features", "masked_features"):
+        assert np.abs(out[k] - out[f"{k}_unfused"]).max() > 1e-3, k
+
+    for freeze in (True, False):
+        model = MODEL.clone(freeze_encoders=freeze)
+        grads = jax.jit(jax.grad(lambda p: model.apply({"params": p}, clip())["logits"].sum()))(params)
+        flat = traverse_util.flatten_dict(grads, sep="/")
+        gates = {k: v for k, v in flat.items() if k.endswith("_gate")}
+        assert len(gates) == 8 and all(v != 0 for v in gates.values()), gates
+        encoders = [v for k, v in flat.items() if k.split("/")[0] in ("masked", "multimodal")]
+        assert all(not np.any(v) for v in encoders) if freeze else any(np.any(v) for v in encoders)
+
+
+def test_ctx_proj_maps_the_context_width_only_when_widths_differ(params):
+    assert params["fusion_0"]["ctx_proj"]["kernel"].shape == (24, 32)
+    assert params["fusion_masked_0"]["ctx_proj"]["kernel"].shape == (32, 24)
+    same = FusedVideoModel(dict(MASKED, width=32), MULTIMODAL, fusion_layers=(1,), num_heads=2)
+    shapes = jax.eval_shape(same.init, jax.random.PRNGKey(0), clip())["params"]
+    assert "ctx_proj" not in shapes["fusion_0"] and "fusion_masked_0" not in shapes
+    assert "head_multimodal" not in shapes  # num_classes 0: features only
+
+
+def test_every_param_has_logical_names():
+    boxed = jax.eval_shape(MODEL.init, jax.random.PRNGKey(0), clip())["params"]
+    leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    assert all(isinstance(x, nn.LogicallyPartitioned) and len(x.names) == x.value.ndim for x in leaves)
+    assert boxed["fusion_0"]["attn_gate"].names == ()
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(direction="both"), "direction"),
+    (dict(fusion_layers=(0, 2)), "fusion_layers"),
+    (dict(fusion_layers=()), "fusion_layers"),
+])
+def test_bad_fields_are_named(change, match):
+    model = MODEL.clone(**change)
+    with pytest.raises(ValueError, match=match):
+        jax.eval_shape(model.init, jax.random.PRNGKey(0), clip())
