@@ -43,7 +43,8 @@ def videotext_table(results: dict) -> str:
     for name, ev in rows.items():
         lines.append(f"| {name} | " + " | ".join(_fmt(ev[k]) if k in ev else "" for k in VIDEOTEXT_COLUMNS.values())
                      + " |")
-    return "\n".join(lines + ["", "R@K: plain cosine ranking; DSL: with dual-softmax re-ranking."])
+    return "\n".join(lines + ["", "Accuracies are fractions; R@K are percentages: plain cosine ranking, and with dual-softmax "
+                         "re-ranking (DSL)."])
 
 
 def plot(workdir: str, stage_names, key: str):

@@ -8,19 +8,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_shortened_demo_end_to_end(tmp_path):
-    args = "train=24,val=8,pretrain_steps=4,finetune_steps=4,batch=8,workers=0"
+    args = "train=24,val=8,pretrain_steps=4,finetune_steps=4,multimodal_steps=4,batch=8,workers=0"
     cmd = [sys.executable, "-m", "invideo_jax.main", f"--config=configs/demo.py:{args}", f"--workdir={tmp_path}"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
-    for stage in ("pretrain", "finetune", "scratch"):
+    for stage in ("pretrain", "finetune", "scratch", "multimodal"):
         with open(tmp_path / stage / "summary.json") as f:
             summary = json.load(f)
         assert summary["steps"] == 4
     for stage in ("finetune", "scratch"):
         with open(tmp_path / stage / "summary.json") as f:
             assert json.load(f)["eval"]["num_videos"] == 8  # every held-out video evaluated
+    with open(tmp_path / "multimodal" / "summary.json") as f:
+        assert {"zero_shot/top1", "retrieval/t2v_r1", "retrieval_dsl/t2v_r1"} <= set(json.load(f)["eval"])
     report = (tmp_path / "report.md").read_text()
     assert "| finetune | 4 |" in report and "| scratch | 4 |" in report
+    assert "## Video-text evaluation" in report and "| multimodal |" in report
     assert (tmp_path / "plot_loss.png").exists()
     # Re-running skips the finished stages.
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
