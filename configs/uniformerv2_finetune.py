@@ -30,6 +30,17 @@ DATASETS = {
 }
 
 
+def model_config(variant: str, *, ssv2: bool, frames: int, **overrides) -> dict:
+    """UniFormerV2 kwargs of the released designs: SSv2 (local + global UniBlocks, temporal downsampling) or
+    Kinetics (global UniBlocks on the last four layers only)."""
+    size = common.CLIP_VISION_SIZES[variant]
+    depth = size["depth"]
+    num_global = depth * 2 // 3 if ssv2 else 4  # SSv2: layers 4-11 (B) / 8-23 (L); Kinetics: the last four
+    return dict(size, num_frames=frames, temporal_downsample=ssv2, local_blocks=ssv2, local_reduction=1.5,
+                global_layers=tuple(range(depth - num_global, depth)), global_mlp_dropout=0.5,
+                drop_path=0.2 if ssv2 else 0.0, global_drop_path=0.4 if ssv2 else 0.0, **overrides)
+
+
 def get_config(arg=None):
     arg = common.parse_arg(arg, variant="B/16", dataset="kinetics", classes=0, frames=0, epochs=0, batch=0,
                            train_size=0, frozen=False, scan=True, remat="none", dtype="float32")
@@ -41,11 +52,8 @@ def get_config(arg=None):
         arg[key] = arg[key] or default
     size = common.CLIP_VISION_SIZES[arg.variant]
     depth, ssv2 = size["depth"], arg.dataset == "ssv2"
-    num_global = depth * 2 // 3 if ssv2 else 4  # SSv2: layers 4-11 (B) / 8-23 (L); Kinetics: the last four
-    model = dict(size, num_frames=arg.frames, temporal_downsample=ssv2, local_blocks=ssv2, local_reduction=1.5,
-                 global_layers=tuple(range(depth - num_global, depth)), global_mlp_dropout=0.5,
-                 drop_path=0.2 if ssv2 else 0.0, global_drop_path=0.4 if ssv2 else 0.0, frozen=arg.frozen,
-                 num_classes=arg.classes, head_dropout=0.5, scan=arg.scan, remat=arg.remat, dtype=arg.dtype)
+    model = model_config(arg.variant, ssv2=ssv2, frames=arg.frames, frozen=arg.frozen, num_classes=arg.classes,
+                         head_dropout=0.5, scan=arg.scan, remat=arg.remat, dtype=arg.dtype)
     c = common.train_config("classification", model, model_name="uniformerv2")
     steps_per_epoch = max(arg.train_size // arg.batch, 1)
     c.batch_size = arg.batch

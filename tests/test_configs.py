@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import demo, internvideo_mm_pretrain, uniformerv2_finetune, videomae_finetune, videomae_pretrain
+from configs import demo, internvideo_fusion, internvideo_mm_pretrain, uniformerv2_finetune, videomae_finetune, videomae_pretrain
 from invideo_jax import sharding, stages
 from invideo_jax.train import optim, trainer
 from invideo_jax.train.tasks import get_task
@@ -41,6 +41,21 @@ def test_recipes_build(module, arg, expected):
     count = build(module.get_config(arg))
     if expected:
         assert count == expected
+
+
+def test_paper_scale_fusion_freezes_both_encoders():
+    """ViT-H/16 + UniFormerV2-L/14 with 4 fusion blocks: only the fusion blocks and the head are trainable."""
+    config = internvideo_fusion.get_config()
+    task = get_task(config)
+    boxed = jax.eval_shape(task.init_variables, jax.random.PRNGKey(0), trainer.example_batch(config, 1))
+    params = sharding.strip_boxes(boxed["params"])
+    count = lambda tree: sum(int(np.prod(p.shape)) for p in jax.tree.leaves(tree))
+    rows = optim.describe(params, config.optim)
+    trainable = sum(int(np.prod(r.shape)) for r in rows if not r.frozen)
+    assert sorted(params) == ["fusion_0", "fusion_1", "fusion_2", "fusion_3", "head_multimodal", "masked",
+                              "multimodal"]
+    assert trainable == count({k: v for k, v in params.items() if k not in ("masked", "multimodal")})
+    assert count(params) == 1_041_664_462 and trainable == 56_369_870  # as the config's docstring states
 
 
 def test_demo_stages_build(tmp_path):

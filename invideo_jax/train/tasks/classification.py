@@ -1,7 +1,7 @@
 """Supervised video classification: soft-target cross-entropy (label smoothing / mixup / cutmix from the data).
 
-`config.model.name` picks the model: 'vit' (VisionTransformer) or 'uniformerv2' (UniFormerV2, whose BatchNorm
-statistics are the task's model state). Default `init_from` mappings: a ViT restores the encoder of a VideoMAE
+`config.model.name` picks the model: 'vit' (VisionTransformer), 'uniformerv2' (UniFormerV2, whose BatchNorm
+statistics are the task's model state) or 'fusion' (FusedVideoModel: the two encoders with cross-model attention). Default `init_from` mappings: a ViT restores the encoder of a VideoMAE
 pre-training checkpoint; UniFormerV2 restores its whole `backbone` from the visual tower of a multimodal
 checkpoint (`params/visual/backbone`).
 """
@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from invideo_jax import losses
 from invideo_jax.evaluate import loop, multiview
+from invideo_jax.models.fusion import FusedVideoModel
 from invideo_jax.models.uniformerv2 import UniFormerV2
 from invideo_jax.models.vit import VisionTransformer
 from invideo_jax.train.tasks import apply_model, model_variables
@@ -17,6 +18,7 @@ MODELS = {
     "vit": (VisionTransformer,
             {"patch_embed": "params/encoder/patch_embed", "transformer": "params/encoder/transformer"}),
     "uniformerv2": (UniFormerV2, {"backbone": "params/visual/backbone"}),
+    "fusion": (FusedVideoModel, {}),
 }
 
 
