@@ -4,16 +4,17 @@
       --config.data.train_annotations=k710/train.csv --config.data.eval_annotations=k400/val.csv \
       --config.data.root=videos
 
-Both encoders are frozen (`optim.frozen`, and `stop_gradient` at their outputs); the tanh-gated cross-attention
-blocks (gates at 0: training starts exactly from the two encoders) and the two classification heads train. The
+Both encoders are frozen (`optim.frozen`, and `stop_gradient` at their trunks); the tanh-gated cross-attention
+blocks (gates at 0: training starts exactly from the two encoders), the classification head and the multimodal
+encoder's query token train, as in the paper. The
 multimodal clip feature attends to the masked encoder's last `fusion` layers (`direction=symmetric` adds the
 reverse); both encoders see the same 16-frame 224 clip (ImageNet normalisation: both released encoders were
 fine-tuned on it). Only the model builds here; restoring each encoder from its stage checkpoint is issue 6's pipeline.
 
 ARG options: classes=710, frames=16, fusion=4, direction=multimodal_queries, epochs=20, batch=256,
 train_size=658340, scan=True, remat=full, dtype=bfloat16.
-Parameter counts (jax.eval_shape; tests/test_configs.py): 1,041,664,462 in all, 56,369,870 trainable (the four
-fusion blocks and the head).
+Parameter counts (jax.eval_shape; tests/test_configs.py): 1,041,664,462 in all, 56,370,894 trainable (the four
+fusion blocks, the head and the 1024-wide query token).
 """
 from configs import common
 from configs.uniformerv2_finetune import model_config
@@ -37,5 +38,5 @@ def get_config(arg=None):
                        train_crop="rrc", flip=True, num_classes=arg.classes, label_smoothing=0.1,
                        normalize="imagenet", eval_clips=4, eval_crops=3, workers=8))
     c.optim.update(dict(base_lr=1e-4, b1=0.9, b2=0.999, weight_decay=0.05, warmup_steps=steps_per_epoch,
-                        min_lr=1e-6, frozen=(r"(masked|multimodal)/",)))
+                        min_lr=1e-6, frozen=(r"masked/", r"multimodal/backbone/(?!temporal_cls_token$)")))
     return c

@@ -44,7 +44,7 @@ def test_recipes_build(module, arg, expected):
 
 
 def test_paper_scale_fusion_freezes_both_encoders():
-    """ViT-H/16 + UniFormerV2-L/14 with 4 fusion blocks: only the fusion blocks and the head are trainable."""
+    """ViT-H/16 + UniFormerV2-L/14 with 4 fusion blocks: only the fusion blocks, the head and the query token train."""
     config = internvideo_fusion.get_config()
     task = get_task(config)
     boxed = jax.eval_shape(task.init_variables, jax.random.PRNGKey(0), trainer.example_batch(config, 1))
@@ -54,8 +54,9 @@ def test_paper_scale_fusion_freezes_both_encoders():
     trainable = sum(int(np.prod(r.shape)) for r in rows if not r.frozen)
     assert sorted(params) == ["fusion_0", "fusion_1", "fusion_2", "fusion_3", "head_multimodal", "masked",
                               "multimodal"]
-    assert trainable == count({k: v for k, v in params.items() if k not in ("masked", "multimodal")})
-    assert count(params) == 1_041_664_462 and trainable == 56_369_870  # as the config's docstring states
+    query = params["multimodal"]["backbone"]["temporal_cls_token"]
+    assert trainable == count({k: v for k, v in params.items() if k not in ("masked", "multimodal")}) + query.size
+    assert count(params) == 1_041_664_462 and trainable == 56_370_894  # as the config's docstring states
 
 
 def test_demo_stages_build(tmp_path):

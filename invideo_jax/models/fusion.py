@@ -14,8 +14,9 @@ Parameter tree:
   fusion_masked_{j}/  (direction 'symmetric') the masked pooled feature attends to the multimodal final tokens
   head_multimodal/, head_masked/ (symmetric)   LayerNorm -> dense; logits are the mean of the heads' logits
 
-`freeze_encoders` stops gradients at the encoders' outputs and runs them in inference mode; to keep their params
-fixed, freeze them in the optimiser too, e.g. with the path regex `^(masked|multimodal)/`.
+`freeze_encoders` runs the encoders in inference mode and stops gradients at the masked encoder's outputs and at the
+multimodal encoder's trunk, so that its query token (`temporal_cls_token`, trained in the paper) still learns; to
+keep the rest fixed, freeze it in the optimiser: `masked/` and `multimodal/backbone/(?!temporal_cls_token$)`.
 """
 from typing import Any
 
@@ -102,10 +103,11 @@ class FusedVideoModel(nn.Module):
         encoders_train = train and not self.freeze_encoders
         masked_kw = {"pool": "mean", **self.masked, "return_layers": tuple(self.fusion_layers), "num_classes": 0}
         masked = VisionTransformer(**masked_kw, name="masked")(video, train=encoders_train)
-        multimodal = UniFormerV2(**{**self.multimodal, "num_classes": 0}, name="multimodal")(
+        multimodal = UniFormerV2(**{**self.multimodal, "num_classes": 0,
+                                    "stop_backbone_gradient": self.freeze_encoders}, name="multimodal")(
             video, train=encoders_train)
         if self.freeze_encoders:
-            masked, multimodal = jax.lax.stop_gradient((masked, multimodal))
+            masked = jax.lax.stop_gradient(masked)
 
         def fuse(query, contexts, prefix):
             x = query[:, None]

@@ -24,7 +24,8 @@ Parameter tree (a checkpoint converter is written against it); the official name
   batch_stats: backbone/transformer/blocks_{i}/lmhra{1,2}/bn/{mean, var}         [pos_embed.0.running_*]
 
 Global block j runs on the output of backbone layer `global_layers[j]`; the backbone stream is not modified.
-`frozen` only drops `balance` (features = the query); freezing the backbone itself is `optim.frozen`.
+`frozen` only drops `balance` (features = the query); freezing the backbone itself is `optim.frozen`, and
+`stop_backbone_gradient` saves the frozen trunk's backward pass (gradients still reach the query path).
 Training-only differences from the official code: drop-path drops whole frames (attention, MLP) or clips (LMHRA,
 global blocks), and BatchNorm updates its running variance with the biased batch variance.
 """
@@ -154,6 +155,7 @@ class UniFormerV2Backbone(nn.Module):
     drop_path: float = 0.0
     global_drop_path: float = 0.0
     frozen: bool = False
+    stop_backbone_gradient: bool = False
     norm_eps: float = 1e-5
     act: str = "quick_gelu"
     scan: bool = False
@@ -208,6 +210,8 @@ class UniFormerV2Backbone(nn.Module):
                                        tuple(self.global_layers),
                                        block_cls=UniBlock if self.local_blocks else layers.Block,
                                        name="transformer")(x, deterministic=not train)
+        if self.stop_backbone_gradient:  # a frozen trunk: only the global-UniBlock query path gets gradients
+            x, hidden = jax.lax.stop_gradient((x, hidden))
         tokens = x.reshape(b, t, 1 + h * w, c)
         out = {"tokens": tokens, "frame_cls": tokens[:, :, 0], "features": tokens[:, :, 0].mean(axis=1)}
         if not self.global_layers:
