@@ -150,6 +150,25 @@ def test_restore_subtrees_maps_and_reshards(tmp_path):
         assert params["head"] is target["head"]
 
 
+def test_batch_stats_follow_the_restored_params(tmp_path):
+    stats = {"encoder": {"blocks_0": {"bn": {"mean": jnp.arange(8.0), "var": jnp.arange(8.0) + 1}}}}
+    ckpt = checkpoint.Checkpointer(tmp_path / "with_stats")
+    ckpt.save(0, make_state().replace(batch_stats=stats))
+    ckpt.close()
+    fresh = jax.tree.map(jnp.zeros_like, stats)
+    target = {"video": fresh["encoder"], "other": {"bn": {"mean": jnp.ones(3)}}}
+    init_from = {"checkpoint": str(tmp_path / "with_stats"), "mapping": {"video": "params/encoder", "head": "params/head"}}
+    restored = checkpoint.restore_batch_stats(target, init_from)
+    assert_bitwise_equal(restored["video"], stats["encoder"])
+    assert restored["other"] is target["other"]  # not mapped: as given
+    # A checkpoint without statistics (or a model without them) leaves them as they are.
+    plain = checkpoint.Checkpointer(tmp_path / "plain")
+    plain.save(0, make_state())
+    plain.close()
+    assert checkpoint.restore_batch_stats(target, dict(init_from, checkpoint=str(tmp_path / "plain"))) is target
+    assert checkpoint.restore_batch_stats({}, init_from) == {}
+
+
 def test_restore_subtrees_lists_every_mismatch(tmp_path):
     ckpt = checkpoint.Checkpointer(tmp_path)
     ckpt.save(0, make_state())

@@ -92,8 +92,11 @@ def non_finite_paths(tree) -> list:
     return [_path(p) for (p, _), ok in zip(leaves, finite) if not ok]
 
 
-def restore_subtrees(params, init_from):
+def restore_subtrees(params, init_from, *, only_present: bool = False):
     """`params` with the subtrees named by `init_from.mapping` (target path -> source path) read from a checkpoint.
+
+    With `only_present`, mapping entries whose target or source subtree does not exist at all are skipped (used for
+    BatchNorm statistics, which only some models and checkpoints have); partly present subtrees still raise.
 
     `init_from.checkpoint` is a run's checkpoint directory (latest step), one step directory, or a bare pytree
     checkpoint. `params` holds arrays or ShapeDtypeStructs with shardings; restored leaves take their shardings
@@ -104,9 +107,15 @@ def restore_subtrees(params, init_from):
     saved = {_path(p): m.shape for p, m in jax.tree_util.tree_leaves_with_path(
         ocp.PyTreeCheckpointer().metadata(source_dir).item_metadata.tree)}
     grids = init_from.get("pos_embed_grid_src"), init_from.get("pos_embed_grid_dst")
+    mapping = dict(init_from["mapping"])
+    if only_present:
+        mapping = {t: src for t, src in mapping.items() if _has(params, t)
+                   and any(k == src or k.startswith(src + "/") for k in saved)}
+        if not mapping:
+            return params
 
     item, restore_args, resampled, problems = {}, {}, [], []
-    for target, source in init_from["mapping"].items():
+    for target, source in mapping.items():
         for key_path, leaf in jax.tree_util.tree_leaves_with_path(_subtree(params, target)):
             rel = _path(key_path)
             src = "/".join(filter(None, (source, rel)))
@@ -131,9 +140,17 @@ def restore_subtrees(params, init_from):
     for src, leaf in resampled:
         pe = resample_pos_embed(_subtree(restored, src), *grids).astype(leaf.dtype)
         _set(restored, src, jax.make_array_from_callback(leaf.shape, leaf.sharding, lambda index: pe[index]))
-    for target, source in init_from["mapping"].items():
+    for target, source in mapping.items():
         params = _replace(params, target, _subtree(restored, source))
     return params
+
+
+def restore_batch_stats(batch_stats, init_from):
+    """BatchNorm statistics for the params `init_from.mapping` restores: each `params/...` source is read as
+    `batch_stats/...` where the model and the checkpoint both have statistics there (else they stay as given)."""
+    mapping = {target: "batch_stats" + source[len("params"):] for target, source in init_from["mapping"].items()
+               if source == "params" or source.startswith("params/")}
+    return restore_subtrees(batch_stats, dict(init_from, mapping=mapping), only_present=True)
 
 
 def resample_pos_embed(pe, src_grid, dst_grid) -> np.ndarray:
@@ -212,6 +229,14 @@ def _subtree(tree, path: str):
             raise KeyError(f"no {'/'.join(_parts(path)[:i + 1])!r} in the tree (have {have})")
         tree = tree[key]
     return tree
+
+
+def _has(tree, path: str) -> bool:
+    try:
+        _subtree(tree, path)
+        return True
+    except KeyError:
+        return False
 
 
 def _set(tree: dict, path: str, value):

@@ -124,7 +124,9 @@ def train(config, workdir: str, stop_after: int = 0):
         else:
             state = jax.jit(init_state, out_shardings=shardings)(jax.random.PRNGKey(config.seed))
             if config.init_from.checkpoint:
-                state = state.replace(params=checkpoint.restore_subtrees(state.params, _init_from(config, task)))
+                init_from = _init_from(config, task)
+                state = state.replace(params=checkpoint.restore_subtrees(state.params, init_from),
+                                      batch_stats=checkpoint.restore_batch_stats(state.batch_stats, init_from))
             start_step = 0
 
         # ------------------------------------------------------------ steps
