@@ -89,3 +89,36 @@ def test_bad_fields_are_named(change, match):
     model = MODEL.clone(**change)
     with pytest.raises(ValueError, match=match):
         jax.eval_shape(model.init, jax.random.PRNGKey(0), clip())
+
+
+def test_training_steps_leave_the_frozen_encoders_bitwise_unchanged(params):
+    """The paper-scale recipe's optimiser regexes on the tiny model: three jitted train steps change the gates, the
+    heads and the multimodal query token, and not one bit of the two encoders' trunks."""
+    from configs import common, internvideo_fusion
+    from invideo_jax.train import optim, trainer
+    from invideo_jax.train.state import TrainState
+    from invideo_jax.train.tasks import get_task
+
+    config = common.train_config("classification", dict(masked=MASKED, multimodal=MULTIMODAL, fusion_layers=(0, 1),
+                                                        direction="symmetric", num_heads=2, num_classes=5),
+                                 model_name="fusion")
+    config.data.update(dict(num_frames=4, crop_size=16, short_side=16, num_classes=5))
+    config.optim.update(dict(base_lr=1e-2, lr_batch_denom=0, warmup_steps=0,
+                             frozen=internvideo_fusion.get_config().optim.frozen))
+    task = get_task(config)
+    tx, schedule = optim.make_optimizer(config.optim, params, total_steps=3, global_batch=2)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), batch_stats={},
+                       rng=jax.random.PRNGKey(0))
+    batch = {"video": clip(1), "targets": np.eye(5, dtype=np.float32)[[1, 3]]}
+    step = jax.jit(trainer.make_train_step(task, tx, schedule))
+    new = state
+    for _ in range(3):
+        new, metrics = step(new, batch)
+    assert metrics["skipped"] == 0
+    before, after = (traverse_util.flatten_dict(p, sep="/") for p in (params, new.params))
+    trainable = [k for k in before if not (k.startswith("masked/") or k.startswith("multimodal/"))]
+    frozen = [k for k in before if k not in trainable and k != "multimodal/backbone/temporal_cls_token"]
+    for k in frozen:
+        np.testing.assert_array_equal(after[k], before[k], err_msg=k)
+    assert all(np.any(after[k] != before[k]) for k in trainable if k.endswith("_gate"))
+    assert np.any(after["multimodal/backbone/temporal_cls_token"] != before["multimodal/backbone/temporal_cls_token"])
