@@ -45,12 +45,20 @@ class Task:
                              f"{TOKENIZERS} (the end token must be the largest id)")
         self.model = VideoTextModel(**config.model.kwargs)
         self.init_from_mapping = {"": "params"}  # the whole model (e.g. converted CLIP or InternVideo-MM weights)
+        self._tokenizer = None
         self._check_vocabulary()
+
+    def tokenizer(self):
+        """The data's tokenizer, loaded once."""
+        if self._tokenizer is None:
+            d = self.config.data
+            self._tokenizer = load_tokenizer(d.tokenizer, d.tokenizer_path, context_length=d.text_length)
+        return self._tokenizer
 
     def _check_vocabulary(self):
         d = self.config.data
         try:
-            tokenizer = load_tokenizer(d.tokenizer, d.tokenizer_path, context_length=d.text_length)
+            tokenizer = self.tokenizer()
         except FileNotFoundError:
             return  # not written yet (e.g. a pipeline's data stage); the data pipeline reports it
         if tokenizer.vocab_size > self.model.text_config["vocab_size"]:
@@ -100,13 +108,11 @@ class Task:
         return result
 
     def _zero_shot(self, state, video, labels, zs) -> dict:
-        d = self.config.data
-        tokenizer = load_tokenizer(d.tokenizer, d.tokenizer_path, context_length=d.text_length)
         encode = jax.jit(lambda ids: self.model.apply(model_variables(state.params, state.batch_stats), ids,
                                                       method=VideoTextModel.encode_text)["features"])
         names = class_names(zs.class_names)
         templates = tuple(zs.templates) or zero_shot.DEFAULT_TEMPLATES
-        logits = zero_shot.zero_shot_logits(video, zero_shot.class_embeddings(encode, tokenizer, names, templates))
+        logits = zero_shot.zero_shot_logits(video, zero_shot.class_embeddings(encode, self.tokenizer(), names, templates))
         ranked = np.argsort(-logits, axis=-1)
         known = labels >= 0
         return {f"zero_shot/top{k}": float((ranked[known, :k] == labels[known, None]).any(-1).mean())
