@@ -42,10 +42,12 @@ class MultiViewAccumulator:
         """top1 and top5 accuracy (fractions) over the videos seen, num_videos and num_views."""
         seen = self.view_counts > 0
         probs = self.prob_sums[seen] / self.view_counts[seen, None]
-        labels = self.labels[seen]
-        ranked = np.argsort(-probs, axis=-1)
         results = {"num_videos": int(seen.sum()), "num_views": int(self.view_counts.sum())}
-        for k in (1, 5):
-            hits = (ranked[:, :k] == labels[:, None]).any(axis=-1)
-            results[f"top{k}"] = float(hits.mean()) if len(hits) else 0.0
-        return results
+        return dict(results, **top_k_accuracy(probs, self.labels[seen]))
+
+
+def top_k_accuracy(scores: np.ndarray, labels: np.ndarray, ks=(1, 5)) -> dict[str, float]:
+    """{'top{k}': fraction of rows whose label is among their k highest scores} (0 without rows)."""
+    ranked = np.argsort(-scores, axis=-1)
+    return {f"top{k}": float((ranked[:, :k] == labels[:, None]).any(axis=-1).mean()) if len(labels) else 0.0
+            for k in ks}

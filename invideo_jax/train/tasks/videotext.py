@@ -11,7 +11,7 @@ import numpy as np
 
 from invideo_jax import losses
 from invideo_jax.data.tokenizer import load_tokenizer
-from invideo_jax.evaluate import loop, retrieval, zero_shot
+from invideo_jax.evaluate import loop, multiview, retrieval, zero_shot
 from invideo_jax.models.multimodal import VideoTextModel
 from invideo_jax.train.tasks import apply_model, model_variables
 
@@ -86,25 +86,22 @@ class Task:
         return {"video_features": video, "text_features": text}
 
     def evaluate(self, state, predict, mesh) -> dict:
-        video_sum, views, text, labels = {}, {}, {}, {}
-        for out in loop.predictions(state, predict, self.config, mesh):
-            for i in np.flatnonzero(out["mask"]):
-                index = int(out["video_index"][i])
-                video_sum[index] = video_sum.get(index, 0) + zero_shot.l2_normalize(out["video_features"][i])
-                views[index] = views.get(index, 0) + 1
-                text.setdefault(index, out["text_features"][i])
-                labels[index] = int(out["label"][i])
-        order = sorted(video_sum)
-        video = zero_shot.l2_normalize(np.stack([video_sum[i] / views[i] for i in order]))
-        text = zero_shot.l2_normalize(np.stack([text[i] for i in order]))
+        views = list(loop.predictions(state, predict, self.config, mesh))
+        out = {k: np.concatenate([v[k] for v in views]) for k in views[0]}
+        keep = out["mask"] > 0
+        videos, first_view, view_video = np.unique(out["video_index"][keep], return_index=True, return_inverse=True)
+        video = np.zeros((len(videos), out["video_features"].shape[-1]))
+        np.add.at(video, view_video, zero_shot.l2_normalize(out["video_features"][keep]))
+        video = zero_shot.l2_normalize(video)  # the mean of the views' unit features, normalised
+        text = zero_shot.l2_normalize(out["text_features"][keep][first_view])
         similarity = text @ video.T
-        result = {"num_videos": len(order)}
+        result = {"num_videos": len(videos)}
         for prefix, dual_softmax in (("retrieval", False), ("retrieval_dsl", True)):
-            metrics = retrieval.retrieval_metrics(similarity, np.arange(len(order)), dual_softmax=dual_softmax)
+            metrics = retrieval.retrieval_metrics(similarity, np.arange(len(videos)), dual_softmax=dual_softmax)
             result.update({f"{prefix}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
         zs = self.config.zero_shot
         if zs.class_names:
-            result.update(self._zero_shot(state, video, np.array([labels[i] for i in order]), zs))
+            result.update(self._zero_shot(state, video, out["label"][keep][first_view], zs))
         return result
 
     def _zero_shot(self, state, video, labels, zs) -> dict:
@@ -113,7 +110,6 @@ class Task:
         names = class_names(zs.class_names)
         templates = tuple(zs.templates) or zero_shot.DEFAULT_TEMPLATES
         logits = zero_shot.zero_shot_logits(video, zero_shot.class_embeddings(encode, self.tokenizer(), names, templates))
-        ranked = np.argsort(-logits, axis=-1)
         known = labels >= 0
-        return {f"zero_shot/top{k}": float((ranked[known, :k] == labels[known, None]).any(-1).mean())
-                for k in (1, 5) if k <= len(names)}
+        accuracy = multiview.top_k_accuracy(logits[known], labels[known], [k for k in (1, 5) if k <= len(names)])
+        return {f"zero_shot/{k}": v for k, v in accuracy.items()}
