@@ -95,7 +95,7 @@ def train_config(task: str, model_kwargs: dict, model_name: str = "vit") -> ml_c
     c.keep_checkpoints = 3
     c.eval_every = 0  # 0: evaluate only at the end
     c.eval_batch_size = 64
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1))
     c.sharding_rules = "fsdp"
     # Restore subtrees of an earlier stage: checkpoint = a checkpoints dir (or a stage name in a pipeline);
     # mapping = {our path: saved path}; empty mapping = the task's default (e.g. encoder <- pre-training).

@@ -11,6 +11,9 @@
 # process 0 writes metrics.jsonl, TensorBoard, summary.json and report.md. jax.distributed finds the other hosts
 # itself (INVIDEO_DISTRIBUTED=1 below). Data: point --config.data.* at files under $MOUNT or on each worker's disk.
 # Not run in this repository's CI (it needs a Google Cloud project); gcloud commands as documented for TPU VMs.
+# This script drives one slice. Multi-slice runs (several slices joined over the data-centre network, e.g. a
+# queued resource with --node-count) are not scripted here: run the same command on every worker of every
+# slice and split the mesh between slices with --config.mesh.dcn_data=<slices> (docs/scale.md, Multi-slice).
 set -euo pipefail
 
 TPU_NAME=${TPU_NAME:-invideo}

@@ -146,3 +146,75 @@ def test_fsdp_shards_params_and_adam_moments_alike(runs):
         assert jax.tree.all(jax.tree.map(lambda m, p: m.sharding == p.sharding, moments, abstract.params))
     # The compiled step keeps the state in these shardings.
     assert jax.tree.all(jax.tree.map(lambda x, a: x.sharding == a.sharding, state, abstract))
+
+
+class FakeDevice:
+    """What mesh construction reads from a device; `slice_index` only where given (TPU), as on real devices."""
+    platform = device_kind = "cpu"
+
+    def __init__(self, id, process_index, slice_index=None):
+        self.id, self.process_index = id, process_index
+        if slice_index is not None:
+            self.slice_index = slice_index
+
+    def __repr__(self):
+        return f"FakeDevice({self.id})"
+
+
+def fake_slices(*counts, by="slice_index"):
+    """Devices of len(counts) granules, listed interleaved (granule of device i: i % n) so order cannot group them."""
+    owners = sorted((i, g) for g, count in enumerate(counts) for i in range(g, len(counts) * count, len(counts)))
+    return [FakeDevice(i, process_index=g, slice_index=g if by == "slice_index" else None) for i, g in owners]
+
+
+def granule_of(mesh, attr="slice_index"):
+    return np.vectorize(lambda d: getattr(d, attr))(mesh.devices)
+
+
+@pytest.mark.parametrize("sizes, shape, dcn_axis", [
+    (dict(data=-1, fsdp=2, dcn_data=2), (4, 2, 1), 0),           # data parallel across 2 slices of 2 x 2
+    (dict(data=1, fsdp=-1, dcn_fsdp=2), (1, 8, 1), 1),           # FSDP over both slices
+    (dict(data=-1, tensor=2, dcn_data=2), (4, 1, 2), 0),
+])
+def test_dcn_sizes_multiply_mesh_axes_and_slices_form_their_major_part(sizes, shape, dcn_axis):
+    devices = fake_slices(4, 4)
+    mesh = sharding.make_mesh(sizes, devices)
+    assert tuple(mesh.shape.values()) == shape and mesh.axis_names == sharding.MESH_AXES
+    assert mesh.axis_types == (jax.sharding.AxisType.Auto,) * 3
+    assert sorted(d.id for d in mesh.devices.flat) == list(range(8))
+    slices = np.moveaxis(granule_of(mesh), dcn_axis, 0)
+    half = shape[dcn_axis] // 2
+    assert (slices[:half] == 0).all() and (slices[half:] == 1).all()
+
+
+def test_processes_are_the_granules_where_devices_have_no_slice_index():
+    mesh = sharding.make_mesh(dict(data=1, fsdp=-1, tensor=2, dcn_fsdp=2), fake_slices(4, 4, by="process"))
+    assert tuple(mesh.shape.values()) == (1, 4, 2)
+    processes = granule_of(mesh, "process_index")
+    assert (processes[:, :2] == 0).all() and (processes[:, 2:] == 1).all()
+
+
+def test_config_mesh_with_dcn_fields_on_one_process():
+    config = common.train_config("classification", ENCODER)
+    assert set(config.mesh) == set(sharding.MESH_AXES + sharding.DCN_FIELDS)
+    mesh = sharding.make_mesh(config.mesh)  # dcn_* = 1: the single-slice mesh over the 8 CPU devices
+    assert tuple(mesh.shape.values()) == (8, 1, 1) and list(mesh.devices.flat) == jax.devices()
+    config.mesh.dcn_data = 2  # one process, no slice_index: one granule
+    with pytest.raises(ValueError, match=r"mesh.dcn_data=2 needs 2 granules; the devices form 1 \(grouped by process"):
+        sharding.make_mesh(config.mesh)
+
+
+@pytest.mark.parametrize("sizes, counts, message", [
+    (dict(dcn_data=0), (4, 4), r"mesh.dcn_data must be a positive integer"),
+    (dict(dcn_tensor=-1), (4, 4), r"mesh.dcn_tensor must be a positive integer"),
+    (dict(dcn_dta=2), (4, 4), r"unknown mesh fields \['dcn_dta'\]"),
+    (dict(dcn_data=2, dcn_fsdp=2), (4, 4), r"mesh.dcn_data=2 x mesh.dcn_fsdp=2 needs 4 granules; the devices form 2 "
+                                           r"\(grouped by slice\)"),
+    (dict(data=-1, fsdp=3, dcn_data=2), (4, 4), r"does not divide 4 devices per slice"),
+    (dict(data=2, dcn_data=2), (4, 4), r"uses 2 of the 4 devices per slice; with mesh.dcn_data=2 it must use all"),
+    (dict(dcn_data=2), (3, 5), r"unequal numbers of devices \[3, 5\]"),
+    (dict(data=-1), (4, 4), r"devices span 2 slices: .*--config.mesh.dcn_data=2"),
+])
+def test_bad_hybrid_mesh_sizes_raise_clear_errors(sizes, counts, message):
+    with pytest.raises(ValueError, match=message):
+        sharding.make_mesh(sizes, fake_slices(*counts))
