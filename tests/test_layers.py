@@ -110,6 +110,24 @@ def test_cross_attention_and_causal_mask_match_torch():
     assert not np.allclose(causal[:, 3:], causal_changed[:, 3:])
 
 
+def test_cross_attention_with_separate_key_and_value_inputs_matches_torch():
+    """With `value`: k from `context`, v from `value`, separate q/k/v projections (InternVideo2 pooling)."""
+    heads, rng = 4, np.random.default_rng(4)
+    x, keys, values = (rng.standard_normal(shape).astype(np.float32) for shape in ((2, 1, 16), (2, 9, 16), (2, 9, 16)))
+    mha = torch.nn.MultiheadAttention(16, heads, batch_first=True).eval()
+    torch.nn.init.normal_(mha.in_proj_bias)
+    w, b = np.split(mha.in_proj_weight.detach().numpy(), 3), np.split(mha.in_proj_bias.detach().numpy(), 3)
+    params = {name: {"kernel": w[i].T.reshape(16, heads, 4), "bias": b[i].reshape(heads, 4)}
+              for i, name in enumerate("qkv")}
+    params["proj"] = {"kernel": mha.out_proj.weight.detach().numpy().T.reshape(heads, 4, 16),
+                      "bias": mha.out_proj.bias.detach().numpy()}
+    got = layers.Attention(heads, "qkv").apply({"params": params}, x, keys, value=values)
+    want = mha(*(torch.from_numpy(t) for t in (x, keys, values)))[0].detach().numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    with pytest.raises(ValueError, match="`value` needs `context`"):
+        layers.Attention(heads, "qkv").init(jax.random.PRNGKey(0), x, value=values)
+
+
 class DropPath(nn.Module):
     rate: float
 

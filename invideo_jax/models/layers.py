@@ -200,7 +200,9 @@ class Attention(nn.Module):
     qkv_bias: 'qv' (VideoMAE: q and v biases, k bias zero), 'qkv' (CLIP fused in_proj bias) or 'none'.
     qk_norm: RMSNorm on q and k over the full width (InternVideo2).
     Self-attention (one fused `qkv` projection) when `context` is None; otherwise cross-attention: `q` from x,
-    `kv` (one fused projection) from `context`, whose width may differ from x's.
+    `kv` (one fused projection) from `context`, whose width may differ from x's. With `value` as well, keys come
+    from `context` and values from `value` through separate `k` and `v` projections (InternVideo2's attention
+    pooling, whose keys and values are normalised differently).
     """
 
     num_heads: int
@@ -215,7 +217,7 @@ class Attention(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, context=None, mask=None, is_causal=False):
+    def __call__(self, x, context=None, mask=None, is_causal=False, value=None):
         width = x.shape[-1]
         if width % self.num_heads:
             raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
@@ -223,9 +225,14 @@ class Attention(nn.Module):
         if self.qkv_bias not in ("qv", "qkv", "none"):
             raise ValueError(f"qkv_bias must be 'qv', 'qkv' or 'none', got {self.qkv_bias!r}")
         kw = dict(use_bias=self.qkv_bias == "qkv", dtype=self.dtype, param_dtype=self.param_dtype)
+        if value is not None and context is None:
+            raise ValueError("Attention: `value` needs `context` (the keys' input)")
         if context is None:
             qkv = dense((3, self.num_heads, head_dim), ("embed", None, "heads", "kv"), name="qkv", **kw)(x)
             q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
+        elif value is not None:
+            q, k, v = (dense((self.num_heads, head_dim), ("embed", "heads", "kv"), name=name, **kw)(inputs)
+                       for name, inputs in (("q", x), ("k", context), ("v", value)))
         else:
             q = dense((self.num_heads, head_dim), ("embed", "heads", "kv"), name="q", **kw)(x)
             kv = dense((2, self.num_heads, head_dim), ("embed", None, "heads", "kv"), name="kv", **kw)(context)

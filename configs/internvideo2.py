@@ -1,0 +1,44 @@
+"""InternVideo2 vision encoder: the size table and the encoder recipe (kwargs of `models.internvideo2.InternVideo2`).
+
+Sizes (internvideo.md 1.7): the distilled students S/14, B/14, L/14 and the stage-1/2 encoders 1B and 6B; all use
+patch 14, tubelet 1, a 16-head attention pool to 768 and LayerScale 1e-5. Parameter counts at 8 frames of 224
+(2048 patch tokens), counted as the official `InternVideo2` module holds them without its fine-tuning `fc_norm` /
+`head`: patch embedding, cls_token, pos_embed (1 + 2048 positions), the blocks and `clip_projector` (checked by
+tests/test_internvideo2.py):
+
+  S 23,043,840   B 89,438,976   L 308,929,280   1B 1,020,708,608   6B 5,941,735,168
+
+Every frame of 224 adds 256 * D pos_embed entries (1B: 360,448; 6B: 819,200), e.g. 1B at 4 frames (the released
+stage-2 files) holds 1,019,266,816. A head on 768 features adds 2 * 768 + 769 * num_classes.
+"""
+from configs import common
+
+SIZES = {
+    "S": common.VIT_SIZES["S"],  # 384 / 12 / 6 / 1536
+    "B": common.VIT_SIZES["B"],  # 768 / 12 / 12 / 3072
+    "L": common.VIT_SIZES["L"],  # 1024 / 24 / 16 / 4096
+    "1B": common.VIT_SIZES["g"],  # 1408 / 40 / 16 / 6144 (mlp_ratio 48/11)
+    "6B": common.VIT_SIZES["6B"],  # 3200 / 48 / 25 / 12800
+}
+
+# Stochastic depth of the official pre-training recipes (internvideo.md 5.4): distillation of S/B/L, stage 1 of 1B/6B.
+PRETRAIN_DROP_PATH = {"S": 0.05, "B": 0.05, "L": 0.05, "1B": 0.25, "6B": 0.3}
+
+
+def encoder_config(size: str, frames: int = 8, image_size: int = 224, **overrides) -> dict:
+    """InternVideo2 kwargs for `size` at `frames` x `image_size`; `overrides` set any other field (scan, remat,
+    dtype, num_classes, drop_path, ...)."""
+    if size not in SIZES:
+        raise ValueError(f"unknown InternVideo2 size {size!r}; expected one of {sorted(SIZES)}")
+    if frames < 1 or image_size % 14:
+        raise ValueError(f"frames={frames} must be >= 1 and image_size={image_size} a multiple of the patch size 14")
+    cfg = dict(SIZES[size], patch_size=14, tubelet_size=1, num_frames=frames, image_size=image_size,
+               layer_scale=1e-5, norm_eps=1e-6, attn_pool_heads=16, clip_embed_dim=768)
+    cfg.update(overrides)
+    return cfg
+
+
+def pos_embed_grid(frames: int, image_size: int = 224, patch_size: int = 14, tubelet_size: int = 1) -> tuple:
+    """(t, h, w) of a pos_embed, for `init_from.pos_embed_grid_src` / `_dst` when frames or resolution change."""
+    return (frames // tubelet_size, image_size // patch_size, image_size // patch_size)
+
