@@ -112,7 +112,7 @@ def minilm():
 
 
 def test_minilm_real_weights_real_sentence(minilm):
-    ids, mask, out, want = minilm["ids"], minilm["mask"], minilm["out"], minilm["want"]
+    ids, out, want = minilm["ids"], minilm["out"], minilm["want"]
     assert minilm["report"].dropped == ["embeddings.position_ids"] and not minilm["report"].at_init
     assert ids[0, 0] == 101 and 102 in ids[0] and minilm["n"] < 16  # [CLS] ... [SEP], padding
     assert minilm["tokenizer"].backend.decode(ids[0].tolist()) == SENTENCES[0].lower()
