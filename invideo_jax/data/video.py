@@ -26,8 +26,9 @@ def _open(source: str | bytes):
 
 
 def _video_stream(container):
-    if not container.streams.video:
-        raise BadVideo("no video stream")
+    if not container.streams.video:  # audio only, or an mp4 whose video track has no frames (dropped on reading)
+        kinds = ", ".join(sorted({stream.type for stream in container.streams})) or "none"
+        raise BadVideo(f"no video stream (streams: {kinds})")
     stream = container.streams.video[0]
     # Parallelism comes from decoding many clips at once; codec threads cost more to start than they save.
     stream.codec_context.thread_count = 1
@@ -99,6 +100,40 @@ def decode_frames(source: str | bytes, indices_for: Callable[[int], np.ndarray],
         raise BadVideo(f"frame {missing[0]} of {count} could not be decoded (truncated?)")
     clip = np.stack([frames[i] for i in indices.ravel().tolist()])
     return clip.reshape(indices.shape + clip.shape[1:])
+
+
+def frame_rate(source: str | bytes) -> float:
+    """Frames per second from the container header (average, else guessed rate); 0.0 if unknown.
+    Raises BadVideo."""
+    try:
+        with _open(source) as container:
+            stream = _video_stream(container)
+            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    except (OSError, av.error.FFmpegError) as e:
+        raise BadVideo(f"{type(e).__name__}: {e}") from e
+    return float(rate) if rate else 0.0
+
+
+def iter_frames(source: str | bytes, wanted: Callable[[int], bool] | None = None):
+    """Decodes a whole video in order: yields (index, uint8 (H, W, 3)) for each frame that
+    wanted(index) accepts (all if None), and the last frame in any case, so the last index + 1 is
+    the frame count. Frames that are not wanted are not converted to RGB. Raises BadVideo (also for
+    a video without decodable frames)."""
+    try:
+        with _open(source) as container:
+            index, unsent = -1, None
+            for index, frame in enumerate(container.decode(_video_stream(container))):
+                if wanted is None or wanted(index):
+                    unsent = None
+                    yield index, frame.to_ndarray(format="rgb24")
+                else:
+                    unsent = frame
+            if index < 0:
+                raise BadVideo("no decodable frames")
+            if unsent is not None:
+                yield index, unsent.to_ndarray(format="rgb24")
+    except (OSError, av.error.FFmpegError) as e:
+        raise BadVideo(f"{type(e).__name__}: {e}") from e
 
 
 def dense_indices(video_frames: int, num_frames: int, stride: int, *,

@@ -6,7 +6,6 @@ import time
 import jax
 import numpy as np
 import tqdm
-from tensorboardX import SummaryWriter
 
 METRICS_FILE = "metrics.jsonl"
 SUMS = ("skipped", "bad_videos")  # counted, not averaged, over a logging interval
@@ -37,6 +36,7 @@ class MetricWriter:
             self.rows = [r for r in read(workdir) if r["step"] <= resume_step]
             with open(self.path, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in self.rows)
+            from tensorboardX import SummaryWriter  # here: it imports torch, which inference tools need not pay for
             self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, values: dict):

@@ -1,0 +1,100 @@
+"""The model registry: names and errors, parameter counts from shapes, loading every checkpoint layout (a training
+run, a converted directory, PyTorch weights read by a converter) into features equal to the model's own."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import safetensors.numpy
+
+from invideo_jax import registry
+from invideo_jax.convert import clip
+from invideo_jax.convert.cli import save
+from invideo_jax.models.vit import VisionTransformer
+from invideo_jax.train.checkpoint import Checkpointer
+from invideo_jax.train.state import TrainState
+
+
+def assert_equal_trees(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_unknown_names_list_the_known_ones(capsys):
+    with pytest.raises(ValueError, match="unknown model 'vit_b'; known: .*tiny_vit.*videomae_vit_b_k400"):
+        registry.get("vit_b")
+    with pytest.raises(ValueError, match="InternVideo2 presets do not exist yet"):
+        registry.get("internvideo2_1b")
+    with pytest.raises(ValueError, match="unknown model"):
+        registry.load("vit_b", "/nonexistent")
+    assert registry.main(["list", "nothing*"]) == 2
+    assert "known: demo_classifier" in capsys.readouterr().err
+    adhoc = registry.get("configs/videomae_finetune.py:vit_s,classes=5")  # a config file works as a name
+    assert adhoc.format == registry.OURS
+    assert registry.build_config(adhoc).model.kwargs.num_classes == 5
+    for name in registry.names():
+        if not name.startswith("demo_"):  # the demo presets need the demo pipeline (slow imports); same code path
+            preset = registry.PRESETS[name]
+            assert preset.format in registry.FORMATS
+            assert registry.model_kind(registry.build_config(preset)) in registry.KINDS
+
+
+def test_list_prints_parameter_counts_and_formats(capsys):
+    assert registry.main(["list", "tiny_*", "videomae_vit_b_k400", "uniformerv2_b16_k400"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split() for line in lines[1:] if line.split() and line.split()[0] in registry.PRESETS}
+    assert set(rows) == {"tiny_vit", "tiny_videomae", "tiny_uniformerv2", "tiny_videotext", "videomae_vit_b_k400",
+                         "uniformerv2_b16_k400"}
+    assert rows["videomae_vit_b_k400"][1:3] == ["86.5M", "videomae"]  # VideoMAE ViT-B: 87 M in the paper
+    assert rows["uniformerv2_b16_k400"][1:3] == ["114.6M", "uniformerv2"]  # UniFormerV2-B/16: 115 M
+    counts = {name: sum(x.size for x in jax.tree.leaves(registry.random_variables(name)["params"]))
+              for name in ("tiny_vit", "tiny_uniformerv2")}
+    for name, count in counts.items():
+        assert rows[name][1:3] == [registry.format_count(count), "ours"]
+        assert registry.count_params(name) == count
+
+
+def test_load_training_run_converted_dir_and_pytorch_file(tmp_path):
+    """A UniFormerV2 with local UniBlocks: params and BatchNorm statistics from each layout, bitwise."""
+    variables = registry.random_variables("tiny_uniformerv2", seed=2)
+    assert set(variables) == {"params", "batch_stats"}
+    run = tmp_path / "run"
+    ckpt = Checkpointer(str(run / "checkpoints"), async_save=False)
+    ckpt.save(3, TrainState(step=jnp.int32(3), params=variables["params"], opt_state={"mu": variables["params"]},
+                            batch_stats=variables["batch_stats"], rng=jax.random.PRNGKey(0)), force=True)
+    ckpt.close()
+    from_run = registry.load("tiny_uniformerv2", str(run))  # a run's workdir: its latest step
+    assert_equal_trees(from_run.variables, variables)
+
+    save(variables, str(tmp_path / "converted"))
+    assert_equal_trees(registry.load("tiny_uniformerv2", str(tmp_path / "converted")).variables, variables)
+
+    weights = str(tmp_path / "uniformerv2.safetensors")  # the official key layout
+    safetensors.numpy.save_file({k: np.array(v, order="C") for k, v in clip.to_state_dict(variables).items()},
+                                weights)
+    with pytest.raises(ValueError, match="is a file: a checkpoint of ours is a directory"):
+        registry.load("tiny_uniformerv2", weights)
+    assert_equal_trees(registry.load("tiny_uniformerv2", weights, format="uniformerv2").variables, variables)
+
+    video = np.random.default_rng(0).normal(size=(8, 4, 32, 32, 3)).astype(np.float32)
+    out = from_run.encode_video(video, tokens=True)
+    direct = jax.jit(from_run.model.apply)(variables, video)  # unsharded, BatchNorm from the statistics
+    np.testing.assert_allclose(out["features"], direct["features"], atol=1e-5, rtol=1e-5)
+    assert out["tokens"].shape == (8, 2, 17, 32)  # temporal downsampling: 2 steps of CLS + 4x4 patches
+    np.testing.assert_allclose(out["tokens"], direct["tokens"], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        from_run.encode_video(video[:3])
+    with pytest.raises(ValueError, match="text needs a video-text model"):
+        from_run.tokenizer()
+
+
+def test_videomae_features_are_the_encoder_on_every_token(tmp_path):
+    variables = registry.random_variables("tiny_videomae", seed=4)
+    save(variables, str(tmp_path / "ckpt"))
+    model = registry.load("tiny_videomae", str(tmp_path / "ckpt"))
+    video = np.random.default_rng(1).normal(size=(8, 4, 32, 32, 3)).astype(np.float32)
+    out = model.encode_video(video, tokens=True)
+    encoder = VisionTransformer(**dict(model.model.encoder, final_norm=True))  # no mask: all 2x4x4 tokens
+    tokens = jax.jit(encoder.apply)({"params": variables["params"]["encoder"]}, video)["tokens"]
+    np.testing.assert_allclose(out["tokens"], np.reshape(tokens, (8, 2, 16, 32)), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(out["features"], np.mean(tokens, axis=1), atol=1e-5, rtol=1e-5)
