@@ -93,6 +93,7 @@ def train_config(task: str, model_kwargs: dict, model_name: str = "vit") -> ml_c
     c.log_every = 50
     c.checkpoint_every = 1000
     c.keep_checkpoints = 3
+    c.nonfinite = "skip"  # non-finite loss/gradient: "skip" the step (counted, logged) or "stop" the run with an error
     c.eval_every = 0  # 0: evaluate only at the end
     c.eval_batch_size = 64
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1))
@@ -100,6 +101,7 @@ def train_config(task: str, model_kwargs: dict, model_name: str = "vit") -> ml_c
     # Restore subtrees of an earlier stage: checkpoint = a checkpoints dir (or a stage name in a pipeline);
     # mapping = {our path: saved path}; empty mapping = the task's default (e.g. encoder <- pre-training).
     # A learned pos_embed of another frame count / resolution is resampled given both (t, h, w) token grids.
+    # Several sources: replace it by named ones, {name: {checkpoint, mapping}} (configs/internvideo_fusion.py).
     c.init_from = ml_collections.ConfigDict(dict(checkpoint="", mapping={}, pos_embed_grid_src=(),
                                                  pos_embed_grid_dst=()))
     return c

@@ -2,32 +2,43 @@
 
 A step directory holds two items: 'state' (the TrainState pytree) and 'data' (the grain iterator state, one
 JSON file per process, written by grain's own Orbax handler). Orbax writes each step into
-`<step>.orbax-checkpoint-tmp` and renames it when complete, so an interrupted save is never listed as a step.
+`<step>.orbax-checkpoint-tmp` and renames it when complete, so an interrupted save is never listed as a step;
+a finished step holds Orbax's commit marker, and a step directory without one (a copy or a file system that cut a
+save short) is set aside as `<step>.uncommitted-<time>` and never restored. See docs/fault_tolerance.md.
 """
 import contextlib
 import math
+import os
+import re
+import time
 
 import grain.checkpoint
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
+
+from invideo_jax import distributed
 
 POS_EMBED_NAMES = ("pos_embed", "positional_embedding")
 _CUBIC_A = -0.75  # PyTorch's bicubic kernel, as used by the original pos_embed interpolation
+COMMIT_MARKER = "commit_success.txt"  # Orbax writes it into a step directory as the last part of a save
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")  # how tensorstore reports an OS error in a ValueError
 
 
 class Checkpointer:
     """Keeps the last `max_to_keep` checkpoints of a run in `directory`, saving every `save_interval_steps`."""
 
     def __init__(self, directory, *, max_to_keep: int = 3, save_interval_steps: int = 1, async_save: bool = True):
-        self.directory = epath.Path(directory)
+        self.directory, self._last_step = epath.Path(directory), None
         with _io_errors(self.directory, "cannot create or write the checkpoint directory"):
             self.directory.mkdir(parents=True, exist_ok=True)
             probe = self.directory / f".write_probe_{jax.process_index()}"
             probe.write_text("")
             probe.unlink()
+            self._set_aside_uncommitted()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
             enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
@@ -38,6 +49,7 @@ class Checkpointer:
         step = int(step)
         if not (force or self._manager.should_save(step)) or step in self._manager.all_steps():
             return False
+        self.wait()  # Orbax waits for the previous save anyway; if that failed, the error names its step
         bad = non_finite_paths(state.params)
         if bad:
             raise ValueError(f"refusing to checkpoint step {step} to {self.directory}: non-finite values in "
@@ -45,26 +57,67 @@ class Checkpointer:
         items = {"state": ocp.args.StandardSave(state)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        self._last_step = step
         with _io_errors(self.directory, f"cannot write checkpoint step {step} (disk full or read-only?)"):
             return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
     def latest_step(self):
-        """The newest finished step, or None."""
-        return self._manager.latest_step()
+        """The newest finished step (its directory holds the commit marker), or None."""
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            if (self.directory / str(step) / COMMIT_MARKER).exists():
+                return step
+        return None
 
     def restore(self, abstract_state, data_iterator=None, step=None):
-        """Restores into `abstract_state`'s shapes, dtypes and shardings; sets `data_iterator`'s position."""
+        """Restores into `abstract_state`'s shapes, dtypes and shardings; sets `data_iterator`'s position.
+
+        A checkpoint of another model (or size) raises a ValueError listing the first paths that differ."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no finished checkpoint in {self.directory}")
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-        return self._manager.restore(step, args=ocp.args.Composite(**items)).state
+        try:
+            return self._manager.restore(step, args=ocp.args.Composite(**items)).state
+        except ValueError as e:
+            problems = self._mismatches(step, abstract_state)
+            if not problems:
+                raise
+            raise ValueError(
+                f"checkpoint step {step} in {self.directory} does not fit this model (another model or size in "
+                f"this workdir?); {len(problems)} difference(s), first:\n  " + "\n  ".join(problems[:10])) from e
+
+    def _mismatches(self, step: int, abstract_state) -> list:
+        """'path: model shape vs checkpoint shape' lines (parameters first) between the state and a saved step."""
+        saved = {_path(p): tuple(m.shape) for p, m in jax.tree_util.tree_leaves_with_path(
+            self._manager.item_metadata(step)["state"].tree) if hasattr(m, "shape")}
+        model = {_path(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(abstract_state)}
+        lines = []
+        for path in sorted(set(saved) | set(model), key=lambda p: (not p.startswith("params/"), p)):
+            if path not in saved:
+                lines.append(f"{path}: model {model[path]}, missing in the checkpoint")
+            elif path not in model:
+                lines.append(f"{path}: checkpoint {saved[path]}, not in the model")
+            elif saved[path] != model[path]:
+                lines.append(f"{path}: model {model[path]} vs checkpoint {saved[path]}")
+        return lines
+
+    def _set_aside_uncommitted(self):
+        """Renames step directories without the commit marker to `<step>.uncommitted-<time>` (kept for inspection,
+        never listed, restored or counted against `max_to_keep`). Process 0 renames; every process then waits."""
+        if jax.process_index() == 0:
+            for path in self.directory.iterdir():
+                if path.name.isdigit() and path.is_dir() and not (path / COMMIT_MARKER).exists():
+                    aside = path.parent / f"{path.name}.uncommitted-{time.strftime('%Y%m%d-%H%M%S')}"
+                    logging.warning("checkpoint %s has no commit marker (%s): half written, set aside as %s",
+                                    path, COMMIT_MARKER, aside.name)
+                    path.rename(aside)
+        distributed.barrier(f"checkpointer_set_aside:{self.directory}")
 
     def wait(self):
         """Blocks until an asynchronous save has been committed."""
-        with _io_errors(self.directory, "cannot finish writing a checkpoint (disk full or read-only?)"):
+        with _io_errors(self.directory, f"cannot write checkpoint step {self._last_step} (disk full or read-only?)"):
             self._manager.wait_until_finished()
 
     def close(self):
@@ -75,11 +128,19 @@ class Checkpointer:
 
 @contextlib.contextmanager
 def _io_errors(directory, what: str):
-    """Re-raises OSErrors with the checkpoint directory and what was being done."""
+    """Re-raises storage errors as one OSError naming the checkpoint directory and what was being done: OSErrors,
+    and the ValueErrors in which Orbax's tensorstore reports a failed write (`... os_error_code=28`: disk full)."""
     try:
         yield
     except OSError as e:
-        raise OSError(e.errno, f"{what}: {directory}: {e}") from e
+        raise OSError(e.errno, f"{what}: {directory}: {e}") from None
+    except ValueError as e:
+        code = _OS_ERROR_CODE.search(str(e))
+        if code is None:
+            raise
+        errno = int(code.group(1))
+        detail = str(e).strip().splitlines()[0]
+        raise OSError(errno, f"{what}: {directory}: {os.strerror(errno)} (storage error: {detail[:500]})") from None
 
 
 _all_finite = jax.jit(lambda leaves: [jnp.all(jnp.isfinite(x)) for x in leaves])
@@ -90,6 +151,18 @@ def non_finite_paths(tree) -> list:
     leaves = [(p, x) for p, x in jax.tree_util.tree_leaves_with_path(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
     finite = jax.device_get(_all_finite([x for _, x in leaves]))
     return [_path(p) for (p, _), ok in zip(leaves, finite) if not ok]
+
+
+def init_sources(init_from) -> dict:
+    """`config.init_from` as {name: source}: one source (it has a `checkpoint` field; named '') or named sources,
+    e.g. `init_from.masked` and `init_from.multimodal` for a model built from two earlier stages."""
+    if "checkpoint" in init_from:
+        return {"": init_from}
+    for name, source in init_from.items():
+        if not hasattr(source, "items") or "checkpoint" not in source:
+            raise ValueError(f"config.init_from.{name} must be a source with fields checkpoint and mapping "
+                             "(config.init_from is one source, or named sources)")
+    return dict(init_from)
 
 
 def restore_subtrees(params, init_from, *, only_present: bool = False):
@@ -113,9 +186,42 @@ def restore_subtrees(params, init_from, *, only_present: bool = False):
                    and any(k == src or k.startswith(src + "/") for k in saved)}
         if not mapping:
             return params
+    pairs, problems = match_leaves(params, saved, dict(init_from, mapping=mapping))
+    if problems:
+        raise ValueError(f"cannot restore from {source_dir}:\n  " + "\n  ".join(problems))
 
-    item, restore_args, resampled, problems = {}, {}, [], []
-    for target, source in mapping.items():
+    item, restore_args, resampled = {}, {}, []
+    for src, leaf in pairs:
+        if tuple(saved[src]) == leaf.shape:
+            _set(item, src, jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding))
+            _set(restore_args, src, ocp.ArrayRestoreArgs(sharding=leaf.sharding, dtype=leaf.dtype))
+        else:
+            _set(item, src, jax.ShapeDtypeStruct(tuple(saved[src]), leaf.dtype))
+            _set(restore_args, src, ocp.RestoreArgs(restore_type=np.ndarray))
+            resampled.append((src, leaf))
+    restored = ocp.PyTreeCheckpointer().restore(source_dir, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=restore_args, partial_restore=True))
+    for src, leaf in resampled:
+        pe = resample_pos_embed(_subtree(restored, src), *grids).astype(leaf.dtype)
+        _set(restored, src, jax.make_array_from_callback(leaf.shape, leaf.sharding, lambda index: pe[index]))
+    for target, source in mapping.items():  # leaf by leaf: two targets may read overlapping sources
+        values = jax.tree_util.tree_map_with_path(
+            lambda key_path, _: _subtree(restored, "/".join(filter(None, (source, _path(key_path))))),
+            _subtree(params, target))
+        params = _replace(params, target, values)
+    return params
+
+
+def match_leaves(params, saved: dict, init_from) -> tuple:
+    """(pairs, problems) for restoring `init_from.mapping`'s subtrees of `params` from a checkpoint whose leaves
+    have the shapes `saved` ({'/'-joined path: shape}): (source path, target leaf) per leaf that restores (same shape,
+    or a resamplable pos_embed), and a line per leaf that is missing or of another shape."""
+    grids = init_from.get("pos_embed_grid_src"), init_from.get("pos_embed_grid_dst")
+    pairs, problems = [], []
+    for target, source in init_from["mapping"].items():
+        if not _has(params, target):
+            problems.append(f"{target}: not in the model (mapping target)")
+            continue
         for key_path, leaf in jax.tree_util.tree_leaves_with_path(_subtree(params, target)):
             rel = _path(key_path)
             src = "/".join(filter(None, (source, rel)))
@@ -123,26 +229,11 @@ def restore_subtrees(params, init_from, *, only_present: bool = False):
             shape = saved.get(src)
             if shape is None:
                 problems.append(f"{tgt}: missing in checkpoint as {src}")
-            elif tuple(shape) == leaf.shape:
-                _set(item, src, jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding))
-                _set(restore_args, src, ocp.ArrayRestoreArgs(sharding=leaf.sharding, dtype=leaf.dtype))
-            elif _resamplable(rel, tuple(shape), leaf.shape, *grids):
-                _set(item, src, jax.ShapeDtypeStruct(tuple(shape), leaf.dtype))
-                _set(restore_args, src, ocp.RestoreArgs(restore_type=np.ndarray))
-                resampled.append((src, leaf))
+            elif tuple(shape) == leaf.shape or _resamplable(rel, tuple(shape), leaf.shape, *grids):
+                pairs.append((src, leaf))
             else:
                 problems.append(f"{tgt}: target {leaf.shape} vs checkpoint {src} {tuple(shape)}")
-    if problems:
-        raise ValueError(f"cannot restore from {source_dir}:\n  " + "\n  ".join(problems))
-
-    restored = ocp.PyTreeCheckpointer().restore(source_dir, args=ocp.args.PyTreeRestore(
-        item=item, restore_args=restore_args, partial_restore=True))
-    for src, leaf in resampled:
-        pe = resample_pos_embed(_subtree(restored, src), *grids).astype(leaf.dtype)
-        _set(restored, src, jax.make_array_from_callback(leaf.shape, leaf.sharding, lambda index: pe[index]))
-    for target, source in mapping.items():
-        params = _replace(params, target, _subtree(restored, source))
-    return params
+    return pairs, problems
 
 
 def restore_batch_stats(batch_stats, init_from):

@@ -2,10 +2,14 @@
 
 State is created abstractly (`jax.eval_shape`), its shardings derived from logical axis names, then initialised
 by a jitted function with those output shardings, so no device ever holds an unsharded large model. A run
-restarted in the same workdir resumes from its latest checkpoint, data position included.
+restarted in the same workdir resumes from its latest checkpoint, data position included. SIGTERM (preemption)
+checkpoints the current step and exits with PREEMPTED_EXIT_CODE; a non-finite loss or gradient skips the step or
+stops the run (`config.nonfinite`). See docs/fault_tolerance.md.
 """
 import json
 import os
+import signal
+import threading
 import time
 
 import flax.linen as nn
@@ -14,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
+from jax.experimental import multihost_utils
 
 from invideo_jax import distributed, sharding
 from invideo_jax.data import pipeline
@@ -22,6 +27,22 @@ from invideo_jax.train.state import TrainState
 from invideo_jax.train.tasks import get_task
 
 SUMMARY = "summary.json"
+PREDICTIONS = "predictions.npz"  # per-video outputs of the final evaluation, when the task gives them
+NONFINITE = ("skip", "stop")  # config.nonfinite: what a step with a non-finite loss or gradient does
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: what a process ended by SIGTERM reports, so schedulers requeue as usual
+
+
+class Preempted(SystemExit):
+    """Raised by `train` after a SIGTERM, once the current step is checkpointed: the process exits with
+    PREEMPTED_EXIT_CODE and no traceback, and the same command resumes. A SystemExit, so that nothing (a pipeline
+    about to start its next stage) takes the stopped stage for a finished one."""
+
+    def __init__(self, step: int, directory):
+        super().__init__(PREEMPTED_EXIT_CODE)
+        self.step, self.directory = step, directory
+
+    def __str__(self):
+        return f"preempted (SIGTERM): step {self.step} checkpointed in {self.directory}; rerun to resume"
 
 
 def batch_shapes(config, batch_size) -> dict:
@@ -82,12 +103,50 @@ def make_train_step(task, tx, schedule):
     return train_step
 
 
+class StopOnSigterm:
+    """While active (a `with` block), SIGTERM asks the loop to checkpoint and stop after the current step; a second
+    SIGTERM ends the process at once. Restores the previous handler on exit. Outside the main thread (where Python
+    cannot install handlers) it does nothing and says so."""
+
+    def __init__(self):
+        self.requested, self._previous, self._installed = False, None, False
+
+    def _handle(self, signum, frame):
+        del frame
+        if self.requested:  # asked twice: do not wait for the step
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous, self._installed = signal.signal(signal.SIGTERM, self._handle), True
+        else:
+            logging.warning("train() outside the main thread: SIGTERM will not checkpoint before exiting")
+        return self
+
+    def __exit__(self, *exc_info):
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
+            self._installed = False
+
+    def agreed(self) -> bool:
+        """Whether any process got SIGTERM; every process gets the same answer at the same step."""
+        if jax.process_count() == 1:
+            return self.requested
+        return bool(np.max(multihost_utils.process_allgather(np.int32(self.requested))))
+
+
 def train(config, workdir: str, stop_after: int = 0):
     """Trains one stage in `workdir`; returns (and writes) its summary. Resumes if checkpoints exist.
 
-    `stop_after` > 0 stops after that step with a checkpoint and returns None, as a preempted run would.
+    `stop_after` > 0 stops after that step with a checkpoint and returns None. SIGTERM (preemption) checkpoints the
+    current step and raises `Preempted` (exit code PREEMPTED_EXIT_CODE); rerunning resumes either way.
     """
     # ---------------------------------------------------------------- set-up
+    nonfinite = config.get("nonfinite", "skip")
+    if nonfinite not in NONFINITE:
+        raise ValueError(f"config.nonfinite={nonfinite!r}: expected one of {NONFINITE}")
     os.makedirs(workdir, exist_ok=True)
     start_time = time.perf_counter()
     mesh = sharding.make_mesh(config.mesh)
@@ -123,8 +182,7 @@ def train(config, workdir: str, stop_after: int = 0):
             logging.info("resumed from step %d", start_step)
         else:
             state = jax.jit(init_state, out_shardings=shardings)(jax.random.PRNGKey(config.seed))
-            if config.init_from.checkpoint:
-                init_from = _init_from(config, task)
+            for init_from in init_sources(config, task):
                 state = state.replace(params=checkpoint.restore_subtrees(state.params, init_from),
                                       batch_stats=checkpoint.restore_batch_stats(state.batch_stats, init_from))
             start_step = 0
@@ -138,50 +196,93 @@ def train(config, workdir: str, stop_after: int = 0):
         # ------------------------------------------------------------ loop
         writer = metrics_lib.MetricWriter(workdir, resume_step=start_step)
         progress = metrics_lib.Progress(config.total_steps, start_step, config.batch_size)
-        pending = []
-        for step in range(start_step + 1, config.total_steps + 1):
-            batch = pipeline.make_global(next(train_iter), batch_sh)
-            state, step_metrics = train_step(state, batch)
-            pending.append(step_metrics)
-            if step % config.log_every == 0 or step == config.total_steps:
-                summary = metrics_lib.reduce(jax.device_get(pending))
-                pending = []
-                writer.write(step, dict(summary, clips_per_s=progress.throughput(step)))
-                progress.update(step, summary)
-            if evaluate and config.eval_every and step % config.eval_every == 0 and step != config.total_steps:
-                _log_eval(writer, step, evaluate(state, predict, mesh))
-            stopping = step == stop_after
-            ckpt.save(step, state, data_iterator=train_iter, force=stopping or step == config.total_steps)
-            if stopping:
-                break
-        progress.close()
-        ckpt.wait()
-        if stop_after and stop_after < config.total_steps:
+        pending, preempted = [], False
+        with StopOnSigterm() as sigterm:
+            for step in range(start_step + 1, config.total_steps + 1):
+                batch = pipeline.make_global(next(train_iter), batch_sh)
+                state, step_metrics = train_step(state, batch)
+                pending.append(step_metrics)
+                if nonfinite == "stop" and int(step_metrics["skipped"]):
+                    _stop_on_nonfinite(step, pending, writer, progress, ckpt)
+                if step % config.log_every == 0 or step == config.total_steps:
+                    summary = metrics_lib.reduce(jax.device_get(pending))
+                    pending = []
+                    writer.write(step, dict(summary, clips_per_s=progress.throughput(step)))
+                    progress.update(step, summary)
+                    if summary["skipped"]:
+                        logging.warning("%d step(s) up to step %d skipped: non-finite loss or gradient (params "
+                                        "unchanged; see 'skipped' in metrics.jsonl)", summary["skipped"], step)
+                if evaluate and config.eval_every and step % config.eval_every == 0 and step != config.total_steps:
+                    _log_eval(writer, step, evaluate(state, predict, mesh))
+                preempted = sigterm.agreed()
+                stopping = step == stop_after or preempted
+                ckpt.save(step, state, data_iterator=train_iter, force=stopping or step == config.total_steps)
+                if stopping:
+                    break
+            progress.close()
+            ckpt.wait()
+        if preempted or (stop_after and stop_after < config.total_steps):
             writer.close()
             ckpt.close()
+            if preempted:
+                logging.warning("SIGTERM: step %d checkpointed in %s; exiting with code %d", step, ckpt.directory,
+                                PREEMPTED_EXIT_CODE)
+                raise Preempted(step, ckpt.directory)
             return None
 
         # ------------------------------------------------------------ final evaluation
-        result = {"steps": config.total_steps, "train": writer.last("loss", "accuracy")}
+        result = {"steps": config.total_steps, "train": writer.last("loss", "accuracy"),
+                  "skipped_steps": int(sum(row.get("skipped", 0) for row in writer.rows))}
+        predictions = None
         if evaluate:
             result["eval"] = evaluate(state, predict, mesh)
             _log_eval(writer, config.total_steps, result["eval"])
+            predictions = result["eval"].pop("predictions", None)
         writer.close()
         ckpt.close()
     result["wall_s"] = round(time.perf_counter() - start_time, 1)
-    if distributed.is_main():  # one writer: the workdir is shared
+    if distributed.is_main():  # one writer: the workdir is shared; the summary last, as it marks the stage done
+        if predictions is not None:
+            with open(os.path.join(workdir, PREDICTIONS + ".tmp"), "wb") as f:
+                np.savez(f, **predictions)
+            os.replace(os.path.join(workdir, PREDICTIONS + ".tmp"), os.path.join(workdir, PREDICTIONS))
         with open(os.path.join(workdir, SUMMARY), "w") as f:
             json.dump(result, f, indent=1)
     return result
 
 
+def _stop_on_nonfinite(step, pending, writer, progress, ckpt):
+    """config.nonfinite='stop': logs the step's metrics, lets a checkpoint being written finish, and raises."""
+    summary, bad = metrics_lib.reduce(jax.device_get(pending)), jax.device_get(pending[-1])
+    writer.write(step, summary)
+    progress.close()
+    writer.close()
+    ckpt.close()  # waits: an asynchronous save of an earlier (finite) step is committed, not cut short
+    last = ckpt.latest_step()
+    raise FloatingPointError(
+        f"step {step}: non-finite loss or gradient (loss {bad['loss']}, grad_norm {bad['grad_norm']}); the "
+        f"step was not applied and config.nonfinite='stop' ends the run. Last good checkpoint: "
+        + (f"step {last} in {ckpt.directory}" if last is not None else f"none in {ckpt.directory}")
+        + " (a restart resumes there; config.nonfinite='skip' steps over such batches)")
+
+
 def _log_eval(writer, step, result):
-    writer.write(step, {f"eval/{k}": v for k, v in result.items()})
+    writer.write(step, {f"eval/{k}": v for k, v in result.items() if k != "predictions"})
 
 
-def _init_from(config, task):
-    """`config.init_from` with the task's default subtree mapping when none is given."""
-    init_from = dict(config.init_from)
-    if not init_from.get("mapping"):
-        init_from["mapping"] = task.init_from_mapping
-    return init_from
+def init_sources(config, task) -> list:
+    """The `init_from` sources to restore; a single source without a mapping takes the task's default mapping."""
+    out = []
+    for name, source in checkpoint.init_sources(config.init_from).items():
+        source = dict(source)
+        if not source["checkpoint"]:
+            if name:
+                logging.warning("init_from.%s.checkpoint is empty: its subtrees keep their initialisation", name)
+            continue
+        if not source.get("mapping"):
+            if name:
+                raise ValueError(f"config.init_from.{name}.mapping is empty: name the subtrees to restore "
+                                 "({our path: saved path})")
+            source["mapping"] = task.init_from_mapping
+        out.append(source)
+    return out
