@@ -3,25 +3,30 @@
   python -m invideo_jax.main --config=configs/demo.py --workdir=runs/demo      (or: make demo)
 
 Writes a synthetic dataset (8 classes of moving shapes that differ only by motion, as real mp4 files with
-VideoMAE csv and InternVideo JSON lists) into WORKDIR/data, then runs the stages:
-  pretrain  VideoMAE pre-training of a tiny video ViT (random mask 0.75, normalised-pixel targets)
-  finetune  supervised fine-tuning, the encoder restored from `pretrain` (init_from)
-  scratch   the same fine-tuning from random initialisation (same budget): the effect of pre-training
-  multimodal  video-text pre-training (InternVideo-MM): a tiny UniFormerV2 (local UniBlocks in every layer, for
-            motion, and global UniBlocks on the last two), a causal text tower and a caption decoder, trained with the contrastive and captioning
-            losses on the videos' captions ("a red square moves to the left"), tokenised by a word-level
-            tokenizer trained on them
-and evaluates on the held-out split with multi-view testing (2 clips): both classifiers' accuracy, and the
-video-text model's zero-shot accuracy (class names in prompts averaged over every colour/shape template) and
-text<->video retrieval. Writes WORKDIR/report.md with the results tables and plots. Re-running skips finished
-stages.
+VideoMAE csv and InternVideo JSON lists) into WORKDIR/data, then runs InternVideo's stages:
+  pretrain     VideoMAE pre-training of a tiny video ViT (random mask 0.75, normalised-pixel targets)
+  finetune     supervised fine-tuning, the encoder restored from `pretrain` (init_from)
+  scratch      the same fine-tuning from random initialisation (same budget): the effect of pre-training
+  multimodal   video-text pre-training (InternVideo-MM): a tiny UniFormerV2 (local UniBlocks in every layer, for
+               motion, global UniBlocks on the last two), a causal text tower and a caption decoder, trained with
+               the contrastive and captioning losses on the videos' captions ("a red square moves to the left"),
+               tokenised by a word-level tokenizer trained on them; no labels
+  multimodal_finetune  supervised fine-tuning of that UniFormerV2, restored from `multimodal`
+  fusion       both supervised encoders frozen (restored from `finetune` and `multimodal_finetune`), tanh-gated
+               cross-model attention from the multimodal feature to the masked encoder's last two layers trained
+               with the head and the query token (configs/internvideo_pipeline.py wires the stages)
+and evaluates on the held-out split with multi-view testing (2 clips): the classifiers' accuracy, the late
+ensemble of the two encoders (softmax averaged), and the video-text model's zero-shot accuracy (class names in
+prompts averaged over every colour/shape template) and text<->video retrieval. Writes WORKDIR/report.md with the
+results tables and plots. Re-running skips finished stages.
 
-ARG options: train=1280, val=160 (videos), pretrain_steps, finetune_steps, multimodal_steps, batch=32, workers=0.
+ARG options: train=1280, val=160 (videos), pretrain_steps, finetune_steps, multimodal_steps,
+multimodal_finetune_steps, fusion_steps, batch=32, workers=0.
 Chance is 12.5% for classification and 1/val for retrieval R@1.
 """
 import ml_collections
 
-from configs import common
+from configs import common, internvideo_fusion, internvideo_pipeline
 from configs.internvideo_mm_pretrain import videotext_fields
 from invideo_jax.data import synthetic
 
@@ -29,6 +34,10 @@ ENCODER = dict(width=64, depth=4, num_heads=4, mlp_dim=256, patch_size=8, tubele
                image_size=32, pos_embed="sincos_1d", qkv_bias="qv", norm="layernorm", norm_eps=1e-6, act="gelu",
                scan=True)
 DECODER = dict(decoder_width=32, decoder_depth=1, decoder_heads=2, decoder_mlp_dim=128)
+# The multimodal encoder: a UniFormerV2 of the same size, with local UniBlocks (for motion) and two global ones.
+VISUAL = dict({k: ENCODER[k] for k in ("width", "depth", "num_heads", "mlp_dim", "patch_size", "image_size",
+                                       "num_frames")}, local_blocks=True, global_layers=(2, 3), global_mlp_dropout=0.1,
+              drop_path=0.1)
 
 
 def _data(c, arg, num_classes):
@@ -44,24 +53,24 @@ def _data(c, arg, num_classes):
     return c
 
 
-def _classifier(arg):
-    c = common.train_config("classification", dict(ENCODER, final_norm=False, pool="mean", num_classes=8,
-                                                   drop_path=0.1))
+def _classifier(arg, model, model_name, steps, **optim):
+    c = common.train_config("classification", dict(model, num_classes=8), model_name=model_name)
     c = _data(c, arg, num_classes=8)
     c.data.label_smoothing = 0.1
-    c.total_steps = arg.finetune_steps
+    c.total_steps = steps
     c.checkpoint_every = 100
-    c.optim.update(dict(base_lr=2e-3, lr_batch_denom=0, b1=0.9, b2=0.999, weight_decay=0.05,
-                        warmup_steps=arg.finetune_steps // 10, min_lr=1e-5, layer_decay=0.9,
-                        num_layers=ENCODER["depth"]))
+    c.optim.update(dict(dict(base_lr=2e-3, lr_batch_denom=0, b1=0.9, b2=0.999, weight_decay=0.05,
+                             warmup_steps=steps // 10, min_lr=1e-5), **optim))
     return c
 
 
+def _finetune(arg):
+    return _classifier(arg, dict(ENCODER, final_norm=False, pool="mean", drop_path=0.1), "vit", arg.finetune_steps,
+                       layer_decay=0.9, num_layers=ENCODER["depth"])
+
+
 def _videotext(arg):
-    size = {k: ENCODER[k] for k in ("width", "depth", "num_heads", "mlp_dim", "patch_size", "image_size",
-                                    "num_frames")}
-    model = dict(visual_config=dict(size, local_blocks=True, global_layers=(2, 3), global_mlp_dropout=0.1,
-                                    drop_path=0.1),
+    model = dict(visual_config=VISUAL,
                  text_config=dict(vocab_size=64, context_length=16, width=64, depth=2, num_heads=4, mlp_dim=256),
                  caption_config=dict(depth=1, num_queries=16), embed_dim=64)
     names, templates = synthetic.zero_shot_prompts()
@@ -77,9 +86,15 @@ def _videotext(arg):
     return c
 
 
+def _fusion(arg):
+    model = dict(masked=dict(ENCODER, final_norm=False, pool="mean"), multimodal=VISUAL, fusion_layers=(2, 3),
+                 num_heads=4)
+    return _classifier(arg, model, "fusion", arg.fusion_steps, base_lr=1e-3, frozen=internvideo_fusion.FROZEN)
+
+
 def get_config(arg=None):
     arg = common.parse_arg(arg, train=1280, val=160, pretrain_steps=300, finetune_steps=700, multimodal_steps=600,
-                           batch=32, workers=0)
+                           multimodal_finetune_steps=400, fusion_steps=300, batch=32, workers=0)
     pretrain = common.train_config("videomae_pretrain", dict(encoder=ENCODER, **DECODER))
     pretrain = _data(pretrain, arg, num_classes=0)
     # Random (not tube) masking: on a 4x4 patch grid a masked tube hides a place in every frame, while a
@@ -90,18 +105,25 @@ def get_config(arg=None):
     pretrain.checkpoint_every = 100
     pretrain.optim.update(dict(base_lr=1.5e-3, lr_batch_denom=0, b1=0.9, b2=0.95, weight_decay=0.05,
                                warmup_steps=arg.pretrain_steps // 10, min_lr=1e-5))
-    finetune = _classifier(arg)
-    finetune.init_from.checkpoint = "pretrain"  # a stage name: resolved to its checkpoints
     c = ml_collections.ConfigDict()
     c.synthetic_data = dict(num_train=arg.train, num_val=arg.val, num_frames=16, size=32, seed=0)
-    c.stages = ml_collections.ConfigDict(dict(pretrain=pretrain, finetune=finetune, scratch=_classifier(arg),
-                                              multimodal=_videotext(arg)))
-    c.stage_order = ("pretrain", "finetune", "scratch", "multimodal")
-    c.report_title = "invideo_jax demo: VideoMAE and video-text pre-training on synthetic motion videos"
+    c.stages = ml_collections.ConfigDict(dict(
+        pretrain=pretrain, finetune=_finetune(arg), scratch=_finetune(arg), multimodal=_videotext(arg),
+        multimodal_finetune=_classifier(arg, dict(VISUAL, head_dropout=0.1), "uniformerv2",
+                                        arg.multimodal_finetune_steps, base_lr=1e-3),
+        fusion=_fusion(arg)))
+    c.stage_order = ("pretrain", "finetune", "scratch", "multimodal", "multimodal_finetune", "fusion")
+    c = internvideo_pipeline.wire(c, masked_pretrain="pretrain", multimodal_pretrain="multimodal",
+                                  masked_supervised="finetune", multimodal_supervised="multimodal_finetune",
+                                  fusion="fusion")
+    c.report_title = "invideo_jax demo: the InternVideo pipeline on synthetic motion videos"
     c.report_intro = ("Eight classes of moving shapes that differ only by motion (chance 12.5%). `finetune` starts "
-                      "from the `pretrain` encoder, `scratch` from random weights with the same budget; both are "
-                      "evaluated on the held-out split with 2 temporal clips per video (softmax averaged). "
+                      "from the `pretrain` encoder, `scratch` from random weights with the same budget. "
                       "`multimodal` learns from the captions alone (no labels): its zero-shot accuracy classifies "
                       "by the class names, and retrieval matches each held-out video's first caption among all "
-                      "of them (chance R@1 = 1/number of videos).")
+                      "of them (chance R@1 = 1/number of videos). `multimodal_finetune` trains that video encoder "
+                      "with the labels; `fusion` freezes both supervised encoders and trains only cross-model "
+                      "attention, the head and the query token, starting exactly from `multimodal_finetune`. "
+                      "Classifiers are evaluated on the held-out split with 2 temporal clips per video (softmax "
+                      "averaged); `ensemble` averages the two encoders' softmax.")
     return c

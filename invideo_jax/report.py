@@ -47,6 +47,16 @@ def videotext_table(results: dict) -> str:
                          "re-ranking (DSL)."])
 
 
+def comparison_table(results: dict, rows) -> str:
+    """Markdown table of held-out accuracy for `rows`, (label, result name) pairs, e.g. an ablation."""
+    lines = ["| model | from | held-out top-1 | held-out top-5 | videos |", "|---|---|---|---|---|"]
+    for label, name in rows:
+        ev = results.get(name, {}).get("eval", {})
+        values = [ev.get("top1"), ev.get("top5"), ev.get("num_videos")]
+        lines.append(f"| {label} | {name} | " + " | ".join("" if v is None else _fmt(v) for v in values) + " |")
+    return "\n".join(lines)
+
+
 def plot(workdir: str, stage_names, key: str):
     """One PNG of `key` against step for every stage that logged it; returns its file name or None."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -74,6 +84,9 @@ def plot(workdir: str, stage_names, key: str):
 def write(workdir: str, config, results: dict) -> str:
     title = config.get("report_title", "invideo_jax pipeline report")
     parts = [f"# {title}", "", config.get("report_intro", ""), "", "## Results", "", results_table(results), ""]
+    if config.get("comparison"):
+        parts += [f"## {config.get('comparison_title', 'Comparison')}", "", comparison_table(results, config.comparison),
+                  ""]
     videotext = videotext_table(results)
     if videotext:
         parts += ["## Video-text evaluation", "", videotext, ""]

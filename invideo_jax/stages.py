@@ -3,9 +3,11 @@
 `config.stages` holds one config per stage and `config.stage_order` their order (ConfigDict sorts its keys).
 A stage is finished when its workdir holds `summary.json`. Once a stage runs, every later stage runs again
 (its inputs may have changed); a later stage's previous results are moved aside to `<stage>.stale-<time>`,
-never deleted. String fields may use `{workdir}` (the pipeline's workdir); `init_from.checkpoint` may name an
-earlier stage. In a multi-process run the workdir is shared and process 0 alone writes the data, moves stale
-stages and writes the report.
+never deleted. String fields may use `{workdir}` (the pipeline's workdir); an `init_from` checkpoint may name an
+earlier stage, and every restore between stages is checked on the abstract models before the first stage runs.
+`config.ensembles` ({name: stage names}, optional) adds late-fusion results: the stages' per-video class
+probabilities (their predictions.npz) averaged. In a multi-process run the workdir is shared and process 0 alone
+writes the data, moves stale stages and writes the report.
 """
 import copy
 import json
@@ -13,10 +15,13 @@ import os
 import time
 
 import jax
+import numpy as np
 from absl import logging
 
-from invideo_jax import distributed, report
-from invideo_jax.train import trainer
+from invideo_jax import distributed, report, sharding
+from invideo_jax.evaluate import multiview
+from invideo_jax.train import checkpoint, trainer
+from invideo_jax.train.tasks import get_task
 
 
 def run_stage(config, workdir: str) -> dict:
@@ -24,15 +29,47 @@ def run_stage(config, workdir: str) -> dict:
 
 
 def stage_config(pipeline, name: str, workdir: str):
-    """The stage's config with `{workdir}` filled in and a stage name in `init_from.checkpoint` resolved."""
+    """The stage's config with `{workdir}` filled in and stage names in `init_from` checkpoints resolved."""
     config = copy.deepcopy(pipeline.stages[name])
     config.unlock()
     _fill(config, workdir)
-    init_from = config.get("init_from")
-    if init_from and init_from.checkpoint in pipeline.stages:
-        init_from.checkpoint = os.path.join(workdir, init_from.checkpoint, "checkpoints")
+    for source in checkpoint.init_sources(config.get("init_from", {})).values():
+        if source.checkpoint in pipeline.stages:
+            source.checkpoint = os.path.join(workdir, source.checkpoint, "checkpoints")
     config.lock()
     return config
+
+
+def check_init_from(pipeline, workdir: str) -> None:
+    """Raises before any stage runs if a stage would restore a subtree that its source stage lacks or holds with
+    another shape; compares abstract models only (`jax.eval_shape`), so a bad mapping costs seconds, not a run."""
+    params, problems = {}, []
+    stage_of = {os.path.join(workdir, name, "checkpoints"): name for name in pipeline.stage_order}
+    for name in pipeline.stage_order:
+        config = stage_config(pipeline, name, workdir)
+        task = get_task(config)
+        boxed = jax.eval_shape(task.init_variables, jax.random.PRNGKey(0), trainer.example_batch(config, 1))
+        params[name] = sharding.strip_boxes(boxed["params"])
+        for source in trainer.init_sources(config, task):
+            source_stage = stage_of.get(source["checkpoint"])
+            if source_stage is None:
+                continue  # a checkpoint from outside the pipeline: checked when it is read
+            saved = {jax.tree_util.keystr(path, simple=True, separator="/"): leaf.shape
+                     for path, leaf in jax.tree_util.tree_leaves_with_path({"params": params[source_stage]})}
+            _, lines = checkpoint.match_leaves(params[name], saved, source)
+            problems += [f"{name} <- {source_stage}: {line}" for line in lines]
+    if problems:
+        raise ValueError("init_from does not fit the stages it restores from:\n  " + "\n  ".join(problems[:20])
+                         + ("\n  ..." if len(problems) > 20 else ""))
+
+
+def _predictions(workdir: str, stage: str) -> dict:
+    path = os.path.join(workdir, stage, trainer.PREDICTIONS)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} is missing: stage {stage} gives no per-video predictions to ensemble (a "
+                                "classification stage finished by an older version? delete its directory to re-run it)")
+    with np.load(path) as f:
+        return dict(f)
 
 
 def _fill(node, workdir):
@@ -51,6 +88,11 @@ def run_pipeline(config, workdir: str) -> dict:
     if sorted(config.stage_order) != sorted(config.stages):
         raise ValueError(f"config.stage_order {tuple(config.stage_order)} must list each of config.stages "
                          f"{tuple(config.stages)} once")
+    ensembles = config.get("ensembles", {})
+    for name, members in ensembles.items():
+        if name in config.stages or not set(members) <= set(config.stages):
+            raise ValueError(f"config.ensembles.{name}: the name must not be a stage's, and its members "
+                             f"{tuple(members)} must be stages of {tuple(config.stages)}")
     os.makedirs(workdir, exist_ok=True)
     # Stages often compile identical programs (e.g. fine-tuning from pre-trained vs from scratch).
     jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "xla_cache"))
@@ -59,6 +101,7 @@ def run_pipeline(config, workdir: str) -> dict:
         from invideo_jax.data import synthetic
         synthetic.write_dataset(os.path.join(workdir, "data"), **config.synthetic_data)
     distributed.barrier("pipeline_start")  # the data is written and every process saw the same stage dirs
+    check_init_from(config, workdir)
     results, upstream_ran = {}, False
     for name in config.stage_order:
         stage_dir = os.path.join(workdir, name)
@@ -77,6 +120,9 @@ def run_pipeline(config, workdir: str) -> dict:
             print(f"=== stage {name}", flush=True)
         results[name] = run_stage(stage_config(config, name, workdir), stage_dir)
         upstream_ran = True
+    for name, members in ensembles.items():
+        results[name] = {"eval": multiview.ensemble([_predictions(workdir, m) for m in members]),
+                         "members": list(members)}
     if distributed.is_main():
         print(f"report: {report.write(workdir, config, results)}", flush=True)
     return results

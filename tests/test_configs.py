@@ -3,7 +3,8 @@ import jax
 import numpy as np
 import pytest
 
-from configs import demo, internvideo_fusion, internvideo_mm_pretrain, uniformerv2_finetune, videomae_finetune, videomae_pretrain
+from configs import (demo, internvideo_fusion, internvideo_mm_pretrain, internvideo_pipeline, uniformerv2_finetune,
+                     videomae_finetune, videomae_pretrain)
 from invideo_jax import sharding, stages
 from invideo_jax.train import optim, trainer
 from invideo_jax.train.tasks import get_task
@@ -72,3 +73,16 @@ def test_unknown_arg_is_named():
         videomae_pretrain.get_config("vit_q")
     with pytest.raises(ValueError, match="k700"):
         uniformerv2_finetune.get_config("B/16,dataset=k700")
+
+
+@pytest.mark.parametrize("module", [demo, internvideo_pipeline])
+def test_pipeline_stages_restore_subtrees_their_sources_have(module, tmp_path):
+    """Every init_from of the demo and of the paper-scale InternVideo pipeline (ViT-H + UniFormerV2-L/14) names
+    subtrees that the earlier stage's model has, with the same shapes; a wrong mapping is caught before any stage."""
+    config = module.get_config()
+    stages.check_init_from(config, str(tmp_path))
+    fusion = config.stages.fusion
+    assert fusion.init_from.masked.checkpoint in config.stages and fusion.init_from.multimodal.checkpoint in config.stages
+    fusion.init_from.multimodal.mapping = {"multimodal": "params/backbone"}  # one level too deep
+    with pytest.raises(ValueError, match="fusion <- .*multimodal/backbone/.*: missing in checkpoint as params/backbone/backbone"):
+        stages.check_init_from(config, str(tmp_path))

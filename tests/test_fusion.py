@@ -122,3 +122,46 @@ def test_training_steps_leave_the_frozen_encoders_bitwise_unchanged(params):
         np.testing.assert_array_equal(after[k], before[k], err_msg=k)
     assert all(np.any(after[k] != before[k]) for k in trainable if k.endswith("_gate"))
     assert np.any(after["multimodal/backbone/temporal_cls_token"] != before["multimodal/backbone/temporal_cls_token"])
+
+
+def test_init_from_the_two_supervised_checkpoints_starts_as_the_multimodal_classifier(tmp_path):
+    """The pipeline's fusion stage restores both encoders from two classifier checkpoints (named init_from sources)
+    and, with the multimodal classifier's head, predicts exactly what that classifier predicts."""
+    import ml_collections
+    import orbax.checkpoint as ocp
+
+    from configs import internvideo_fusion
+    from invideo_jax.train import checkpoint, trainer
+
+    multimodal = dict(MULTIMODAL, local_blocks=True)  # BatchNorm statistics to restore as well
+    vit = VisionTransformer(**MASKED, num_classes=5)
+    uniformer = UniFormerV2(**multimodal, num_classes=5)
+    saved = {"masked": nn.unbox(jax.jit(vit.init)(jax.random.PRNGKey(1), clip())),
+             "multimodal": nn.unbox(jax.jit(uniformer.init)(jax.random.PRNGKey(2), clip()))}
+    rng = np.random.default_rng(0)
+    saved["multimodal"]["batch_stats"] = jax.tree.map(lambda x: x + rng.uniform(0.5, 1.0, x.shape).astype(x.dtype),
+                                                      saved["multimodal"]["batch_stats"])
+    for name, tree in saved.items():
+        ocp.PyTreeCheckpointer().save(tmp_path / name, tree)
+
+    fused = FusedVideoModel(MASKED, multimodal, fusion_layers=(0, 1), num_heads=2, num_classes=5)
+    # Zeros for a start: whatever is not restored (the fusion blocks) is the identity with its gates at zero.
+    variables = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
+                             nn.unbox(jax.eval_shape(fused.init, jax.random.PRNGKey(0), clip())))
+    params, stats = variables["params"], variables["batch_stats"]
+    config = ml_collections.ConfigDict(dict(init_from=internvideo_fusion.init_from(
+        str(tmp_path / "masked"), str(tmp_path / "multimodal"))))
+    for source in trainer.init_sources(config, task=None):
+        params = checkpoint.restore_subtrees(params, source)
+        stats = checkpoint.restore_batch_stats(stats, source)
+
+    expect = {"masked": {k: v for k, v in saved["masked"]["params"].items() if k != "head"},
+              "multimodal": {"backbone": saved["multimodal"]["params"]["backbone"]},
+              "head_multimodal": saved["multimodal"]["params"]["head"]}
+    for key, tree in expect.items():
+        jax.tree.map(np.testing.assert_array_equal, params[key], tree)
+    jax.tree.map(np.testing.assert_array_equal, stats["multimodal"], saved["multimodal"]["batch_stats"])
+    logits = jax.jit(fused.apply)({"params": params, "batch_stats": stats}, clip(1))["logits"]
+    alone = jax.jit(uniformer.apply)(saved["multimodal"], clip(1))["logits"]
+    np.testing.assert_allclose(logits, alone, rtol=0, atol=1e-6)  # same ops; only XLA's fusion order may differ
+    assert np.abs(alone).max() > 0.1

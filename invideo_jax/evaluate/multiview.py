@@ -38,12 +38,28 @@ class MultiViewAccumulator:
         np.add.at(self.view_counts, index, 1)
         self.labels[index] = np.asarray(label)[keep]
 
-    def result(self) -> dict[str, float]:
-        """top1 and top5 accuracy (fractions) over the videos seen, num_videos and num_views."""
-        seen = self.view_counts > 0
-        probs = self.prob_sums[seen] / self.view_counts[seen, None]
-        results = {"num_videos": int(seen.sum()), "num_views": int(self.view_counts.sum())}
-        return dict(results, **top_k_accuracy(probs, self.labels[seen]))
+    def predictions(self) -> dict:
+        """Per video seen: `video_index`, `probs` (softmax averaged over its views) and `label`."""
+        seen = np.flatnonzero(self.view_counts)
+        return {"video_index": seen, "probs": self.prob_sums[seen] / self.view_counts[seen, None],
+                "label": self.labels[seen]}
+
+    def result(self) -> dict:
+        """top1 and top5 accuracy (fractions) over the videos seen, num_videos, num_views, and `predictions`."""
+        predictions = self.predictions()
+        return {"num_videos": len(predictions["video_index"]), "num_views": int(self.view_counts.sum()),
+                **top_k_accuracy(predictions["probs"], predictions["label"]), "predictions": predictions}
+
+
+def ensemble(members: list) -> dict:
+    """Late fusion of classifiers: top-k accuracy of their `predictions` (same videos) with probabilities averaged."""
+    first = members[0]
+    for i, other in enumerate(members[1:], 1):
+        if not (np.array_equal(other["video_index"], first["video_index"])
+                and np.array_equal(other["label"], first["label"])):
+            raise ValueError(f"ensemble member {i} was evaluated on other videos or labels than member 0")
+    probs = np.mean([m["probs"] for m in members], axis=0)
+    return {"num_videos": len(first["video_index"]), **top_k_accuracy(probs, first["label"])}
 
 
 def top_k_accuracy(scores: np.ndarray, labels: np.ndarray, ks=(1, 5)) -> dict[str, float]:
