@@ -1,0 +1,388 @@
+"""InternVideo2 stage 1: unmasked-token distillation of a student encoder from two frozen teachers.
+
+One module, `Distiller`, holds the student and both teachers, so a single train state (and a single jitted step)
+covers the whole stage:
+
+  video (B, T, H, W, C), T = the video teacher's frames
+    teacher_video  VisionTransformer (VideoMAE V2) on the whole clip; its last `video_layers` layers' tokens (the
+                   last one after its final norm, when it has one), L2-normalised
+    frames = video[:, ::frame_stride]  (official: 16 frames for VideoMAE V2-g, every 2nd one for the others)
+    teacher_image  per frame (B*T', 1, H, W, C): `internvideo2` = an InternVideo2 trunk on one frame with its
+                   attention pool (how we model InternViT-6B: the same block, learned pos-emb, attention pool to
+                   768), or `vit` = any VisionTransformer with a pooled output (pool 'cls' or 'mean').
+                   Targets: its last `image_layers` layers' tokens (per-frame CLS tokens averaged over time, patch
+                   tokens concatenated over time), and its pooled feature averaged over frames; each L2-normalised
+    mask           per frame, the `num_visible` = h*w - int(h*w*mask_ratio) patch tokens chosen from the teacher's
+                   attention (`mask_source`, below): the top-k (`mask_sampling='topk'`, and always when
+                   train=False) or a draw without replacement with probabilities proportional to the attention
+                   (`'multinomial'`: Gumbel top-k, the distribution of the official `torch.multinomial(attn, k)`);
+                   the CLS token is always kept. Pure jnp with static counts, inside the jitted step.
+    student        InternVideo2 on the visible tokens only (`visible_idx`), returning its last layers and its
+                   attention-pooled feature
+    heads          `clip_decoder_{i}` (image layers): student layer i + `clip_pos_embed` (CLS + visible
+                   positions) -> Linear (`image_decoder='linear'`, official) or MLP -> LayerNorm -> L2;
+                   `mae_decoder_{i}` (video layers): student layer i's patch tokens + `mae_pos_embed` -> MLP
+                   (Linear D->D, exact GELU, Linear; `video_decoder='mlp'`, official) -> LayerNorm -> L2;
+                   `final_clip_decoder`: the student's pooled feature -> Linear -> LayerNorm -> L2.
+                   Student layer depth-k+i is aligned with teacher layer depth_t-k+i (the last k of each).
+
+`mask_source`: 'image_pool' (official: the image teacher's attention-pool query over each frame's patch tokens,
+heads averaged; `teacher_image_kind='internvideo2'` only), 'video_mean' (for a VideoMAE teacher, which has no CLS
+and no pool: the softmax over each temporal slot's patches of <token, clip-mean token> / sqrt(D) on its last-layer
+tokens), or 'random' (no teacher attention: a uniform draw in training, the first tokens of each frame with
+train=False).
+
+Teachers run in inference mode under `jax.lax.stop_gradient` (no gradient, no activations kept for a backward
+pass); the optimiser freezes them as well (`optim.frozen`), and their weights come from named `init_from` sources.
+Output: `visible_idx` (B, T'*num_visible), `pred` and `target` dicts with the same keys and shapes
+(`image_layers` (k, B, 1 + M, D_img), `image_pooled` (B, P), `video_layers` (k, B, M, D_vid); M = visible patch
+tokens), and the student's `pooled` feature.
+
+Parameter tree: `student` (InternVideo2), `clip_pos_embed` (1, 1 + N, D), `mae_pos_embed` (1, N, D) (both learned,
+initialised with the 3-D sin-cos table of the student's pos_embed), `clip_decoder_{i}/{head,norm}` (mlp:
+`head_0`, `head_2`), `final_clip_decoder/{head,norm}`, `mae_decoder_{i}/{head_0,head_2,norm}`, `teacher_image`,
+`teacher_video`. Official names (internvideo.md 2.5): clip_decoder.{i}.head/norm, final_clip_decoder,
+mae_decoder.{i}.head.{0,2}/norm, clip_pos_embed, mae_pos_embed.
+
+Differences from the official code: the teachers are configurable ViTs of our own families (InternViT-6B is
+modelled, not ported: no converter exists yet); `clip_teacher_return_interval` (every n-th teacher layer, used by
+the distilled S/B/L recipe) is not modelled: the last k layers of each are aligned.
+"""
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from invideo_jax.models import layers
+from invideo_jax.models.internvideo2 import InternVideo2, depth_scaled_init
+from invideo_jax.models.vit import VisionTransformer
+
+IMAGE_TEACHER_KINDS = ("internvideo2", "vit")
+MASK_SOURCES = ("image_pool", "video_mean", "random")
+MASK_SAMPLING = ("topk", "multinomial")
+DECODER_KINDS = ("linear", "mlp")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Attention-guided masking (pure jnp, static counts)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def num_visible(tokens_per_frame: int, ratio: float) -> int:
+    """Visible patch tokens per frame: h*w - int(h*w*ratio), as the official (224/14, 0.8: 256 - 204 = 52)."""
+    return tokens_per_frame - int(tokens_per_frame * ratio)
+
+
+def attention_visible_idx(attention, keep: int, key=None):
+    """Visible patch indices (B, T*keep) of the (t, h, w) token grid from per-frame scores `attention` (B, T, h*w).
+
+    key None: each frame's `keep` highest scores. With a key: a draw of `keep` tokens per frame without replacement,
+    with probabilities proportional to the scores (Gumbel top-k on log scores). Ascending (frame-major).
+    """
+    b, t, n = attention.shape
+    if not 0 < keep <= n:
+        raise ValueError(f"cannot keep {keep} of {n} tokens per frame")
+    scores = attention.astype(jnp.float32)
+    if key is not None:
+        scores = jnp.log(jnp.maximum(scores, jnp.finfo(jnp.float32).tiny)) + jax.random.gumbel(key, scores.shape)
+    _, idx = jax.lax.top_k(scores, keep)
+    idx = jnp.sort(idx, axis=-1) + (jnp.arange(t, dtype=idx.dtype) * n)[None, :, None]
+    return idx.reshape(b, t * keep)
+
+
+def pool_attention(pool_params, tokens, num_heads: int, eps: float = 1e-5):
+    """The attention weights (B, heads, N) of InternVideo2's `AttentionPool` (params `pool_params`, i.e. a
+    `clip_projector` subtree) over `tokens` (B, N, D): its query, the LayerNormed mean token, against the
+    LayerNormed keys, softmax(q.k / sqrt(head_dim)) per head. Computed in float32."""
+    x = tokens.astype(jnp.float32)
+
+    def norm(y, p):
+        y = y - y.mean(-1, keepdims=True)
+        y = y * jax.lax.rsqrt(jnp.mean(jnp.square(y), -1, keepdims=True) + eps)
+        return y * p["scale"].astype(jnp.float32) + p["bias"].astype(jnp.float32)
+
+    def project(y, p):
+        return jnp.einsum("bnd,dhk->bnhk", y, p["kernel"].astype(jnp.float32)) + p["bias"].astype(jnp.float32)
+
+    attn = pool_params["cross_attn"]
+    q = project(norm(x.mean(axis=1, keepdims=True), pool_params["norm1_q"]), attn["q"])  # (B, 1, H, hd)
+    k = project(norm(x, pool_params["norm1_k"]), attn["k"])  # (B, N, H, hd)
+    if q.shape[2] != num_heads:
+        raise ValueError(f"pool params have {q.shape[2]} heads, expected {num_heads}")
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * q.shape[-1] ** -0.5
+    return jax.nn.softmax(logits, axis=-1)[:, :, 0]
+
+
+def mean_token_attention(tokens, grid):
+    """Per temporal slot, softmax over its patches of <token, mean token> / sqrt(D); tokens (B, t*h*w, D) patch
+    tokens in (t, h, w) order -> (B, t, h*w). The clip-mean token stands in for the pooled query of a teacher
+    without a CLS token or a pool (VideoMAE: mean pooling)."""
+    x = tokens.astype(jnp.float32)
+    scores = jnp.einsum("bnd,bd->bn", x, x.mean(axis=1)) * x.shape[-1] ** -0.5
+    t, h, w = grid
+    return jax.nn.softmax(scores.reshape(x.shape[0], t, h * w), axis=-1)
+
+
+def l2_normalize(x, eps: float = 1e-6):
+    x = x.astype(jnp.float32)
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Student heads
+# ----------------------------------------------------------------------------------------------------------
+
+
+class DecoderHead(nn.Module):
+    """Linear (`head`) or MLP (`head_0` -> exact GELU -> `head_2`) -> LayerNorm (`norm`) -> L2-normalised."""
+
+    out_dim: int
+    kind: str = "linear"
+    norm_eps: float = 1e-5
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        if self.kind == "mlp":
+            x = layers.dense(x.shape[-1], ("embed", "mlp"), name="head_0", **kw)(x)
+            x = layers.activation("gelu")(x)
+            x = layers.dense(self.out_dim, ("mlp", None), name="head_2", **kw)(x)
+        else:
+            x = layers.dense(self.out_dim, ("embed", None), name="head", **kw)(x)
+        return l2_normalize(layers.Norm("layernorm", self.norm_eps, self.param_dtype, name="norm")(x))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The stage-1 model
+# ----------------------------------------------------------------------------------------------------------
+
+
+class Distiller(nn.Module):
+    """Student InternVideo2 + heads, frozen image and video teachers, attention-guided masking (module docstring)."""
+
+    student: dict  # InternVideo2 kwargs (tubelet 1); return_layers is set here
+    teacher_image: Optional[dict] = None  # kwargs of the per-frame teacher (num_frames 1, tubelet 1); None/{}: none
+    teacher_video: Optional[dict] = None  # VisionTransformer kwargs of the clip teacher; None/{}: none
+    teacher_image_kind: str = "internvideo2"
+    image_layers: int = 6  # last layers aligned with the image teacher (0: none)
+    video_layers: int = 4  # last layers aligned with the video teacher (0: none)
+    image_pooled: bool = True  # align the student's pooled feature with the image teacher's
+    frame_stride: int = 2  # the student and the image teacher see video[:, ::frame_stride]
+    mask_source: str = "image_pool"
+    mask_ratio: float = 0.8
+    mask_sampling: str = "multinomial"
+    image_decoder: str = "linear"
+    video_decoder: str = "mlp"
+    head_norm_eps: float = 1e-5
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    # ------------------------------------------------------------------ configuration checks and shapes
+    def _check(self, video_shape):
+        s = dict(self.student)
+        checks = (
+            ("teacher_image_kind", self.teacher_image_kind in IMAGE_TEACHER_KINDS, f"one of {IMAGE_TEACHER_KINDS}"),
+            ("mask_source", self.mask_source in MASK_SOURCES, f"one of {MASK_SOURCES}"),
+            ("mask_sampling", self.mask_sampling in MASK_SAMPLING, f"one of {MASK_SAMPLING}"),
+            ("image_decoder", self.image_decoder in DECODER_KINDS, f"one of {DECODER_KINDS}"),
+            ("video_decoder", self.video_decoder in DECODER_KINDS, f"one of {DECODER_KINDS}"),
+            ("mask_ratio", 0 <= self.mask_ratio < 1, "in [0, 1)"),
+            ("frame_stride", self.frame_stride >= 1, ">= 1"),
+            ("student.tubelet_size", s.get("tubelet_size", 1) == 1, "1 (the student's tokens are per frame)"),
+            ("image_layers", 0 <= self.image_layers <= s["depth"] and (not self.image_layers or self.teacher_image),
+             f"in [0, student depth {s['depth']}], and 0 without teacher_image"),
+            ("video_layers", 0 <= self.video_layers <= s["depth"] and (not self.video_layers or self.teacher_video),
+             f"in [0, student depth {s['depth']}], and 0 without teacher_video"),
+            ("image_pooled", not self.image_pooled or self.teacher_image, "False without teacher_image"),
+            ("mask_source", self.mask_source != "image_pool" or (self.teacher_image
+                                                                 and self.teacher_image_kind == "internvideo2"),
+             "'image_pool' only with an internvideo2-kind teacher_image"),
+            ("mask_source", self.mask_source != "video_mean" or self.teacher_video, "'video_mean' needs teacher_video"),
+        )
+        for field, ok, expected in checks:
+            if not ok:
+                raise ValueError(f"model.kwargs.{field}={self._field(field)!r}: expected {expected}")
+        frames = video_shape[1]
+        if frames % self.frame_stride or frames // self.frame_stride != s["num_frames"]:
+            raise ValueError(f"model.kwargs.student.num_frames={s['num_frames']}: expected the clip's {frames} "
+                             f"frames / frame_stride={self.frame_stride}")
+        grid = self._student_grid()
+        if self.teacher_image:
+            t = dict(self.teacher_image)
+            if t.get("num_frames") != 1 or t.get("tubelet_size", 1) != 1:
+                raise ValueError("model.kwargs.teacher_image: a per-frame teacher needs num_frames=1, tubelet_size=1")
+            if t["image_size"] // t["patch_size"] != grid[1] or t["image_size"] != s["image_size"]:
+                raise ValueError(f"model.kwargs.teacher_image: its {t['image_size']}/{t['patch_size']} token grid "
+                                 f"differs from the student's {s['image_size']}/{s['patch_size']}")
+            if t["depth"] < self.image_layers:
+                raise ValueError(f"model.kwargs.teacher_image.depth={t['depth']} < image_layers={self.image_layers}")
+            if self.teacher_image_kind == "vit" and self.image_pooled and t.get("pool", "none") == "none":
+                raise ValueError("model.kwargs.teacher_image.pool: a vit teacher needs pool='cls' or 'mean' for "
+                                 "image_pooled targets")
+        if self.teacher_video:
+            v = dict(self.teacher_video)
+            vgrid = (v["num_frames"] // v["tubelet_size"], v["image_size"] // v["patch_size"],
+                     v["image_size"] // v["patch_size"])
+            if v["num_frames"] != frames or vgrid != grid:
+                raise ValueError(f"model.kwargs.teacher_video: {v['num_frames']} frames with token grid {vgrid}; "
+                                 f"the clip has {frames} frames and the student's grid is {grid}")
+            if v["depth"] < self.video_layers:
+                raise ValueError(f"model.kwargs.teacher_video.depth={v['depth']} < video_layers={self.video_layers}")
+
+    def _field(self, field):
+        value = self
+        for part in field.split("."):
+            value = value[part] if isinstance(value, dict) or hasattr(value, "keys") else getattr(value, part)
+        return value
+
+    def _student_grid(self):
+        s = dict(self.student)
+        side = s["image_size"] // s["patch_size"]
+        return (s["num_frames"], side, side)
+
+    @property
+    def num_visible(self) -> int:
+        _, h, w = self._student_grid()
+        return num_visible(h * w, self.mask_ratio)
+
+    # ------------------------------------------------------------------ forward
+    @nn.compact
+    def __call__(self, video, *, train: bool = False):
+        self._check(video.shape)
+        b = video.shape[0]
+        grid = self._student_grid()
+        t, h, w = grid
+        frames = video[:, ::self.frame_stride]
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+
+        targets, attention = {}, None
+        if self.teacher_image:
+            image, attention_image = self._image_teacher(frames)
+            targets.update(image)
+            if self.mask_source == "image_pool":
+                attention = attention_image
+        if self.teacher_video:
+            out = VisionTransformer(name="teacher_video", **self._teacher_video_kwargs())(video, train=False)
+            hidden = out["layers"]
+            if dict(self.teacher_video).get("final_norm", True):  # the last target is after the final norm
+                hidden = jnp.concatenate([hidden[:-1], out["tokens"][None]], axis=0)
+            hidden = jax.lax.stop_gradient(hidden)
+            if self.video_layers:
+                targets["video_layers"] = hidden
+            if self.mask_source == "video_mean":
+                attention = mean_token_attention(hidden[-1], grid)
+
+        keep = self.num_visible
+        if self.mask_source == "random" or attention is None:
+            attention = jnp.ones((b, t, h * w), jnp.float32)
+            sample = train
+        else:
+            sample = train and self.mask_sampling == "multinomial"
+        visible = attention_visible_idx(jax.lax.stop_gradient(attention), keep,
+                                        self.make_rng("mask") if sample else None)
+
+        gather = lambda x: jnp.take_along_axis(x, visible[None, :, :, None], axis=2)  # (k, B, N, D) -> (k, B, M, D)
+        target = {}
+        if self.image_layers:
+            x = targets["image_layers"]
+            target["image_layers"] = l2_normalize(jnp.concatenate([x[:, :, :1], gather(x[:, :, 1:])], axis=2))
+        if self.image_pooled:
+            target["image_pooled"] = l2_normalize(targets["image_pooled"])
+        if self.video_layers:
+            target["video_layers"] = l2_normalize(gather(targets["video_layers"]))
+
+        # ------------------------------------------------------------ student and heads
+        s = dict(self.student)
+        depth = s["depth"]
+        n_layers = max(self.image_layers, self.video_layers, 1)
+        student = InternVideo2(name="student", **dict(s, return_layers=tuple(range(depth - n_layers, depth))))
+        out = student(frames, visible, train=train)
+        hidden = out["layers"]  # (n_layers, B, 1 + M, D)
+        width = s["width"]
+        pred = {}
+        if self.image_layers:
+            pos = self._pos_embed("clip_pos_embed", grid, width, cls=True)
+            pos = jnp.concatenate([jnp.broadcast_to(pos[:, :1], (b, 1, width)), pos[0, 1:][visible]], axis=1)
+            dim = target["image_layers"].shape[-1]
+            pred["image_layers"] = jnp.stack([
+                DecoderHead(dim, self.image_decoder, self.head_norm_eps, name=f"clip_decoder_{i}", **kw)(
+                    hidden[n_layers - self.image_layers + i] + pos.astype(hidden.dtype))
+                for i in range(self.image_layers)])
+        if self.image_pooled:
+            pred["image_pooled"] = DecoderHead(target["image_pooled"].shape[-1], "linear", self.head_norm_eps,
+                                               name="final_clip_decoder", **kw)(out["pooled"])
+        if self.video_layers:
+            pos = self._pos_embed("mae_pos_embed", grid, width, cls=False)
+            pos = pos[0][visible]  # (B, M, D)
+            dim = target["video_layers"].shape[-1]
+            pred["video_layers"] = jnp.stack([
+                DecoderHead(dim, self.video_decoder, self.head_norm_eps, name=f"mae_decoder_{i}", **kw)(
+                    hidden[n_layers - self.video_layers + i][:, 1:] + pos.astype(hidden.dtype))
+                for i in range(self.video_layers)])
+        return {"visible_idx": visible, "pred": pred, "target": target, "pooled": out["pooled"]}
+
+    def _image_teacher(self, frames):
+        """Per-frame teacher: (targets {'image_layers' (k, B, 1 + t*h*w, D), 'image_pooled' (B, P)}, pooling
+        attention over each frame's patches (B, t, h*w) or None)."""
+        b, t = frames.shape[:2]
+        images = frames.reshape((b * t, 1) + frames.shape[2:])
+        cfg = dict(self.teacher_image)
+        depth = cfg["depth"]
+        k = max(self.image_layers, 1)
+        cfg["return_layers"] = tuple(range(depth - k, depth))
+        if self.teacher_image_kind == "internvideo2":
+            teacher = InternVideo2(name="teacher_image", **dict(cfg, num_classes=0))
+            out = teacher(images, train=False)
+            hidden = out["layers"]  # no final norm in this family
+        else:
+            teacher = VisionTransformer(name="teacher_image", **dict(cfg, num_classes=0))
+            out = teacher(images, train=False)
+            hidden = out["layers"]
+            if cfg.get("final_norm", True):
+                hidden = jnp.concatenate([hidden[:-1], out["tokens"][None]], axis=0)
+        hidden = jax.lax.stop_gradient(hidden)  # (k, B*t, [1 +] h*w, D)
+        targets = {}
+        if self.image_layers:
+            hidden = hidden.reshape((k, b, t) + hidden.shape[2:])
+            if self.teacher_image_kind == "internvideo2" or cfg.get("cls_token", False):
+                cls, patches = hidden[:, :, :, :1].mean(axis=2), hidden[:, :, :, 1:]
+            else:  # a teacher without a CLS token: the mean of its frames' patch tokens stands in
+                cls, patches = hidden.mean(axis=(2, 3))[:, :, None], hidden
+            targets["image_layers"] = jnp.concatenate(
+                [cls, patches.reshape(k, b, -1, patches.shape[-1])], axis=2)
+        if self.image_pooled:
+            pooled = jax.lax.stop_gradient(out["pooled"])
+            targets["image_pooled"] = pooled.astype(jnp.float32).reshape(b, t, -1).mean(axis=1)  # normalised later
+        attention = None
+        if self.teacher_image_kind == "internvideo2" and self.mask_source == "image_pool":
+            pool = nn.unbox(self.variables["params"]["teacher_image"]["clip_projector"])
+            weights = pool_attention(jax.lax.stop_gradient(pool), out["tokens"],
+                                     cfg.get("attn_pool_heads", 16), cfg.get("pool_norm_eps", 1e-5))
+            attention = jax.lax.stop_gradient(weights.mean(axis=1)[:, 1:].reshape(b, t, -1))
+        return targets, attention
+
+    def _teacher_video_kwargs(self) -> dict:
+        cfg = dict(self.teacher_video)
+        depth = cfg["depth"]
+        k = max(self.video_layers, 1)
+        return dict(cfg, pool="none", num_classes=0, return_layers=tuple(range(depth - k, depth)))
+
+    def _pos_embed(self, name, grid, width, cls: bool):
+        table = layers.sincos_3d(*grid, width)
+        if cls:
+            table = np.concatenate([np.zeros((1, width), np.float32), table])
+        return self.param(name, layers.logical(lambda *_: jnp.asarray(table)[None], (None, None, "embed")), None)
+
+    def init(self, rngs, *args, **kwargs):
+        """`nn.Module.init`, then the official depth scaling of the student's (and an InternVideo2-kind image
+        teacher's) output projections."""
+        variables = super().init(rngs, *args, **kwargs)
+        params = dict(variables["params"])
+        params["student"] = depth_scaled_init(params["student"])
+        if self.teacher_image and self.teacher_image_kind == "internvideo2":
+            params["teacher_image"] = depth_scaled_init(params["teacher_image"])
+        return {**variables, "params": params}
