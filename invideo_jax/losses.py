@@ -78,3 +78,122 @@ def caption_loss(logits, targets, mask):
     loss = (optax.softmax_cross_entropy_with_integer_labels(logits, targets) * mask).sum() / count
     accuracy = ((jnp.argmax(logits, axis=-1) == targets) * mask).sum() / count
     return loss, accuracy
+
+
+# ----------------------------------------------------------------------------------------------------------
+# InternVideo2 stage 2 (video-text alignment): CON with a learnable temperature, VTM hard negatives, MLM inputs
+# ----------------------------------------------------------------------------------------------------------
+
+
+def l2_normalize(x, eps: float = 1e-12):
+    """x / max(|x|, sqrt(eps)) over the last axis, in float32 (torch `F.normalize`)."""
+    x = x.astype(jnp.float32)
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
+
+
+@jax.custom_vjp
+def _clamp(x, low, high):
+    return jnp.clip(x, low, high)
+
+
+def _clamp_fwd(x, low, high):
+    return jnp.clip(x, low, high), (x, low, high)
+
+
+def _clamp_bwd(res, g):
+    x, low, high = res
+    # A step (x - lr * g) that would move x back towards [low, high] gets the gradient; one that would push it
+    # further outside gets none, so the stored value stays within one update of the range.
+    inward = ((x >= low) & (x <= high)) | ((x < low) & (g < 0)) | ((x > high) & (g > 0))
+    return jnp.where(inward, g, jnp.zeros_like(g)), None, None
+
+
+_clamp.defvjp(_clamp_fwd, _clamp_bwd)
+
+
+def clamp_temperature(temp, low: float = 0.001, high: float = 0.5):
+    """The learnable temperature clamped to [low, high] in float32 (InternVideo2 stage 2 clamps `temp` to
+    [0.001, 0.5] in place before every step).
+
+    The value is jnp.clip's; the gradient passes wherever it would move the parameter into (or keep it inside) the
+    range, and is zero where it would push an out-of-range parameter further out. A parameter can therefore leave
+    the range by at most about one update and comes back as soon as the loss asks for it, as the official
+    projection (clamp of the stored value) behaves; plain clipping would freeze it for good once outside.
+    """
+    temp = jnp.asarray(temp, jnp.float32)
+    return _clamp(temp, jnp.float32(low), jnp.float32(high))
+
+
+def temperature_contrastive_loss(video_features, text_features, temperature):
+    """Symmetric InfoNCE with similarities / temperature (InternVideo2 VTC): returns (loss, metrics).
+
+    Features are L2-normalised; logits = v @ t.T / temperature over the whole (global) batch, matching pairs on the
+    diagonal; the loss averages the video->text and text->video cross-entropies. Unlike `contrastive_loss` the scale
+    is not capped at 100 (the stage-2 temperature may go down to 0.001: pass it clamped, `clamp_temperature`).
+    Metrics: in-batch top-1 retrieval accuracies both ways.
+    """
+    logits = l2_normalize(video_features) @ l2_normalize(text_features).T / jnp.asarray(temperature, jnp.float32)
+    labels = jnp.arange(logits.shape[0])
+    video_to_text = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    text_to_video = optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean()
+    metrics = {"video_to_text_accuracy": jnp.mean(jnp.argmax(logits, axis=1) == labels),
+               "text_to_video_accuracy": jnp.mean(jnp.argmax(logits, axis=0) == labels)}
+    return (video_to_text + text_to_video) / 2, metrics
+
+
+def hard_negative_logits(similarity):
+    """Log-weights (..., n, n) for sampling VTM hard negatives from row-query similarities (already / temperature):
+    the similarities with the positive (diagonal) at -inf, so sampling follows the row's softmax with the positive
+    removed, as the official softmax weights with the positive set to 0. A row holding NaN or +inf (whose softmax
+    weights the official `nan_to_num` turns into equal ones) samples its negatives uniformly. Kept in the log domain,
+    so a peaked row (low temperature) cannot underflow to all-zero weights."""
+    s = similarity.astype(jnp.float32)
+    bad_row = jnp.any(jnp.isnan(s) | (s == jnp.inf), axis=-1, keepdims=True)
+    s = jnp.where(bad_row, 0.0, s)
+    return jnp.where(jnp.eye(s.shape[-1], dtype=bool), -jnp.inf, s)
+
+
+def sample_hard_negatives(rng, video_features, text_features, temperature, groups: int = 1):
+    """VTM hard negatives (InternVideo2 `vtm_hard_neg`): (text index for each video, video index for each text),
+    int32 (B,) indices into the batch, never the example itself, drawn with probability proportional to the softmax
+    of the in-batch similarities without the positive (`hard_negative_logits`); no gradient.
+
+    The batch is split into `groups` contiguous groups of B / groups and negatives come from the example's own group:
+    the official samples within each GPU's batch, which groups = the number of batch shards reproduces (and keeps
+    the gather of the negatives' tokens local to a shard); groups = 1 samples from the whole batch. Needs at least
+    2 examples per group.
+    """
+    batch = video_features.shape[0]
+    if batch % groups or batch // groups < 2:
+        raise ValueError(f"hard negatives: batch {batch} must split into {groups} groups of at least 2 examples")
+    n = batch // groups
+    v = l2_normalize(jax.lax.stop_gradient(video_features)).reshape(groups, n, -1)
+    t = l2_normalize(jax.lax.stop_gradient(text_features)).reshape(groups, n, -1)
+    sim = jnp.einsum("gie,gje->gij", v, t) / jax.lax.stop_gradient(jnp.asarray(temperature, jnp.float32))
+    text_key, video_key = jax.random.split(rng)
+    offset = (jnp.arange(groups) * n)[:, None]
+
+    def draw(key, s):
+        return jax.random.categorical(key, hard_negative_logits(s), axis=-1) + offset
+
+    texts = draw(text_key, sim)  # rows: videos -> one text each
+    videos = draw(video_key, jnp.swapaxes(sim, 1, 2))  # rows: texts -> one video each
+    return texts.reshape(batch).astype(jnp.int32), videos.reshape(batch).astype(jnp.int32)
+
+
+def mlm_inputs(rng, ids, *, mask_prob: float, mask_id: int, vocab_size: int, special_ids=()):
+    """BERT masked-LM corruption: (corrupted ids, selected (B, L) bool).
+
+    Each token is selected with probability `mask_prob`, never one of `special_ids` (pass [PAD], [CLS], [SEP]);
+    a selected token becomes `mask_id` with probability 0.8, else a uniformly random id in [0, vocab_size) with
+    probability 0.5 (0.1 overall), else stays itself (0.1). The loss is the cross-entropy at the selected positions
+    against the original ids (`caption_loss(logits, ids, selected)`).
+    """
+    select_key, replace_key, random_key, word_key = jax.random.split(rng, 4)
+    special = jnp.isin(ids, jnp.asarray(tuple(special_ids), ids.dtype)) if len(special_ids) else False
+    selected = jax.random.bernoulli(select_key, mask_prob, ids.shape) & ~special
+    replace = jax.random.bernoulli(replace_key, 0.8, ids.shape) & selected
+    randomize = jax.random.bernoulli(random_key, 0.5, ids.shape) & selected & ~replace
+    words = jax.random.randint(word_key, ids.shape, 0, vocab_size, ids.dtype)
+    corrupted = jnp.where(replace, jnp.asarray(mask_id, ids.dtype), jnp.where(randomize, words, ids))
+    return corrupted, selected

@@ -4,7 +4,8 @@
   loss(params, model_state, batch, rng) -> (loss, (metrics, new_model_state))
   predict(params, model_state, batch) -> dict of per-example outputs (evaluation)
   init_from_mapping -> default `init_from.mapping` when restoring an earlier stage (may be empty)
-  evaluate(state, predict, mesh) -> dict of metrics over the eval split (optional)
+  evaluate(state, predict, mesh) -> dict of metrics over the eval split (optional); it may hold `predictions`,
+    a dict of per-video arrays, which the trainer writes to the stage's predictions.npz
 
 `model_state` is the BatchNorm statistics collection ({} for models without BatchNorm).
 """
@@ -14,6 +15,8 @@ TASKS = {
     "videomae_pretrain": "invideo_jax.train.tasks.videomae_pretrain",
     "classification": "invideo_jax.train.tasks.classification",
     "videotext": "invideo_jax.train.tasks.videotext",
+    "align": "invideo_jax.train.tasks.align",
+    "distill": "invideo_jax.train.tasks.distill",
 }
 
 

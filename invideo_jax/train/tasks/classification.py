@@ -1,15 +1,18 @@
 """Supervised video classification: soft-target cross-entropy (label smoothing / mixup / cutmix from the data).
 
 `config.model.name` picks the model: 'vit' (VisionTransformer), 'uniformerv2' (UniFormerV2, whose BatchNorm
-statistics are the task's model state) or 'fusion' (FusedVideoModel: the two encoders with cross-model attention). Default `init_from` mappings: a ViT restores the encoder of a VideoMAE
-pre-training checkpoint; UniFormerV2 restores its whole `backbone` from the visual tower of a multimodal
-checkpoint (`params/visual/backbone`).
+statistics are the task's model state), 'fusion' (FusedVideoModel: the two encoders with cross-model attention) or
+'internvideo2' (InternVideo2 with `fc_norm` + `head`). Default `init_from` mappings: a ViT restores the encoder of a
+VideoMAE pre-training checkpoint; UniFormerV2 restores its whole `backbone` from the visual tower of a multimodal
+checkpoint (`params/visual/backbone`); InternVideo2 its trunk and attention pool from a stage-2 alignment checkpoint
+(`params/vision_encoder`; from a stage-1 checkpoint map `params/student/...` instead).
 """
 import jax.numpy as jnp
 
 from invideo_jax import losses
 from invideo_jax.evaluate import loop, multiview
 from invideo_jax.models.fusion import FusedVideoModel
+from invideo_jax.models.internvideo2 import InternVideo2
 from invideo_jax.models.uniformerv2 import UniFormerV2
 from invideo_jax.models.vit import VisionTransformer
 from invideo_jax.train.tasks import apply_model, model_variables
@@ -19,6 +22,8 @@ MODELS = {
             {"patch_embed": "params/encoder/patch_embed", "transformer": "params/encoder/transformer"}),
     "uniformerv2": (UniFormerV2, {"backbone": "params/visual/backbone"}),
     "fusion": (FusedVideoModel, {}),
+    "internvideo2": (InternVideo2, {"encoder": "params/vision_encoder/encoder",
+                                    "clip_projector": "params/vision_encoder/clip_projector"}),
 }
 
 

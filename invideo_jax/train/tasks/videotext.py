@@ -86,30 +86,45 @@ class Task:
         return {"video_features": video, "text_features": text}
 
     def evaluate(self, state, predict, mesh) -> dict:
-        views = list(loop.predictions(state, predict, self.config, mesh))
-        out = {k: np.concatenate([v[k] for v in views]) for k in views[0]}
-        keep = out["mask"] > 0
-        videos, first_view, view_video = np.unique(out["video_index"][keep], return_index=True, return_inverse=True)
-        video = np.zeros((len(videos), out["video_features"].shape[-1]))
-        np.add.at(video, view_video, zero_shot.l2_normalize(out["video_features"][keep]))
-        video = zero_shot.l2_normalize(video)  # the mean of the views' unit features, normalised
-        text = zero_shot.l2_normalize(out["text_features"][keep][first_view])
-        similarity = text @ video.T
-        result = {"num_videos": len(videos)}
-        for prefix, dual_softmax in (("retrieval", False), ("retrieval_dsl", True)):
-            metrics = retrieval.retrieval_metrics(similarity, np.arange(len(videos)), dual_softmax=dual_softmax)
-            result.update({f"{prefix}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
-        zs = self.config.zero_shot
-        if zs.class_names:
-            result.update(self._zero_shot(state, video, out["label"][keep][first_view], zs))
-        return result
+        return evaluate_video_text(state, predict, mesh, self.config, self.encode_text, self.tokenizer)
 
-    def _zero_shot(self, state, video, labels, zs) -> dict:
-        encode = jax.jit(lambda ids: self.model.apply(model_variables(state.params, state.batch_stats), ids,
-                                                      method=VideoTextModel.encode_text)["features"])
+    def encode_text(self, params, batch_stats, ids):
+        """Text features (N, E) of token ids (zero-shot prompts)."""
+        variables = model_variables(params, batch_stats)
+        return self.model.apply(variables, ids, method=VideoTextModel.encode_text)["features"]
+
+
+def evaluate_video_text(state, predict, mesh, config, encode_text, tokenizer) -> dict:
+    """Retrieval (plain and dual-softmax) and, with `config.zero_shot.class_names`, zero-shot classification on the
+    eval split; shared by the video-text tasks (videotext, align).
+
+    `predict` gives per-view `video_features` and `text_features`; each video's views' unit features are averaged
+    and normalised, and its first caption is its text. `encode_text(params, batch_stats, ids)` -> (N, E) text
+    features of the zero-shot prompts, `tokenizer()` -> the data's tokenizer (called only for zero-shot).
+    """
+    views = list(loop.predictions(state, predict, config, mesh))
+    out = {k: np.concatenate([v[k] for v in views]) for k in views[0]}
+    keep = out["mask"] > 0
+    videos, first_view, view_video = np.unique(out["video_index"][keep], return_index=True, return_inverse=True)
+    video = np.zeros((len(videos), out["video_features"].shape[-1]))
+    np.add.at(video, view_video, zero_shot.l2_normalize(out["video_features"][keep]))
+    video = zero_shot.l2_normalize(video)  # the mean of the views' unit features, normalised
+    text = zero_shot.l2_normalize(out["text_features"][keep][first_view])
+    similarity = text @ video.T
+    result = {"num_videos": len(videos)}
+    for prefix, dual_softmax in (("retrieval", False), ("retrieval_dsl", True)):
+        metrics = retrieval.retrieval_metrics(similarity, np.arange(len(videos)), dual_softmax=dual_softmax)
+        result.update({f"{prefix}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+    zs = config.zero_shot
+    if zs.class_names:
+        labels = out["label"][keep][first_view]
+        encode = jax.jit(encode_text)
         names = class_names(zs.class_names)
         templates = tuple(zs.templates) or zero_shot.DEFAULT_TEMPLATES
-        logits = zero_shot.zero_shot_logits(video, zero_shot.class_embeddings(encode, self.tokenizer(), names, templates))
+        embeddings = zero_shot.class_embeddings(lambda ids: encode(state.params, state.batch_stats, ids), tokenizer(),
+                                                names, templates)
+        logits = zero_shot.zero_shot_logits(video, embeddings)
         known = labels >= 0
         accuracy = multiview.top_k_accuracy(logits[known], labels[known], [k for k in (1, 5) if k <= len(names)])
-        return {f"zero_shot/{k}": v for k, v in accuracy.items()}
+        result.update({f"zero_shot/{k}": v for k, v in accuracy.items()})
+    return result

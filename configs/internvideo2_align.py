@@ -1,0 +1,112 @@
+"""InternVideo2 stage 2: video-text alignment (CON + VTM + MLM) of the stage-1 encoder with a BERT text encoder.
+
+  python -m invideo_jax.main --config=configs/internvideo2_align.py:1B --workdir=$WORKDIR \
+      --config.data.train_annotations=pretrain.json --config.data.eval_annotations=msrvtt/test_1k.json \
+      --config.data.root=videos --config.init_from.vision.checkpoint=$STAGE1 \
+      --config.init_from.text.checkpoint=$BERT_LARGE
+
+ARG: the vision size (1B, 6B; S, B, L build too) then options: text=large (BERT-large, fusion_layer 19; base: BERT-base,
+fusion_layer 9), frames=4, image_size=224, embed_dim=512, text_length=32, mask_ratio=0.8, mlm_prob=0.5, epochs=10,
+batch=4096 (global), train_size=1000000 (clips in the list, for the schedule: set it to yours), stage1_frames=8
+(frames of the stage-1 pos_embed, resampled on restore), scan=True, vision_remat=none, text_remat=full,
+dtype=bfloat16.
+
+Recipe of the official 1B stage 2 (internvideo.md 1.9, 5.4; multi_modality scripts/pretraining/stage2/1B/config.py):
+4 frames of 224, random masking of 0.8 of the video tokens in training (`only_mask`, no teacher), text encoder
+BERT-large-uncased (24 layers, 1024 wide, 16 heads, FFN 4096, vocab 30522, LN eps 1e-12, hidden dropout 0.1) whose
+layers 19-23 carry cross-attention to the vision tokens (keys/values from the vision width 1408), captions of at
+most 32 WordPiece tokens, `vision_proj` 768 -> 512 and `text_proj` 1024 -> 512, `itm_head` 1024 -> 2, learnable
+temperature 0.07 clamped to [0.001, 0.5]; losses VTC, VTM (hard negatives), MLM (mask probability 0.5), weight 1 each.
+AdamW (0.9, 0.98), lr 5e-5 (not batch-scaled), wd 0.05, gradient clip 3, cosine over 10 epochs with 1 warm-up epoch
+to min lr 0.01 x lr, global batch 64 x 64 GPUs = 4096, bf16, gradient checkpointing of the text encoder (the
+official does not checkpoint the 1B vision encoder; `vision_remat=full` if memory needs it); vision drop_path 0.25
+(1B) / 0.3 (6B), hard-coded in the official builders. The 6B run differs by 5 epochs, text length 40, contrastive
+dim 768 and audio (not implemented here). Expected (released s2-1B, 4 frames, zero-shot retrieval R@1 t2v / v2t):
+MSR-VTT 51.9 / 50.9, DiDeMo 57.0 / 54.3, ActivityNet 60.4 / 54.8 (the official numbers re-rank the top 128
+candidates with the ITM head, which our evaluation does not).
+Not given by the reference and chosen here: the training crop (random resized crop, scale 0.5-1, and flip), ImageNet
+normalisation, segment sampling (one random frame per segment; evaluation: the middle ones), warm-up from lr 0,
+AdamW eps 1e-8, `train_size`.
+
+Initialisation, by named `init_from` sources: `vision` <- `params/student` of a stage-1 run (configs/
+internvideo2_distill.py; its 8-frame pos_embed resampled to `frames`), `text` <- `params` of a BERT checkpoint
+converted with invideo_jax.convert.bert (`bert_hf`, e.g. bert-large-uncased; its layers have no cross-attention,
+which starts from its initialisation as in the official). To start from a whole stage-2 model (a converted official
+checkpoint or an earlier run), use a single source: `init_from = {checkpoint: DIR, mapping: {}}` (mapping: the whole
+model).
+
+Parameter counts (jax.eval_shape; tests/test_align.py), 1B at 4 frames of 224 with BERT-large:
+  vision_encoder 1,019,266,816; text_encoder 360,108,858 (BERT-large without pooler, with its MLM head:
+  335,174,458, + the cross-attention of the 5 fusion layers: 24,934,400); vision_proj 393,728; text_proj 524,800;
+  itm_head 2,050; temp 1; total 1,380,296,253.
+"""
+import ml_collections
+
+from configs import common, internvideo2
+
+BERT_SIZES = {  # official TextEncoders (configs/model.py): bert_large and bert (base)
+    "large": dict(width=1024, depth=24, num_heads=16, mlp_dim=4096, fusion_layer=19),
+    "base": dict(width=768, depth=12, num_heads=12, mlp_dim=3072, fusion_layer=9),
+}
+BERT_VOCAB_SIZE, BERT_MAX_LEN = 30522, 512
+
+
+def text_config(size: str = "large", **overrides) -> dict:
+    """Bert kwargs of an official BERT text encoder with fusion layers (uncased WordPiece vocabulary)."""
+    if size not in BERT_SIZES:
+        raise ValueError(f"unknown BERT size {size!r}; expected one of {sorted(BERT_SIZES)}")
+    cfg = dict(BERT_SIZES[size], vocab_size=BERT_VOCAB_SIZE, max_len=BERT_MAX_LEN, type_vocab_size=2,
+               norm_eps=1e-12, act="gelu", dropout=0.1)
+    cfg.update(overrides)
+    return cfg
+
+
+def model_config(size: str = "1B", text: str = "large", frames: int = 4, image_size: int = 224, embed_dim: int = 512,
+                 scan: bool = True, vision_remat: str = "none", text_remat: str = "full",
+                 dtype: str = "bfloat16") -> dict:
+    """`VideoTextAlign` kwargs: the InternVideo2 vision encoder, the BERT text encoder, the projections."""
+    vision = internvideo2.encoder_config(size, frames=frames, image_size=image_size, scan=scan, remat=vision_remat,
+                                         drop_path=internvideo2.PRETRAIN_DROP_PATH.get(size, 0.0), dtype=dtype)
+    return dict(vision_config=vision, text_config=text_config(text, remat=text_remat, dtype=dtype),
+                embed_dim=embed_dim, temp_init=0.07, pad_id=0, dtype=dtype)
+
+
+def init_from(vision: str = "", text: str = "", stage1_frames: int = 8, frames: int = 4,
+              image_size: int = 224) -> ml_collections.ConfigDict:
+    """Named sources: the stage-1 student (pos_embed resampled from `stage1_frames`) and a converted BERT."""
+    side = image_size // 14
+    return ml_collections.ConfigDict(dict(
+        vision=dict(checkpoint=vision, mapping={"vision_encoder": "params/student"},
+                    pos_embed_grid_src=(stage1_frames, side, side), pos_embed_grid_dst=(frames, side, side)),
+        text=dict(checkpoint=text, mapping={"text_encoder": "params"})))
+
+
+def align_fields(c, *, mask_ratio: float = 0.8, mlm_prob: float = 0.5, class_names=(), templates=()):
+    """The align task's own fields: loss weights and settings, video token masking, zero-shot prompts."""
+    c.loss = ml_collections.ConfigDict(dict(con=1.0, vtm=1.0, mlm=1.0, mlm_prob=mlm_prob, temp_min=0.001,
+                                            temp_max=0.5, vtm_groups=0))
+    c.mask = ml_collections.ConfigDict(dict(ratio=mask_ratio))
+    c.zero_shot = ml_collections.ConfigDict(dict(class_names=class_names, templates=templates))
+    return c
+
+
+def get_config(arg=None):
+    arg = common.parse_arg(arg, variant="1B", text="large", frames=4, image_size=224, embed_dim=512, text_length=32,
+                           mask_ratio=0.8, mlm_prob=0.5, epochs=10, batch=4096, train_size=1_000_000,
+                           stage1_frames=8, scan=True, vision_remat="none", text_remat="full", dtype="bfloat16")
+    model = model_config(arg.variant, arg.text, arg.frames, arg.image_size, arg.embed_dim, scan=arg.scan,
+                         vision_remat=arg.vision_remat, text_remat=arg.text_remat, dtype=arg.dtype)
+    c = align_fields(common.train_config("align", model, model_name="align"), mask_ratio=arg.mask_ratio,
+                     mlm_prob=arg.mlm_prob)
+    steps_per_epoch = max(arg.train_size // arg.batch, 1)
+    c.batch_size = arg.batch
+    c.total_steps = arg.epochs * steps_per_epoch
+    c.checkpoint_every = steps_per_epoch // 10 or 1
+    c.data.update(dict(format="json", num_frames=arg.frames, sampling="segment", crop_size=arg.image_size,
+                       short_side=arg.image_size, train_crop="rrc", rrc_scale=(0.5, 1.0), flip=True,
+                       normalize="imagenet", tokenizer="bert", text_length=arg.text_length, eval_clips=1,
+                       eval_crops=1, workers=8))
+    c.optim.update(dict(base_lr=5e-5, lr_batch_denom=0, b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.05,
+                        clip_grad=3.0, warmup_steps=steps_per_epoch, warmup_lr=0.0, min_lr=5e-7))
+    c.init_from = init_from(stage1_frames=arg.stage1_frames, frames=arg.frames, image_size=arg.image_size)
+    return c
