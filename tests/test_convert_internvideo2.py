@@ -1,0 +1,487 @@
+"""InternVideo2 converters: official-layout state dicts (random numpy arrays under the official key names and torch
+shapes, written from internvideo.md 1.7-1.9 / 2.5, not from our rules) convert into our models, whose outputs equal a
+float64 numpy forward that reads the OFFICIAL state dict directly; exact round trips (looped and scanned); stage-1
+extras dropped or (Distiller) converted; pos_embed resampling; error messages; stage 2 into VideoTextAlign; the CLI
+and the registry presets.
+
+Tolerance: max abs error <= 1e-4 (float32 model vs float64 reference, every weight ~N(0, 0.3), norm weights around
+1; measured about 1e-6).
+"""
+import argparse
+import math
+import re
+
+import jax
+import numpy as np
+import pytest
+import safetensors.numpy
+
+from invideo_jax import registry
+from invideo_jax.convert import cli, common, internvideo2 as convert
+from invideo_jax.convert.common import ConversionError
+from invideo_jax.models.align import VideoTextAlign
+from invideo_jax.models.distill import Distiller
+from invideo_jax.models.internvideo2 import InternVideo2
+from invideo_jax.train import checkpoint
+from tests.test_internvideo2 import gelu, layer_norm, multi_head, rms_norm
+
+TOL = 1e-4
+# 2 frames of 12x12, patch 4: 2 x 3 x 3 = 18 patch tokens + CLS; 4 heads of 8; pool: 4 heads, out 24.
+D, DEPTH, HEADS, MLP, PATCH, FRAMES, IMAGE, POOL_HEADS, POOL_OUT, CLASSES = 32, 2, 4, 80, 4, 2, 12, 4, 24, 5
+GRID = (FRAMES, IMAGE // PATCH, IMAGE // PATCH)
+TOKENS = math.prod(GRID)
+VISION = dict(width=D, depth=DEPTH, num_heads=HEADS, mlp_dim=MLP, patch_size=PATCH, num_frames=FRAMES,
+              image_size=IMAGE, attn_pool_heads=POOL_HEADS, clip_embed_dim=POOL_OUT)
+# stage-1 heads: 2 aligned layers each; image teacher width 16 (pooled 12), video teacher width 20
+CLIP_LAYERS, CLIP_DIM, CLIP_FINAL, MAE_LAYERS, MAE_DIM = 2, 16, 12, 2, 20
+# stage 2: BERT 16 wide, 2 layers (layer 1 with cross-attention), vocab 50; embed 8
+TW, TDEPTH, THEADS, TMLP, VOCAB, MAX_LEN, FUSION, EMBED = 16, 2, 2, 32, 50, 16, 1, 8
+TEXT = dict(width=TW, depth=TDEPTH, num_heads=THEADS, mlp_dim=TMLP, vocab_size=VOCAB, max_len=MAX_LEN,
+            fusion_layer=FUSION)
+
+
+def encoder(**kw):
+    return InternVideo2(**dict(VISION, **kw))
+
+
+def clips(frames=FRAMES, seed=1):
+    return np.random.default_rng(seed).standard_normal((2, frames, IMAGE, IMAGE, 3)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Official state dicts, from the published names and torch shapes
+# ----------------------------------------------------------------------------------------------------------
+
+
+def shapes_vision(classes=0, stage1=False, tokens=TOKENS):
+    """{official key: torch shape} of a single_modality InternVideo2 (fine-tune: fc_norm/head; pre-train: heads)."""
+    s = {"patch_embed.proj.weight": (D, 3, 1, PATCH, PATCH), "patch_embed.proj.bias": (D,),
+         "cls_token": (1, 1, D), "pos_embed": (1, 1 + tokens, D)}
+    for i in range(DEPTH):
+        s.update({f"blocks.{i}.{k}": v for k, v in {
+            "norm1.weight": (D,), "attn.qkv.weight": (3 * D, D), "attn.q_norm.weight": (D,),
+            "attn.k_norm.weight": (D,), "attn.proj.weight": (D, D), "attn.proj.bias": (D,), "ls1.gamma": (D,),
+            "norm2.weight": (D,), "mlp.fc1.weight": (MLP, D), "mlp.fc1.bias": (MLP,), "mlp.fc2.weight": (D, MLP),
+            "mlp.fc2.bias": (D,), "ls2.gamma": (D,)}.items()})
+    for n in "qkv":
+        s.update({f"clip_projector.norm1_{n}.weight": (D,), f"clip_projector.norm1_{n}.bias": (D,),
+                  f"clip_projector.cross_attn.{n}.weight": (D, D), f"clip_projector.cross_attn.{n}_bias": (D,)})
+    s.update({"clip_projector.cross_attn.proj.weight": (POOL_OUT, D),
+              "clip_projector.cross_attn.proj.bias": (POOL_OUT,)})
+    if classes:
+        s.update({"fc_norm.weight": (POOL_OUT,), "fc_norm.bias": (POOL_OUT,), "head.weight": (classes, POOL_OUT),
+                  "head.bias": (classes,)})
+    if stage1:
+        for k in range(CLIP_LAYERS):
+            s.update({f"clip_decoder.{k}.head.weight": (CLIP_DIM, D), f"clip_decoder.{k}.head.bias": (CLIP_DIM,),
+                      f"clip_decoder.{k}.norm.weight": (CLIP_DIM,), f"clip_decoder.{k}.norm.bias": (CLIP_DIM,)})
+        s.update({"final_clip_decoder.head.weight": (CLIP_FINAL, POOL_OUT),
+                  "final_clip_decoder.head.bias": (CLIP_FINAL,), "final_clip_decoder.norm.weight": (CLIP_FINAL,),
+                  "final_clip_decoder.norm.bias": (CLIP_FINAL,)})
+        for k in range(MAE_LAYERS):
+            s.update({f"mae_decoder.{k}.head.0.weight": (D, D), f"mae_decoder.{k}.head.0.bias": (D,),
+                      f"mae_decoder.{k}.head.2.weight": (MAE_DIM, D), f"mae_decoder.{k}.head.2.bias": (MAE_DIM,),
+                      f"mae_decoder.{k}.norm.weight": (MAE_DIM,), f"mae_decoder.{k}.norm.bias": (MAE_DIM,)})
+        s.update({"clip_pos_embed": (1, 1 + tokens, D), "mae_pos_embed": (1, tokens, D)})
+    return s
+
+
+def shapes_text():
+    """{key below `text_encoder.`: shape} of the stage-2 BERT (xbert BertForMaskedLM, fusion layers from FUSION)."""
+    s = {"bert.embeddings.word_embeddings.weight": (VOCAB, TW),
+         "bert.embeddings.position_embeddings.weight": (MAX_LEN, TW),
+         "bert.embeddings.token_type_embeddings.weight": (2, TW),
+         "bert.embeddings.LayerNorm.weight": (TW,), "bert.embeddings.LayerNorm.bias": (TW,)}
+    for i in range(TDEPTH):
+        layer = {f"attention.self.{n}.{p}": (TW, TW) if p == "weight" else (TW,)
+                 for n in ("query", "key", "value") for p in ("weight", "bias")}
+        layer.update({"attention.output.dense.weight": (TW, TW), "attention.output.dense.bias": (TW,),
+                      "attention.output.LayerNorm.weight": (TW,), "attention.output.LayerNorm.bias": (TW,),
+                      "intermediate.dense.weight": (TMLP, TW), "intermediate.dense.bias": (TMLP,),
+                      "output.dense.weight": (TW, TMLP), "output.dense.bias": (TW,),
+                      "output.LayerNorm.weight": (TW,), "output.LayerNorm.bias": (TW,)})
+        if i >= FUSION:  # keys / values project from the vision width D
+            layer.update({"crossattention.self.query.weight": (TW, TW), "crossattention.self.query.bias": (TW,),
+                          "crossattention.self.key.weight": (TW, D), "crossattention.self.key.bias": (TW,),
+                          "crossattention.self.value.weight": (TW, D), "crossattention.self.value.bias": (TW,),
+                          "crossattention.output.dense.weight": (TW, TW), "crossattention.output.dense.bias": (TW,),
+                          "crossattention.output.LayerNorm.weight": (TW,),
+                          "crossattention.output.LayerNorm.bias": (TW,)})
+        s.update({f"bert.encoder.layer.{i}.{k}": v for k, v in layer.items()})
+    s.update({"cls.predictions.transform.dense.weight": (TW, TW), "cls.predictions.transform.dense.bias": (TW,),
+              "cls.predictions.transform.LayerNorm.weight": (TW,), "cls.predictions.transform.LayerNorm.bias": (TW,),
+              "cls.predictions.bias": (VOCAB,)})
+    return s
+
+
+def randomise(shapes, seed=0):
+    """N(0, 0.3) values; norm weights (RMSNorm, LayerNorm) around 1 so every term of the formulas matters."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for key, shape in shapes.items():
+        value = 0.3 * rng.standard_normal(shape)
+        if re.search(r"(norm\w*|LayerNorm)\.weight$", key):
+            value += 1.0
+        out[key] = value.astype(np.float32)
+    return out
+
+
+def official_vision(classes=0, stage1=False, tokens=TOKENS, seed=0):
+    return randomise(shapes_vision(classes, stage1, tokens), seed)
+
+
+def official_stage2(seed=0):
+    """A stage-2 file: vision_encoder.* (with its stage-1 leftovers), text_encoder.* (tied decoder, position-id
+    buffer), the projections, itm_head, temp."""
+    state = {f"vision_encoder.{k}": v for k, v in official_vision(stage1=True, seed=seed).items()
+             if not k.startswith("mae_")}
+    state["vision_encoder.img_pos_embed"] = np.zeros((1, 1 + 9, D), np.float32)
+    text = randomise(shapes_text(), seed + 1)
+    text["cls.predictions.decoder.weight"] = text["bert.embeddings.word_embeddings.weight"].copy()
+    text["cls.predictions.decoder.bias"] = text["cls.predictions.bias"].copy()
+    state.update({f"text_encoder.{k}": v for k, v in text.items()})
+    state["text_encoder.bert.embeddings.position_ids"] = np.arange(MAX_LEN)[None]
+    state.update(randomise({"vision_proj.weight": (EMBED, POOL_OUT), "vision_proj.bias": (EMBED,),
+                            "text_proj.weight": (EMBED, TW), "text_proj.bias": (EMBED,),
+                            "itm_head.weight": (2, TW), "itm_head.bias": (2,)}, seed + 2))
+    state["temp"] = np.asarray(0.07, np.float32)
+    return state
+
+
+# ----------------------------------------------------------------------------------------------------------
+# float64 numpy forward reading the official state dict (torch conventions: Linear y = x W^T + b)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def official_forward(state, video, prefix=""):
+    """-> (tokens (B, 1 + N, D), pooled (B, POOL_OUT), logits or None)."""
+    w = lambda k: np.asarray(state[prefix + k], np.float64)
+    x = np.asarray(video, np.float64).transpose(0, 4, 1, 2, 3)  # (B, 3, T, H, W), as torch sees it
+    b, c, t, hh, ww = x.shape
+    patches = x.reshape(b, c, t, hh // PATCH, PATCH, ww // PATCH, PATCH)
+    # Conv3d with kernel = stride = (1, p, p): a patch-wise contraction; tokens ordered (t, h, w)
+    x = np.einsum("bcthiwj,dcij->bthwd", patches, w("patch_embed.proj.weight")[:, :, 0]) + w("patch_embed.proj.bias")
+    x = x.reshape(b, -1, D)
+    x = np.concatenate([np.broadcast_to(w("cls_token"), (b, 1, D)), x], axis=1) + w("pos_embed")
+    for i in range(DEPTH):
+        p = lambda k: w(f"blocks.{i}.{k}")
+        y = rms_norm(x, p("norm1.weight"))
+        qkv = (y @ p("attn.qkv.weight").T).reshape(b, -1, 3, HEADS, D // HEADS)  # rows [q; k; v], no bias
+        q, k, v = (qkv[:, :, j].reshape(b, -1, D) for j in range(3))
+        q, k = rms_norm(q, p("attn.q_norm.weight")), rms_norm(k, p("attn.k_norm.weight"))  # over the full width
+        attn = multi_head(q, k, v, HEADS) @ p("attn.proj.weight").T + p("attn.proj.bias")
+        x = x + p("ls1.gamma") * attn
+        y = rms_norm(x, p("norm2.weight"))
+        hidden = gelu(y @ p("mlp.fc1.weight").T + p("mlp.fc1.bias"))  # tanh approximation (fused MLP)
+        x = x + p("ls2.gamma") * (hidden @ p("mlp.fc2.weight").T + p("mlp.fc2.bias"))
+    pool = lambda k: w(f"clip_projector.{k}")
+    ln = lambda y, n: layer_norm(y, pool(f"norm1_{n}.weight"), pool(f"norm1_{n}.bias"), eps=1e-5)
+    project = lambda y, n: y @ pool(f"cross_attn.{n}.weight").T + pool(f"cross_attn.{n}_bias")
+    query = ln(x.mean(axis=1, keepdims=True), "q")  # the mean of all tokens, CLS included
+    out = multi_head(project(query, "q"), project(ln(x, "k"), "k"), project(ln(x, "v"), "v"), POOL_HEADS)
+    pooled = (out @ pool("cross_attn.proj.weight").T + pool("cross_attn.proj.bias"))[:, 0]
+    logits = None
+    if prefix + "head.weight" in state:
+        logits = layer_norm(pooled, w("fc_norm.weight"), w("fc_norm.bias"), eps=1e-5) @ w("head.weight").T
+        logits = logits + w("head.bias")
+    return x, pooled, logits
+
+
+def max_err(name, ours, want):
+    err = float(np.max(np.abs(np.asarray(ours, np.float64) - want)))
+    print(f"{name}: max abs error {err:.2e}")
+    assert err <= TOL, (name, err)
+    return err
+
+
+def same(a, b) -> bool:
+    fa, fb = common.flatten(a), common.flatten(b)
+    return fa.keys() == fb.keys() and all(
+        np.asarray(fa[k]).dtype == np.asarray(fb[k]).dtype and np.array_equal(fa[k], fb[k]) for k in fa)
+
+
+def same_state(a, b) -> bool:
+    return a.keys() == b.keys() and all(a[k].shape == b[k].shape and np.array_equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Single-modality files -> InternVideo2
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finetuned():
+    state = official_vision(classes=CLASSES)
+    return state, convert.load_variables({"module": state}, encoder(num_classes=CLASSES))
+
+
+def test_finetuned_file_matches_the_official_forward(finetuned):
+    state, (variables, report) = finetuned
+    assert report.num_tensors == len(state) and not report.dropped and not report.at_init
+    out = jax.jit(encoder(num_classes=CLASSES).apply)(variables, clips())
+    tokens, pooled, logits = official_forward(state, clips())
+    max_err("tokens", out["tokens"], tokens)
+    max_err("pooled", out["pooled"], pooled)
+    max_err("logits", out["logits"], logits)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_finetuned_file_round_trips(scan, finetuned):
+    state, (looped, _) = finetuned
+    model = encoder(num_classes=CLASSES, scan=scan)
+    variables, _ = convert.load_variables(state, model)
+    # stacked layers hold the looped values (tests/test_internvideo2.py checks the scanned forward equals the loop)
+    assert same(variables, common.loop_to_scan(looped) if scan else looped)
+    back = convert.to_state_dict(variables)
+    assert same_state(back, state)
+    again, _ = convert.load_variables(back, model)
+    assert same(again, variables)
+    if scan:
+        assert variables["params"]["encoder"]["transformer"]["blocks"]["attn"]["qkv"]["kernel"].shape == (
+            DEPTH, D, 3, HEADS, D // HEADS)
+
+
+def test_stage1_file_into_the_encoder_drops_the_distillation_heads():
+    state = official_vision(stage1=True)
+    state["img_pos_embed"] = np.zeros((1, 10, D), np.float32)
+    variables, report = convert.load_variables({"model": {f"module.{k}": v for k, v in state.items()}}, encoder())
+    extras = sorted(k for k in state if k.startswith(("clip_decoder.", "final_clip_decoder.", "mae_decoder.",
+                                                      "clip_pos_embed", "mae_pos_embed", "img_pos_embed")))
+    assert report.dropped == extras and len(extras) == 4 * CLIP_LAYERS + 4 + 6 * MAE_LAYERS + 3
+    assert f"dropped {len(extras)} checkpoint keys: clip_decoder.0.head.bias" in report.summary()
+    back = convert.to_state_dict(variables)
+    assert same_state(back, {k: v for k, v in state.items() if k not in extras})
+
+
+def test_pretrained_file_into_a_classifier_starts_the_head_at_init():
+    state = official_vision()
+    model = encoder(num_classes=CLASSES)
+    variables, report = convert.load_variables(state, model)
+    assert report.at_init == ["params/fc_norm/", "params/head/"]
+    assert "left at init (2 subtrees): params/fc_norm/, params/head/" in report.summary()
+    params = variables["params"]
+    np.testing.assert_array_equal(params["fc_norm"]["scale"], np.ones(POOL_OUT, np.float32))
+    assert params["head"]["kernel"].shape == (POOL_OUT, CLASSES) and 0 < np.abs(params["head"]["kernel"]).max() < 1e-3
+    np.testing.assert_array_equal(params["encoder"]["cls_token"], state["cls_token"])
+    # a head with another number of classes: dropped on request, then it starts at init too
+    other = official_vision(classes=7)
+    with pytest.raises(ConversionError, match=r"head.weight: checkpoint \(7, 24\), model expects \(5, 24\)"):
+        convert.load_variables(other, model)
+    _, report = convert.load_variables(other, model, drop=[r"^head\."], initial=variables)
+    assert report.at_init == ["params/head/"] and report.dropped == ["head.bias", "head.weight"]
+
+
+def test_pos_embed_of_other_frames_and_resolution_is_resampled():
+    src = official_vision(tokens=4 * 9)  # a 4-frame file into the 2-frame model
+    variables, report = convert.load_variables(src, encoder())
+    want = checkpoint.resample_pos_embed(src["pos_embed"], (4, 3, 3), GRID)
+    np.testing.assert_array_equal(variables["params"]["encoder"]["pos_embed"], want)
+    np.testing.assert_array_equal(want[:, 0], src["pos_embed"][:, 0])  # the CLS position is kept
+    assert report.resampled == ["pos_embed (4, 3, 3) -> (2, 3, 3)"]
+    assert "resampled position embeddings: pos_embed (4, 3, 3) -> (2, 3, 3)" in report.summary()
+    other = official_vision(tokens=4 * 16)  # 4 frames of 16x16 (4x4 patches): the frames must be given
+    with pytest.raises(ConversionError, match=r"pos_embed \(1, 65, 32\): its 64 positions are not frames of 3x3"):
+        convert.load_variables(other, encoder())
+    variables, report = convert.load_variables(other, encoder(), src_frames=4)
+    np.testing.assert_array_equal(variables["params"]["encoder"]["pos_embed"],
+                                  checkpoint.resample_pos_embed(other["pos_embed"], (4, 4, 4), GRID))
+
+
+def test_errors_name_the_keys():
+    model = encoder()
+    state = official_vision()
+    bad = dict(state, **{"blocks.1.attn.qkv.weight": np.zeros((3 * D, D + 1), np.float32)})
+    del bad["clip_projector.cross_attn.k_bias"]
+    bad["blocks.2.norm1.weight"] = np.ones(D, np.float32)
+    with pytest.raises(ConversionError) as err:
+        convert.load_variables(bad, model)
+    message = str(err.value)
+    assert "blocks.1.attn.qkv.weight: checkpoint (96, 33), model expects (96, 32)" in message
+    assert "clip_projector.cross_attn.k_bias (32,) (for params/clip_projector/cross_attn/k/bias)" in message
+    assert "unexpected keys:\n    blocks.2.norm1.weight (32,)" in message
+    with pytest.raises(ConversionError, match="into the stage-2 VideoTextAlign"):
+        convert.load_variables(state, model, "internvideo2_stage2")
+    with pytest.raises(ValueError, match="unknown InternVideo2 checkpoint format 'internvideo2_clip'"):
+        convert.to_state_dict({"params": {}}, "internvideo2_clip")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Stage-1 files -> the Distiller (student + heads; teachers not in the file)
+# ----------------------------------------------------------------------------------------------------------
+
+DISTILLER = dict(
+    student=dict(VISION), image_layers=CLIP_LAYERS, video_layers=MAE_LAYERS, mask_ratio=0.5,
+    teacher_image=dict(width=CLIP_DIM, depth=2, num_heads=2, mlp_dim=32, patch_size=PATCH, num_frames=1,
+                       image_size=IMAGE, attn_pool_heads=2, clip_embed_dim=CLIP_FINAL),
+    teacher_video=dict(width=MAE_DIM, depth=2, num_heads=2, mlp_dim=40, patch_size=PATCH, tubelet_size=2,
+                       num_frames=2 * FRAMES, image_size=IMAGE, final_norm=True))
+
+
+def test_stage1_file_into_the_distiller_converts_the_heads():
+    state = official_vision(stage1=True)
+    model = Distiller(**DISTILLER)
+    variables, report = convert.load_variables(state, model)
+    assert report.num_tensors == len(state) and not report.dropped
+    assert report.omitted == ["params/teacher_image/", "params/teacher_video/"]
+    assert "not converted (restore them with init_from): params/teacher_image/" in report.summary()
+    params = variables["params"]
+    assert set(params) == {"student", "clip_pos_embed", "mae_pos_embed", "clip_decoder_0", "clip_decoder_1",
+                           "final_clip_decoder", "mae_decoder_0", "mae_decoder_1"}
+    np.testing.assert_array_equal(params["clip_decoder_1"]["head"]["kernel"], state["clip_decoder.1.head.weight"].T)
+    np.testing.assert_array_equal(params["mae_decoder_0"]["head_2"]["bias"], state["mae_decoder.0.head.2.bias"])
+    np.testing.assert_array_equal(params["mae_pos_embed"], state["mae_pos_embed"])
+    assert same_state(convert.to_state_dict(variables), state)
+    # the student is the encoder: the same values as converting into a plain InternVideo2
+    plain, _ = convert.load_variables(state, encoder())
+    assert same({"params": params["student"]}, plain)
+    # the student alone (the registry's stage-1 preset: no teachers, no heads): the heads are dropped
+    student_only = Distiller(student=dict(VISION), teacher_image={}, teacher_video={}, image_layers=0,
+                             video_layers=0, image_pooled=False, mask_source="random")
+    variables, report = convert.load_variables(state, student_only)
+    assert set(variables["params"]) == {"student"} and len(report.dropped) == 4 * CLIP_LAYERS + 4 + 6 * MAE_LAYERS + 2
+    assert same({"params": variables["params"]["student"]}, plain)
+    # a 4-frame file: all three position tables resampled (the MAE one has no CLS position)
+    four = official_vision(stage1=True, tokens=4 * 9)
+    variables, report = convert.load_variables(four, model)
+    assert [line.split()[0] for line in report.resampled] == ["clip_pos_embed", "mae_pos_embed", "pos_embed"]
+    np.testing.assert_array_equal(variables["params"]["mae_pos_embed"],
+                                  checkpoint.resample_pos_embed(four["mae_pos_embed"], (4, 3, 3), GRID))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Stage 2 -> VideoTextAlign
+# ----------------------------------------------------------------------------------------------------------
+
+
+def align(scan=False):
+    return VideoTextAlign(vision_config=dict(VISION, scan=scan), text_config=TEXT, embed_dim=EMBED)
+
+
+@pytest.fixture(scope="module")
+def stage2():
+    state = official_stage2()
+    return state, convert.load_variables({"module": state}, align(), "internvideo2_stage2")
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_stage2_file_round_trips(scan, stage2):
+    state, (looped, _) = stage2
+    model = align(scan)
+    variables, report = convert.load_variables({"module": state}, model, "internvideo2_stage2")
+    dropped = sorted(k for k in state if re.search(
+        r"^vision_encoder\.(clip_decoder|final_clip_decoder|clip_pos_embed|img_pos_embed)|decoder\.|position_ids", k))
+    assert report.dropped == dropped and not report.at_init
+    assert "text_encoder.cls.predictions.decoder.weight" in dropped and "vision_encoder.img_pos_embed" in dropped
+    back = convert.to_state_dict(variables, "internvideo2_stage2")
+    kept = {k: v for k, v in state.items() if k not in dropped or ".predictions.decoder." in k}
+    assert same_state(back, kept)  # the tied decoder is written back
+    again, _ = convert.load_variables(back, model, "internvideo2_stage2")
+    assert same(again, variables)
+    params = variables["params"]
+    np.testing.assert_array_equal(params["temp"], state["temp"])
+    np.testing.assert_array_equal(params["text_encoder"]["layer_1"]["cross_attn"]["kv"]["kernel"][:, 1].reshape(D, TW),
+                                  state["text_encoder.bert.encoder.layer.1.crossattention.self.value.weight"].T)
+    assert same(variables, common.loop_to_scan(looped) if scan else looped)
+
+
+def test_stage2_encoders_on_the_converted_variables(stage2):
+    state, (variables, _) = stage2
+    model = align()
+    ids = np.array([[1, 7, 9, 3, 0, 0], [1, 4, 4, 5, 6, 3]], np.int32)
+    video, text = jax.jit(lambda v, x, i: (model.apply(v, x, method="encode_video"),
+                                           model.apply(v, i, method="encode_text")))(variables, clips(), ids)
+    pooled = official_forward(state, clips(), "vision_encoder.")[1]
+    want = pooled @ state["vision_proj.weight"].T.astype(np.float64) + state["vision_proj.bias"]
+    max_err("stage-2 video feature", video, want / np.linalg.norm(want, axis=-1, keepdims=True))
+    assert text.shape == (2, EMBED) and np.allclose(np.linalg.norm(text, axis=-1), 1, atol=1e-5)
+
+
+def test_stage2_errors():
+    model = align()
+    state = official_stage2()
+    untied = dict(state, **{"text_encoder.cls.predictions.decoder.bias": np.ones(VOCAB, np.float32)})
+    with pytest.raises(ConversionError, match="text_encoder.cls.predictions.decoder.bias differs from "
+                                              "text_encoder.cls.predictions.bias"):
+        convert.load_variables(untied, model, "internvideo2_stage2")
+    audio = dict(state, **{"av_concat_vision_proj.0.weight": np.zeros((4, D), np.float32)})
+    with pytest.raises(ConversionError, match="av_concat_vision_proj.0.weight .*audio-visual stage-2 file"):
+        convert.load_variables(audio, model, "internvideo2_stage2")
+    missing = {k: v for k, v in state.items() if k != "text_proj.bias"}
+    with pytest.raises(ConversionError, match=r"missing keys:\n    text_proj.bias \(8,\)"):
+        convert.load_variables(missing, model, "internvideo2_stage2")
+    with pytest.raises(ConversionError, match="not a VideoTextAlign"):
+        convert.load_variables(state, model, "internvideo2")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CLI and registry
+# ----------------------------------------------------------------------------------------------------------
+
+CLASSIFIER_CONFIG = f"""
+import ml_collections
+
+
+def get_config(arg=None):
+    return ml_collections.ConfigDict(dict(task="classification", model=dict(
+        name="internvideo2", kwargs=dict({dict(VISION, num_classes=CLASSES, scan=True)!r}))))
+"""
+
+
+def restore(directory):
+    import orbax.checkpoint as ocp
+    manager = ocp.CheckpointManager(str(directory), item_names=("state",))
+    restored = manager.restore(0, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    manager.close()
+    return restored["state"]
+
+
+def test_cli_converts_a_finetuned_file(tmp_path, capsys):
+    config = tmp_path / "tiny_iv2.py"
+    config.write_text(CLASSIFIER_CONFIG)
+    state = official_vision(classes=CLASSES, stage1=True)
+    path = tmp_path / "iv2.safetensors"
+    safetensors.numpy.save_file(state, str(path))
+    out = tmp_path / "converted"
+    assert cli.main(["--format=internvideo2", f"--config={config}", f"--input={path}", f"--output={out}"]) == 0
+    printed = capsys.readouterr().out
+    extras = 4 * CLIP_LAYERS + 4 + 6 * MAE_LAYERS + 2
+    assert f"converted {len(state) - extras} tensors" in printed and f"dropped {extras} checkpoint keys" in printed
+    want, _ = convert.load_variables(state, encoder(num_classes=CLASSES, scan=True))
+    assert same(restore(out), want)
+    # presets: an InternVideo2 size (8 frames by default), stage 2 needs a config
+    args = cli.parse_args(["--format=internvideo2", "--model=1B", "--num_classes=400", "--input=x", "--output=y"])
+    model = cli.build_model(args)
+    assert isinstance(model, InternVideo2) and (model.width, model.depth, model.num_frames) == (1408, 40, 8)
+    assert model.num_classes == 400
+    args = cli.parse_args(["--format=internvideo2_stage2", "--model=1B", "--input=x", "--output=y"])
+    with pytest.raises(ValueError, match="needs a config file"):
+        cli.build_model(args)
+    assert cli.main(["--format=internvideo2_stage2", "--model=1B", "--input=x", "--output=y"]) == 2
+
+
+def test_bert_hf_into_the_align_text_encoder_equals_the_stage2_text_part(tmp_path):
+    """The same BERT weights read as a BertForMaskedLM file (bert_hf, through the CLI) and inside a stage-2 file."""
+    state = official_stage2()
+    hf = {k.removeprefix("text_encoder."): v for k, v in state.items() if k.startswith("text_encoder.")}
+    path = tmp_path / "bert.safetensors"
+    safetensors.numpy.save_file(hf, str(path))
+    args = argparse.Namespace(format="bert_hf", input=str(path), drop=[])
+    text, report = cli.convert(args, align())
+    assert not report.at_init
+    full, _ = convert.load_variables(state, align(), "internvideo2_stage2")
+    assert same(text, {"params": full["params"]["text_encoder"]})
+
+
+def test_registry_presets_convert_through_their_format(tmp_path):
+    assert {"internvideo2_1b_stage1", "internvideo2_1b_stage2", "tiny_internvideo2_stage2"} <= set(registry.names())
+    for name in ("internvideo2_1b_stage1", "internvideo2_1b_stage2", "tiny_internvideo2_stage2"):
+        assert registry.PRESETS[name].format in registry.FORMATS
+    variables = registry.random_variables("tiny_internvideo2_stage2", seed=3)
+    state = convert.to_state_dict(variables, "internvideo2_stage2")
+    path = tmp_path / "stage2.safetensors"
+    safetensors.numpy.save_file(state, str(path))
+    model = registry.build_task(registry.build_config(registry.get("tiny_internvideo2_stage2"))).model
+    loaded, report = cli.convert(argparse.Namespace(format="internvideo2_stage2", input=str(path), drop=[]), model)
+    assert same(loaded, variables)
+    assert report.dropped == ["text_encoder.cls.predictions.decoder.bias",
+                              "text_encoder.cls.predictions.decoder.weight"]
