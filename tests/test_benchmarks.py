@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from benchmarks import common, videomae_step
+from benchmarks import common, memory, videomae_step
 from configs import common as sizes
 from invideo_jax import masking
 
@@ -68,3 +68,36 @@ def test_flops_formula_counts_every_matmul_of_our_forward(task):
         forward = common.video_vit_flops(encoder, task, num_classes=args.classes)
     variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), *inputs)
     assert dot_flops(jax.make_jaxpr(model.apply)(variables, *inputs).jaxpr) == batch * forward
+
+
+PLAIN_CONFIG = """from configs import common, videomae_pretrain
+
+
+def get_config(arg=None):
+    arg = common.parse_arg(arg, variant="vit_s", frames=16)
+    return videomae_pretrain.get_config(f"{arg.variant},frames={arg.frames}")
+"""
+
+
+def test_memory_builds_each_config_with_its_remat_batch_and_frames_options(tmp_path):
+    """benchmarks/memory.py: the default is VideoMAE V2 ViT-g; --remat, --batch, --frames go through the config's
+    ARG options where it has them (no compile here)."""
+    [spec] = memory.default_configs(["vit_g"])
+    config = memory.build(spec, "dots", 8)
+    assert memory.label(spec) == "videomae_pretrain:vit_g,v2=True,scan=True"
+    assert (config.model.kwargs.encoder.remat, config.batch_size, config.data.num_frames) == ("dots", 8, 16)
+    assert config.mask.decoder_kind == "running_cell"  # v2: dual masking
+    config = memory.build("configs/internvideo2_distill.py:1B", "none", 8, frames=4)
+    assert memory.label("configs/internvideo2_distill.py:1B") == "internvideo2_distill:1B"
+    assert (config.model.kwargs.student.remat, config.batch_size) == ("none", 8)
+    assert (config.model.kwargs.student.num_frames, config.data.num_frames) == (4, 8)  # the video teacher: 2x
+    assert memory.build("configs/internvideo2_distill.py:1B", "", 8).model.kwargs.student.remat == "full"
+    path = tmp_path / "plain.py"
+    path.write_text(PLAIN_CONFIG)
+    config = memory.build(f"{path}:vit_b", "", 4, frames=8)  # no batch option: config.batch_size is set
+    assert (config.batch_size, config.data.num_frames, config.model.kwargs.encoder.width) == (4, 8, 768)
+    with pytest.raises(ValueError, match=r"plain.py has no remat= option \(unknown config arg 'remat'; known: "
+                                         r"\['frames', 'variant'\]\); pass --remat="):
+        memory.build(str(path), "full", 8)
+    assert memory.parse_mesh("fsdp=4,tensor=2") == dict(data=1, fsdp=4, tensor=2)
+    assert memory.rules_for(memory.parse_mesh("fsdp=4,tensor=2")) == "fsdp_tp"

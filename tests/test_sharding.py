@@ -5,9 +5,9 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from configs import common, videomae_pretrain
+from configs import common, internvideo2_distill, videomae_pretrain
 from invideo_jax import aot, sharding
-from invideo_jax.train import checkpoint
+from invideo_jax.train import checkpoint, optim
 
 # LLVM -O0 halves compile time on 2 cores; the HLO, shardings and buffer sizes are those of the default level.
 FAST = {"xla_backend_optimization_level": 0}
@@ -59,6 +59,39 @@ def test_fsdp_puts_an_eighth_of_the_train_state_on_each_device():
     assert total / 8 <= per_device <= total / 8 * 1.02
     low, high = argument_bounds(config, abstract)
     assert low <= compiled.memory_analysis().argument_size_in_bytes <= high
+
+
+def distill_config(shape, rules):
+    """InternVideo2 stage 1 (the 1B student, the 6B image teacher and the g/14 video teacher) at full width but depth
+    2, on 4-frame 28x28 clips (2x2 patches; the student and the image teacher see every 2nd frame): fast to compile."""
+    config = internvideo2_distill.get_config(f"1B,frames=2,batch={BATCH},image_layers=1,video_layers=1")
+    for part in ("student", "teacher_image", "teacher_video"):
+        config.model.kwargs[part].update(dict(depth=2, image_size=28))
+    config.data.crop_size = 28
+    return _mesh(config, shape, rules)
+
+
+def leaves_under(tree, prefix):
+    return [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+            if f"/{prefix}/" in "/" + jax.tree_util.keystr(path, simple=True, separator="/")]
+
+
+def test_fsdp_shards_the_internvideo2_student_and_frozen_teachers_have_no_optimiser_state():
+    config = distill_config((1, 8, 1), "fsdp")
+    _, abstract = aot.lower_train_step(config)  # lowered, not compiled (compiling takes ~30 s here)
+    # The student (bf16 compute, float32 parameters) with its AdamW mu and nu: 1/8 on each device.
+    total, per_device = aot.state_bytes(leaves_under((abstract.params, abstract.opt_state), "student"))
+    assert total > 500e6  # ~50M parameters, each with mu and nu
+    assert total / 8 <= per_device <= total / 8 * 1.02
+    for teacher in ("teacher_image", "teacher_video"):
+        assert not leaves_under(abstract.opt_state, teacher)  # frozen: no optimiser state at all
+        total, per_device = aot.state_bytes(leaves_under(abstract.params, teacher))
+        assert total / 8 <= per_device <= total / 8 * 1.02
+    # AdamW's two float32 moments cover exactly the trainable parameters (the student and its heads).
+    trainable = sum(int(np.prod(row.shape)) for row in optim.describe(abstract.params, config.optim)
+                    if not row.frozen)
+    moments = [leaf for leaf in jax.tree.leaves(abstract.opt_state) if leaf.ndim]
+    assert aot.state_bytes(moments)[0] == 2 * 4 * trainable
 
 
 def test_data_parallel_keeps_the_whole_train_state_on_each_device(runs):
