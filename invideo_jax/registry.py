@@ -16,6 +16,11 @@ uses) and last-layer `tokens`, shaped (B, t, n, D):
   videomae (pre-training)    the encoder alone on every token (final norm), tokens averaged; tokens (B, t, h*w, D)
   uniformerv2                the fused (global query + frame CLS) pre-head feature; tokens (B, t, 1 + h*w, C)
   videotext                  the projected video embedding (unnormalised); tokens of the video tower as above
+  internvideo2 (InternVideo2 encoder / classifier)  the attention-pooled `pooled`; tokens (B, t, h*w, D), no CLS
+  distill (stage-1 checkpoint)  the `student` InternVideo2 as above, on every `frame_stride`-th frame of the clip
+  align (stage-2 video-text)    the unit projected video embedding; tokens of `vision_encoder` as above
+Text (videotext, align): the task's `encode_text` (align: attention mask ids != pad_id); `logit_scale`: videotext
+exp(the learned log scale), align 1 / temp (clamped to the loss's [temp_min, temp_max], as in training).
 """
 import argparse
 import copy
@@ -38,15 +43,18 @@ from invideo_jax import sharding, stages
 from invideo_jax.convert import cli, common
 from invideo_jax.train import checkpoint as ckpt, trainer
 from invideo_jax.train.tasks import get_task
-from invideo_jax.convert import clip as convert_clip, videomae as convert_videomae
 from invideo_jax.data import transforms
+from invideo_jax.models.align import VideoTextAlign
+from invideo_jax.models.internvideo2 import InternVideo2
 from invideo_jax.models.uniformerv2 import UniFormerV2
 from invideo_jax.models.vit import VisionTransformer
 
 OURS = "ours"
-CONVERTER_FORMATS = tuple(sorted([*convert_videomae.FORMATS, *convert_clip.FORMATS]))  # the converter CLI's
+CONVERTER_FORMATS = cli.FORMATS  # the converter CLI's
 FORMATS = (OURS,) + CONVERTER_FORMATS
-KINDS = ("vit", "videomae", "uniformerv2", "videotext")
+KINDS = ("vit", "videomae", "uniformerv2", "videotext", "internvideo2", "distill", "align")
+INTERNVIDEO2_KINDS = ("internvideo2", "distill", "align")
+TEXT_KINDS = ("videotext", "align")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +78,10 @@ def _tiny(**fields) -> dict:
 _TINY_VISION = dict(width=32, depth=1, num_heads=2, mlp_dim=64, patch_size=8, image_size=32)
 _TINY_VIT = {f"model.kwargs.{k}": v for k, v in _TINY_VISION.items()}
 
+_IV2_STUDENT_ONLY = {"model.kwargs.teacher_image": {}, "model.kwargs.teacher_video": {}, "model.kwargs.image_layers": 0,
+                     "model.kwargs.video_layers": 0, "model.kwargs.image_pooled": False,
+                     "model.kwargs.mask_source": "random"}
+
 PRESETS = {p.name: p for p in [
     # ---------------------------------------------------------------- VideoMAE / VideoMAE V2 (official weights)
     Preset("videomae_vit_b_k400", "configs/videomae_finetune.py:vit_b,classes=400", "videomae",
@@ -88,14 +100,27 @@ PRESETS = {p.name: p for p in [
            "InternVideo-MM-B-16 video-text model, 8x224, CLIP tokens"),
     Preset("internvideo_mm_l14", "configs/internvideo_mm_pretrain.py:L/14", "internvideo_mm",
            "InternVideo-MM-L-14 video-text model, 8x224, CLIP tokens"),
-    # ---------------------------------------------------------------- InternVideo2
-    # Presets for InternVideo2 (stage-1 distilled ViT, stage-2 video-text, 1B / 6B) belong here once its model
-    # (invideo_jax/models/internvideo2.py), configs and converter exist. None is registered before then.
+    # ---------------------------------------------------------------- InternVideo2 (official weights)
+    # Stage 1: the distillation config without teachers and heads (their keys are dropped on conversion): the
+    # student encoder, as `params/student`, which the stage-2 config's init_from.vision restores.
+    Preset("internvideo2_1b_stage1", "configs/internvideo2_distill.py:1B", "internvideo2",
+           "InternVideo2-1B stage-1 encoder (the student), 8x224; distillation heads dropped",
+           overrides=_IV2_STUDENT_ONLY),
+    Preset("internvideo2_1b_stage2", "configs/internvideo2_align.py:1B", "internvideo2_stage2",
+           "InternVideo2-1B stage-2 video-text model (InternVideo2-stage2_1b-224p-f4.pt), 4x224, BERT-large"),
     # ---------------------------------------------------------------- the demo's models (checkpoints of `make demo`)
     Preset("demo_classifier", "configs/demo.py", OURS,
            "the demo's fine-tuned tiny ViT (runs/demo/finetune), 8x32, 8 motion classes", stage="finetune"),
     Preset("demo_videotext", "configs/demo.py", OURS,
            "the demo's tiny video-text model (runs/demo/multimodal), 8x32, word tokens", stage="multimodal"),
+    Preset("demo_iv2_stage1", "configs/demo.py", OURS,
+           "the demo's InternVideo2 stage-1 student (runs/demo/iv2_distill), 8x32 (the student sees 4)",
+           stage="iv2_distill"),
+    Preset("demo_iv2_stage2", "configs/demo.py", OURS,
+           "the demo's InternVideo2 video-text model (runs/demo/iv2_align), 4x32, word tokens", stage="iv2_align"),
+    Preset("demo_iv2_classifier", "configs/demo.py", OURS,
+           "the demo's fine-tuned InternVideo2 (runs/demo/iv2_finetune), 4x32, 8 motion classes",
+           stage="iv2_finetune"),
     # ---------------------------------------------------------------- tiny random models (tests)
     Preset("tiny_vit", "configs/videomae_finetune.py:vit_s,classes=8,frames=4,scan=False", OURS,
            "test-size VideoMAE classifier, 4x32", overrides=_tiny(**_TINY_VIT)),
@@ -107,6 +132,16 @@ PRESETS = {p.name: p for p in [
     Preset("tiny_uniformerv2", "configs/uniformerv2_finetune.py:B/16,dataset=ssv2,classes=8,frames=4,scan=False",
            OURS, "test-size UniFormerV2 with local UniBlocks (BatchNorm statistics), 4x32",
            overrides=_tiny(**_TINY_VIT, **{"model.kwargs.global_layers": (0,)})),
+    Preset("tiny_internvideo2_stage2",
+           "configs/internvideo2_align.py:S,text=base,frames=4,scan=False,text_remat=none,dtype=float32",
+           "internvideo2_stage2", "test-size InternVideo2 stage-2 video-text model, 4x32, word tokens (16)",
+           overrides=_tiny(**{f"model.kwargs.vision_config.{k}": v for k, v in _TINY_VISION.items()},
+                           **{"model.kwargs.vision_config.attn_pool_heads": 2,
+                              "model.kwargs.vision_config.clip_embed_dim": 16,
+                              **{f"model.kwargs.text_config.{k}": v for k, v in dict(
+                                  width=32, depth=2, num_heads=2, mlp_dim=64, vocab_size=64, max_len=16,
+                                  fusion_layer=1).items()},
+                              "model.kwargs.embed_dim": 16, "data.tokenizer": "words", "data.text_length": 16})),
     Preset("tiny_videotext", "configs/internvideo_mm_pretrain.py:B/16,frames=4,scan=False", OURS,
            "test-size video-text model, 4x32, word tokens (16)",
            overrides=_tiny(**{f"model.kwargs.visual_config.{k}": v for k, v in _TINY_VISION.items()},
@@ -129,8 +164,7 @@ def get(name: str) -> Preset:
         return PRESETS[name]
     if name.partition(":")[0].endswith(".py"):
         return Preset(name, name, OURS, "config file")
-    hint = " (InternVideo2 presets do not exist yet)" if name.lower().startswith("internvideo2") else ""
-    raise ValueError(f"unknown model {name!r}{hint}; known: {', '.join(names())}, or a config file PATH.py[:ARG]")
+    raise ValueError(f"unknown model {name!r}; known: {', '.join(names())}, or a config file PATH.py[:ARG]")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -172,9 +206,9 @@ def build_config(preset: Preset, workdir: str = "{workdir}", overrides=None) -> 
 def model_kind(config) -> str:
     if config.task == "videomae_pretrain":
         return "videomae"
-    if config.task == "videotext":
-        return "videotext"
-    if config.task == "classification" and config.model.name in ("vit", "uniformerv2"):
+    if config.task in ("videotext", "distill", "align"):
+        return config.task
+    if config.task == "classification" and config.model.name in ("vit", "uniformerv2", "internvideo2"):
         return config.model.name
     raise ValueError(f"inference supports task/model {KINDS}; this config has task={config.task!r}"
                      f"{', model ' + repr(config.model.name) if config.task == 'classification' else ''}")
@@ -205,10 +239,11 @@ def count_params(name: str) -> int:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def random_variables(name: str, seed: int = 0) -> dict:
-    """Random {'params', ['batch_stats']} of a preset's model, drawn from its shapes without running the
-    initialisers (fast): N(0, 0.1) values, LayerNorm scales and BatchNorm variances around 1. For tests and dry runs."""
-    config = build_config(get(name))
+def random_variables(name: str, seed: int = 0, overrides=None) -> dict:
+    """Random {'params', ['batch_stats']} of a preset's model (with config `overrides`, as `load`'s), drawn from its
+    shapes without running the initialisers (fast): N(0, 0.1) values, LayerNorm scales and BatchNorm variances
+    around 1. For tests and dry runs."""
+    config = build_config(get(name), overrides=overrides)
     boxed = abstract_variables(build_task(config), config)
     rng = np.random.default_rng(seed)
 
@@ -346,6 +381,9 @@ class InferenceModel:
 
     def token_grid(self) -> tuple:
         """(t, n) of `tokens` (B, t, n, D)."""
+        if self.kind in INTERNVIDEO2_KINDS:
+            t, h, w = _internvideo2(self.kind, self.model)[0].grid
+            return t, h * w
         if self.kind in ("uniformerv2", "videotext"):
             t, h, w = (UniFormerV2(**self.model.visual_config) if self.kind == "videotext" else self.model).grid
             return t, 1 + h * w
@@ -373,24 +411,28 @@ class InferenceModel:
         return self.task.tokenizer()
 
     def encode_text(self, ids: np.ndarray) -> np.ndarray:
-        """(N, E) text embeddings (unnormalised) of token ids (N, L)."""
+        """(N, E) text embeddings of token ids (N, L): the task's `encode_text` (videotext unnormalised, align unit)."""
         self._require_videotext()
-        from invideo_jax.models.multimodal import VideoTextModel
-        model = self.model  # not `self`: the shared function must not keep these weights alive
+        task = self.task  # not `self`: the shared function must not keep these weights alive
         encode = self._jitted("text", lambda: jax.jit(
-            lambda v, ids: model.apply(v, ids, method=VideoTextModel.encode_text)["features"],
+            lambda v, ids: task.encode_text(v["params"], v.get("batch_stats"), ids),
             in_shardings=(self._variable_shardings(), sharding.replicated(self.mesh))))
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             return np.asarray(encode(self.variables, np.asarray(ids, np.int32)))
 
     @property
     def logit_scale(self) -> float:
-        """exp(learned log temperature): the factor on cosine similarities before a softmax."""
+        """The factor on cosine similarities before a softmax: exp(learned log scale), or 1 / temperature (align,
+        clamped as the loss clamps it)."""
         self._require_videotext()
-        return float(np.exp(np.asarray(self.variables["params"]["logit_scale"])))
+        params = self.variables["params"]
+        if self.kind == "align":
+            return float(1 / np.clip(np.asarray(params["temp"], np.float32), self.config.loss.temp_min,
+                                     self.config.loss.temp_max))
+        return float(np.exp(np.asarray(params["logit_scale"])))
 
     def _require_videotext(self):
-        if self.kind != "videotext":
+        if self.kind not in TEXT_KINDS:
             raise ValueError(f"{self.preset.name} is a {self.kind} model: text needs a video-text model")
 
 
@@ -399,6 +441,16 @@ def _vit(kind: str, model) -> VisionTransformer:
     if kind == "videomae":
         return VisionTransformer(**dict(model.encoder, pool="none", num_classes=0, final_norm=True))
     return model
+
+
+def _internvideo2(kind: str, model) -> tuple:
+    """(the InternVideo2 encoder of an 'internvideo2' / 'distill' / 'align' model, its params subtree or '')."""
+    if kind == "distill":
+        return InternVideo2(**model.student), "student"
+    if kind == "align":
+        return InternVideo2(**dict(dict(dtype=model.dtype, param_dtype=model.param_dtype), **model.vision_config)), \
+            "vision_encoder"
+    return model, ""
 
 
 def _video_encoder(kind: str, model, grid: tuple, keys: tuple):
@@ -412,6 +464,13 @@ def _video_encoder(kind: str, model, grid: tuple, keys: tuple):
         elif kind == "uniformerv2":
             out = model.apply(variables, video)
             features, tokens = out["features"], out["tokens"]
+        elif kind in INTERNVIDEO2_KINDS:
+            encoder, subtree = _internvideo2(kind, model)
+            params = variables["params"][subtree] if subtree else variables["params"]
+            out = encoder.apply({"params": params}, video[:, ::model.frame_stride] if kind == "distill" else video)
+            features, tokens = out["pooled"], out["tokens"][:, 1:]  # without CLS
+            if kind == "align":
+                features = model.apply(variables, features, method=VideoTextAlign.video_features)
         else:
             vit = _vit(kind, model)
             params = variables["params"]["encoder"] if kind == "videomae" else variables["params"]

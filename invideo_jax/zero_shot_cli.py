@@ -15,7 +15,8 @@ the views' unit embeddings. --labels is a comma-separated list or a file with on
 'none' (the label itself, default), 'default' (3 video prompts), 'kinetics' (the CLIP paper's 28) or a file with
 one template per line, `{}` standing for the label; a label's embedding is the normalised mean of its prompts'
 unit embeddings (evaluate/zero_shot.py). Scores: softmax over the labels (over the videos for --query) of
-logit_scale x cosine, logit_scale = exp(the model's learned log temperature), printed with the cosines.
+logit_scale x cosine (InternVideo-MM: exp of its learned log scale; InternVideo2 stage 2: 1 / its temperature),
+printed with the cosines.
 
 A text longer than the model's context (77 CLIP tokens; the config's data.text_length) is cut to fit, keeping the
 end token the text tower pools at, and a warning names it. Videos that cannot be decoded are reported on stderr

@@ -156,3 +156,26 @@ def test_cli_lists_corrupt_videos_as_failed_and_goes_on(setup, tmp_path):
     with open(out / "index.csv") as f:
         assert f.readline().strip() == ",".join(extract.INDEX_FIELDS) and len(f.readlines()) == 3
     assert sorted(os.listdir(out)) == ["good.npz", "index.csv", "index.json", "settings.json"]
+
+
+def test_internvideo2_classifier_features_are_pooled_and_tokens_have_no_cls(setup, tmp_path):
+    """The InternVideo2 kind (the demo's classifier, one layer): features the attention-pooled feature, tokens the
+    patch tokens without the CLS token, as the model applied directly to the same frames gives them."""
+    root, _, _ = setup
+    overrides = {"model.kwargs.depth": 1}
+    variables = registry.random_variables("demo_iv2_classifier", seed=3, overrides=overrides)
+    save(variables, str(tmp_path / "checkpoint"))
+    model = registry.load("demo_iv2_classifier", str(tmp_path / "checkpoint"), overrides=overrides)
+    assert model.kind == "internvideo2" and model.num_frames == 4
+    videos = extract.find_videos(str(root / "videos"))[:1]  # a.mp4: 8 clips
+    for mode in ("clips", "tokens"):
+        extract.extract(model, videos, str(tmp_path / mode), mode=mode, clip_frames=CLIP, stride_frames=STRIDE,
+                        batch_size=8, progress=False)
+    path = videos[0][0]
+    starts, _ = expected_clips(*VIDEOS["a.mp4"])
+    pooled, tokens = direct_outputs(model, variables, {path: np.array(starts)[:, None] + [0, 2, 4, 6]})[path]
+    with np.load(tmp_path / "clips" / "a.npz") as out:
+        np.testing.assert_allclose(out["features"], pooled, atol=1e-5, rtol=1e-5)
+    with np.load(tmp_path / "tokens" / "a.npz") as out:  # (clips, t, h*w, D): 4 frames of 4x4 patches, no CLS
+        assert out["features"].shape == (8, 4, 16, 64)
+        np.testing.assert_allclose(out["features"], tokens[:, 1:].reshape(8, 4, 16, 64), atol=1e-5, rtol=1e-5)

@@ -9,6 +9,7 @@ import safetensors.numpy
 from invideo_jax import registry
 from invideo_jax.convert import clip
 from invideo_jax.convert.cli import save
+from invideo_jax.models.internvideo2 import InternVideo2
 from invideo_jax.models.vit import VisionTransformer
 from invideo_jax.train.checkpoint import Checkpointer
 from invideo_jax.train.state import TrainState
@@ -23,7 +24,7 @@ def assert_equal_trees(a, b):
 def test_unknown_names_list_the_known_ones(capsys):
     with pytest.raises(ValueError, match="unknown model 'vit_b'; known: .*tiny_vit.*videomae_vit_b_k400"):
         registry.get("vit_b")
-    with pytest.raises(ValueError, match="InternVideo2 presets do not exist yet"):
+    with pytest.raises(ValueError, match="unknown model 'internvideo2_1b'; known: .*internvideo2_1b_stage2"):
         registry.get("internvideo2_1b")
     with pytest.raises(ValueError, match="unknown model"):
         registry.load("vit_b", "/nonexistent")
@@ -37,16 +38,22 @@ def test_unknown_names_list_the_known_ones(capsys):
             preset = registry.PRESETS[name]
             assert preset.format in registry.FORMATS
             assert registry.model_kind(registry.build_config(preset)) in registry.KINDS
+    assert registry.model_kind(registry.build_config(registry.PRESETS["internvideo2_1b_stage1"])) == "distill"
+    assert registry.model_kind(registry.build_config(registry.PRESETS["internvideo2_1b_stage2"])) == "align"
 
 
 def test_list_prints_parameter_counts_and_formats(capsys):
-    assert registry.main(["list", "tiny_*", "videomae_vit_b_k400", "uniformerv2_b16_k400"]) == 0
+    assert registry.main(["list", "tiny_*", "videomae_vit_b_k400", "uniformerv2_b16_k400", "internvideo2_1b_*"]) == 0
     lines = capsys.readouterr().out.splitlines()
     rows = {line.split()[0]: line.split() for line in lines[1:] if line.split() and line.split()[0] in registry.PRESETS}
     assert set(rows) == {"tiny_vit", "tiny_videomae", "tiny_uniformerv2", "tiny_videotext", "videomae_vit_b_k400",
-                         "uniformerv2_b16_k400"}
+                         "uniformerv2_b16_k400", "tiny_internvideo2_stage2", "internvideo2_1b_stage1",
+                         "internvideo2_1b_stage2"}
     assert rows["videomae_vit_b_k400"][1:3] == ["86.5M", "videomae"]  # VideoMAE ViT-B: 87 M in the paper
     assert rows["uniformerv2_b16_k400"][1:3] == ["114.6M", "uniformerv2"]  # UniFormerV2-B/16: 115 M
+    # InternVideo2-1B: 1,020,708,608 at 8 frames; stage 2 (4 frames, BERT-large with fusion layers) 1,380,296,253
+    assert rows["internvideo2_1b_stage1"][1:3] == ["1.02B", "internvideo2"]
+    assert rows["internvideo2_1b_stage2"][1:3] == ["1.38B", "internvideo2_stage2"]
     counts = {name: sum(x.size for x in jax.tree.leaves(registry.random_variables(name)["params"]))
               for name in ("tiny_vit", "tiny_uniformerv2")}
     for name, count in counts.items():
@@ -98,3 +105,27 @@ def test_videomae_features_are_the_encoder_on_every_token(tmp_path):
     tokens = jax.jit(encoder.apply)({"params": variables["params"]["encoder"]}, video)["tokens"]
     np.testing.assert_allclose(out["tokens"], np.reshape(tokens, (8, 2, 16, 32)), atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(out["features"], np.mean(tokens, axis=1), atol=1e-5, rtol=1e-5)
+
+
+
+
+def test_internvideo2_stage1_features_are_the_students(tmp_path):
+    """A stage-1 checkpoint: its `student` on every 2nd frame of the clip; features the attention-pooled feature,
+    tokens the patch tokens without CLS in the (t, h*w) grid. (The classifier: test_extract.py; stage 2:
+    test_zero_shot_cli.py.)"""
+    overrides = {"model.kwargs.student.depth": 1, "model.kwargs.teacher_video.depth": 1,  # the demo's, one layer
+                 "model.kwargs.video_layers": 1}
+    variables = registry.random_variables("demo_iv2_stage1", seed=5, overrides=overrides)
+    save(variables, str(tmp_path / "ckpt"))
+    model = registry.load("demo_iv2_stage1", str(tmp_path / "ckpt"), overrides=overrides)
+    assert model.kind == "distill" and model.num_frames == 8 and model.token_grid() == (4, 16)
+    video = np.random.default_rng(2).normal(size=(8, 8, 32, 32, 3)).astype(np.float32)
+    out = model.encode_video(video, tokens=True)
+    direct = jax.jit(InternVideo2(**model.model.student).apply)({"params": variables["params"]["student"]},
+                                                                 video[:, ::2])
+    np.testing.assert_allclose(out["features"], direct["pooled"], atol=1e-5, rtol=1e-5)
+    assert out["tokens"].shape == (8, 4, 16, 64)  # 4 frames of 4x4 patches, width 64
+    np.testing.assert_allclose(out["tokens"], np.reshape(direct["tokens"][:, 1:], (8, 4, 16, 64)), atol=1e-5,
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="text needs a video-text model"):
+        model.encode_text(np.zeros((1, 4), np.int32))

@@ -14,6 +14,7 @@ from invideo_jax.data import synthetic, transforms
 from invideo_jax.data.tokenizer import train_word_tokenizer
 from invideo_jax.data.video import decode_frames, segment_indices, write_video
 from invideo_jax.evaluate.zero_shot import DEFAULT_TEMPLATES
+from invideo_jax.models.align import VideoTextAlign
 from invideo_jax.models.multimodal import VideoTextModel
 
 LABELS = ["moves up", "moves down", "grows", "shrinks"]
@@ -111,6 +112,39 @@ def test_query_ranks_videos_and_long_text_is_cut_with_a_warning(setup, caplog):
     # the cut text is the first 14 words between the start and end tokens
     ids = model.tokenizer().encode([query])[0]
     assert ids[0] == model.tokenizer().start_id and ids[-1] == model.tokenizer().end_id
+
+
+def test_internvideo2_stage2_labels_ranked_as_the_model_computes(setup, tmp_path, capsys):
+    """The tiny InternVideo2 video-text model: unit video and text features (the text's attention mask from its pad
+    ids), scores softmax(x cosine / temp)."""
+    root, _, _, paths, _ = setup
+    variables = registry.random_variables("tiny_internvideo2_stage2", seed=4)
+    variables["params"]["temp"] = np.float32(0.05)
+    save(variables, str(tmp_path / "checkpoint"))
+    rc = zero_shot_cli.main(["--model=tiny_internvideo2_stage2", f"--checkpoint={tmp_path / 'checkpoint'}",
+                             f"--videos={root / 'videos'}", f"--labels={','.join(LABELS)}", "--templates=default",
+                             f"--tokenizer_path={root / 'tokenizer'}", "--json"])
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [v["video"] for v in result["videos"]] == paths and result["logit_scale"] == pytest.approx(20.0)
+
+    task = registry.build_task(registry.build_config(registry.get("tiny_internvideo2_stage2"),
+                                                     overrides={"data.tokenizer_path": str(root / "tokenizer")}))
+    clips = [transforms.resize_box(decode_frames(path, lambda n: segment_indices(n, 4)),
+                                   transforms.short_side_crop_box(32, 32, 32, 32), 32) for path in paths]
+    ids = task.tokenizer().encode([t.format(label) for label in LABELS for t in DEFAULT_TEMPLATES])
+    assert (ids == 0).any()  # padded: the mask matters
+    encode = jax.jit(lambda v, video, ids: (task.model.apply(v, video, method=VideoTextAlign.encode_video),
+                                            task.model.apply(v, ids, ids != 0, method=VideoTextAlign.encode_text)))
+    videos, prompts = map(unit, encode(variables, transforms.normalize(np.stack(clips), "imagenet"), ids))
+    classes = unit(prompts.reshape(len(LABELS), len(DEFAULT_TEMPLATES), -1).mean(axis=1))
+    cosine = videos @ classes.T
+    probability = softmax(cosine / 0.05)
+    for i, video in enumerate(result["videos"]):
+        order = np.argsort(-probability[i])
+        assert [row["label"] for row in video["labels"]] == [LABELS[c] for c in order]
+        np.testing.assert_allclose([row["probability"] for row in video["labels"]], probability[i, order], atol=1e-5)
+        np.testing.assert_allclose([row["cosine"] for row in video["labels"]], cosine[i, order], atol=1e-5)
 
 
 def test_labels_and_templates_parsing(tmp_path):
