@@ -15,18 +15,24 @@ VideoMAE csv and InternVideo JSON lists) into WORKDIR/data, then runs InternVide
   fusion       both supervised encoders frozen (restored from `finetune` and `multimodal_finetune`), tanh-gated
                cross-model attention from the multimodal feature to the masked encoder's last two layers trained
                with the head and the query token (configs/internvideo_pipeline.py wires the stages)
+  iv2_distill  InternVideo2 stage 1: a tiny InternVideo2 student (tubelet 1, every 2nd frame) distilled from the
+               frozen `pretrain` encoder's last two layers, on half of each frame's tokens, drawn in proportion to
+               the teacher's attention
+  iv2_align    InternVideo2 stage 2: the student with a small BERT (cross-attention in its last layer) on the
+               captions, contrastive + matching (hard negatives) + masked language modelling
+  iv2_finetune the stage-2 student fine-tuned with the labels
 and evaluates on the held-out split with multi-view testing (2 clips): the classifiers' accuracy, the late
 ensemble of the two encoders (softmax averaged), and the video-text model's zero-shot accuracy (class names in
 prompts averaged over every colour/shape template) and text<->video retrieval. Writes WORKDIR/report.md with the
 results tables and plots. Re-running skips finished stages.
 
 ARG options: train=1280, val=160 (videos), pretrain_steps, finetune_steps, multimodal_steps,
-multimodal_finetune_steps, fusion_steps, batch=32, workers=0.
+multimodal_finetune_steps, fusion_steps, iv2_distill_steps, iv2_align_steps, iv2_finetune_steps, batch=32, workers=0.
 Chance is 12.5% for classification and 1/val for retrieval R@1.
 """
 import ml_collections
 
-from configs import common, internvideo_fusion, internvideo_pipeline
+from configs import common, internvideo2_align, internvideo_fusion, internvideo_pipeline
 from configs.internvideo_mm_pretrain import videotext_fields
 from invideo_jax.data import synthetic
 
@@ -76,13 +82,19 @@ def _videotext(arg):
     names, templates = synthetic.zero_shot_prompts()
     c = videotext_fields(common.train_config("videotext", model), class_names=names, templates=templates)
     c = _data(c, arg, num_classes=0)
-    c.data.update(dict(format="json", train_annotations="{workdir}/data/train.json",
-                       eval_annotations="{workdir}/data/val.json", normalize="clip", tokenizer="words",
-                       tokenizer_path="{workdir}/data/tokenizer", text_length=16))
+    c = _captions(c, normalize="clip")
     c.total_steps = arg.multimodal_steps
     c.checkpoint_every = 100
     c.optim.update(dict(base_lr=1e-3, lr_batch_denom=0, b1=0.9, b2=0.98, weight_decay=0.05,
                         warmup_steps=arg.multimodal_steps // 10, min_lr=1e-5))
+    return c
+
+
+def _captions(c, normalize):
+    """The JSON lists with captions, tokenised by the dataset's word-level tokenizer."""
+    c.data.update(dict(format="json", train_annotations="{workdir}/data/train.json",
+                       eval_annotations="{workdir}/data/val.json", normalize=normalize, tokenizer="words",
+                       tokenizer_path="{workdir}/data/tokenizer", text_length=16))
     return c
 
 
@@ -92,9 +104,56 @@ def _fusion(arg):
     return _classifier(arg, model, "fusion", arg.fusion_steps, base_lr=1e-3, frozen=internvideo_fusion.FROZEN)
 
 
+# InternVideo2 branch: a student of the same width (tubelet 1, every 2nd frame: the VideoMAE teacher's token grid).
+STUDENT = dict(width=64, depth=4, num_heads=4, mlp_dim=256, patch_size=8, tubelet_size=1, num_frames=4, image_size=32,
+               layer_scale=0.1, attn_pool_heads=4, clip_embed_dim=64)
+
+
+def _distill(arg):
+    """Stage 1: the student follows the `pretrain` VideoMAE encoder's last two layers on half of its tokens per frame
+    (the demo has no image-text teacher, so only the video targets)."""
+    model = dict(student=STUDENT, teacher_video=ENCODER, image_layers=0, image_pooled=False, video_layers=2,
+                 frame_stride=2, mask_source="video_mean", mask_ratio=0.5, video_decoder="mlp")
+    c = _data(common.train_config("distill", model, model_name="distiller"), arg, num_classes=0)
+    c.loss = dict(image_layers=0.0, image_pooled=0.0, video_layers=1.0)
+    c.total_steps = arg.iv2_distill_steps
+    c.checkpoint_every = 100
+    c.optim.update(dict(base_lr=1.5e-3, lr_batch_denom=0, b1=0.9, b2=0.98, weight_decay=0.05,
+                        warmup_steps=arg.iv2_distill_steps // 10, min_lr=1e-5,
+                        frozen=(r"teacher_video/",)))
+    c.init_from = dict(teacher_video=dict(checkpoint="pretrain", mapping={"teacher_video": "params/encoder"}))
+    return c
+
+
+def _align(arg):
+    """Stage 2: the student with a small BERT (fusion in its last layer) on the captions: CON + VTM + MLM."""
+    model = dict(vision_config=STUDENT, embed_dim=64, pad_id=0,
+                 text_config=dict(width=64, depth=2, num_heads=4, mlp_dim=256, fusion_layer=1, vocab_size=64,
+                                  max_len=16, type_vocab_size=2))
+    names, templates = synthetic.zero_shot_prompts()
+    c = common.train_config("align", model, model_name="align")
+    c = internvideo2_align.align_fields(c, mask_ratio=0.5, mlm_prob=0.5, class_names=names, templates=templates)
+    c = _captions(_data(c, arg, num_classes=0), normalize="imagenet")
+    c.data.update(dict(num_frames=4, sampling_rate=4))
+    c.total_steps = arg.iv2_align_steps
+    c.checkpoint_every = 100
+    c.optim.update(dict(base_lr=1e-3, lr_batch_denom=0, b1=0.9, b2=0.98, weight_decay=0.05,
+                        warmup_steps=arg.iv2_align_steps // 10, min_lr=1e-5))
+    c.init_from = dict(vision=dict(checkpoint="iv2_distill", mapping={"vision_encoder": "params/student"}))
+    return c
+
+
+def _iv2_finetune(arg):
+    c = _classifier(arg, dict(STUDENT, head_dropout=0.1), "internvideo2", arg.iv2_finetune_steps, base_lr=1e-3)
+    c.data.update(dict(num_frames=4, sampling_rate=4))
+    c.init_from.checkpoint = "iv2_align"  # the vision encoder of stage 2
+    return c
+
+
 def get_config(arg=None):
     arg = common.parse_arg(arg, train=1280, val=160, pretrain_steps=300, finetune_steps=700, multimodal_steps=600,
-                           multimodal_finetune_steps=400, fusion_steps=300, batch=32, workers=0)
+                           multimodal_finetune_steps=400, fusion_steps=300, iv2_distill_steps=300,
+                           iv2_align_steps=400, iv2_finetune_steps=400, batch=32, workers=0)
     pretrain = common.train_config("videomae_pretrain", dict(encoder=ENCODER, **DECODER))
     pretrain = _data(pretrain, arg, num_classes=0)
     # Random (not tube) masking: on a 4x4 patch grid a masked tube hides a place in every frame, while a
@@ -111,8 +170,9 @@ def get_config(arg=None):
         pretrain=pretrain, finetune=_finetune(arg), scratch=_finetune(arg), multimodal=_videotext(arg),
         multimodal_finetune=_classifier(arg, dict(VISUAL, head_dropout=0.1), "uniformerv2",
                                         arg.multimodal_finetune_steps, base_lr=1e-3),
-        fusion=_fusion(arg)))
-    c.stage_order = ("pretrain", "finetune", "scratch", "multimodal", "multimodal_finetune", "fusion")
+        fusion=_fusion(arg), iv2_distill=_distill(arg), iv2_align=_align(arg), iv2_finetune=_iv2_finetune(arg)))
+    c.stage_order = ("pretrain", "finetune", "scratch", "multimodal", "multimodal_finetune", "fusion", "iv2_distill",
+                     "iv2_align", "iv2_finetune")
     c = internvideo_pipeline.wire(c, masked_pretrain="pretrain", multimodal_pretrain="multimodal",
                                   masked_supervised="finetune", multimodal_supervised="multimodal_finetune",
                                   fusion="fusion")
