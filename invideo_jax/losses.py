@@ -42,6 +42,17 @@ def softmax_cross_entropy(logits, targets):
     return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
 
 
+def symmetric_info_nce(logits):
+    """(loss, metrics) of video-text logits (B, B) with matching pairs on the diagonal: the mean of the video->text
+    and text->video cross-entropies; metrics: in-batch top-1 retrieval accuracies both ways."""
+    labels = jnp.arange(logits.shape[0])
+    video_to_text = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    text_to_video = optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean()
+    metrics = {"video_to_text_accuracy": jnp.mean(jnp.argmax(logits, axis=1) == labels),
+               "text_to_video_accuracy": jnp.mean(jnp.argmax(logits, axis=0) == labels)}
+    return (video_to_text + text_to_video) / 2, metrics
+
+
 def contrastive_loss(video_features, text_features, logit_scale):
     """Symmetric InfoNCE over the whole batch (CLIP / InternVideo-MM): returns (loss, metrics).
 
@@ -50,18 +61,9 @@ def contrastive_loss(video_features, text_features, logit_scale):
     matching pairs on the diagonal. Under jit with batch-sharded inputs GSPMD forms the full global matrix, which is
     what the official's all-gather gives. Metrics: in-batch top-1 retrieval accuracies both ways.
     """
-    def normalize(x):
-        x = x.astype(jnp.float32)
-        return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
-
     scale = jnp.exp(jnp.clip(logit_scale.astype(jnp.float32), 0.0, jnp.log(100.0)))
-    logits = scale * normalize(video_features) @ normalize(text_features).T
-    labels = jnp.arange(logits.shape[0])
-    video_to_text = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    text_to_video = optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean()
-    metrics = {"video_to_text_accuracy": jnp.mean(jnp.argmax(logits, axis=1) == labels),
-               "text_to_video_accuracy": jnp.mean(jnp.argmax(logits, axis=0) == labels)}
-    return (video_to_text + text_to_video) / 2, metrics
+    logits = scale * l2_normalize(video_features) @ l2_normalize(text_features).T
+    return symmetric_info_nce(logits)
 
 
 def caption_loss(logits, targets, mask):
@@ -133,12 +135,7 @@ def temperature_contrastive_loss(video_features, text_features, temperature):
     Metrics: in-batch top-1 retrieval accuracies both ways.
     """
     logits = l2_normalize(video_features) @ l2_normalize(text_features).T / jnp.asarray(temperature, jnp.float32)
-    labels = jnp.arange(logits.shape[0])
-    video_to_text = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    text_to_video = optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean()
-    metrics = {"video_to_text_accuracy": jnp.mean(jnp.argmax(logits, axis=1) == labels),
-               "text_to_video_accuracy": jnp.mean(jnp.argmax(logits, axis=0) == labels)}
-    return (video_to_text + text_to_video) / 2, metrics
+    return symmetric_info_nce(logits)
 
 
 def hard_negative_logits(similarity):
