@@ -175,6 +175,7 @@ def test_mlm_masking_statistics_and_exclusions():
 
 
 # ---------------------------------------------------------------- training through the trainer
+@pytest.mark.slow  # ~50 s on 2 cores; the demo test trains and evaluates this task in CI
 def test_training_run_reports_every_loss_and_retrieval_and_zero_shot(root):
     workdir = os.path.join(root, "run")
     result = trainer.train(tiny_config(root, steps=2), workdir)

@@ -172,6 +172,7 @@ def tiny_config(data_dir, image_ckpt="", video_ckpt=""):
     return c
 
 
+@pytest.mark.slow  # ~50 s on 2 cores; the demo test runs this task in CI; the frozen-teacher split is also checked by test_sharding
 def test_two_train_steps_restore_both_teachers_give_them_zero_gradient_and_leave_them_bitwise_unchanged(
         params, tmp_path):
     """Named init_from sources: the image teacher from a bare {'params': ...} pytree, the video teacher from the

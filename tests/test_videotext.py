@@ -39,6 +39,7 @@ def test_caption_targets_predict_the_words_not_the_end_or_padding():
     np.testing.assert_array_equal(mask, [[1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
 
 
+@pytest.mark.slow  # ~50 s on 2 cores; the demo test trains and evaluates this task in CI
 def test_training_run_reports_retrieval_and_zero_shot(data_dir):
     workdir = os.path.join(data_dir, "multimodal")
     result = trainer.train(videotext_config(data_dir), workdir)
