@@ -9,7 +9,15 @@ ARG: the vision size (1B, 6B; S, B, L build too) then options: text=large (BERT-
 fusion_layer 9), frames=4, image_size=224, embed_dim=512, text_length=32, mask_ratio=0.8, mlm_prob=0.5, epochs=10,
 batch=4096 (global), train_size=1000000 (clips in the list, for the schedule: set it to yours), stage1_frames=8
 (frames of the stage-1 pos_embed, resampled on restore), scan=True, vision_remat=none, text_remat=full,
-dtype=bfloat16.
+dtype=bfloat16, audio= (none; `beats_iter3`: the 6B model's BEATs-style audio encoder over 64-bin log-mel of the clip's
+audio track, models/audio.py), audio_frozen=True.
+
+Audio (6B): `audio=beats_iter3` adds the audio encoder to the video side (models/align.py) and turns on `data.audio`
+(each clip's seconds of audio, 998 x 64 log-mel; videos without an audio track skip the branch). The official freezes
+the pre-trained BEATs; released BEATs weights do not convert (models/audio.py: no relative position bias), so restore
+the audio encoder from your own run (an `init_from.audio` source: `{checkpoint: DIR, mapping: {audio_encoder:
+params/audio_encoder}}`) or train it (`audio_frozen=False`). A frozen encoder left at its initialisation is allowed but
+carries no information.
 
 Recipe of the official 1B stage 2 (internvideo.md 1.9, 5.4; multi_modality scripts/pretraining/stage2/1B/config.py):
 4 frames of 224, random masking of 0.8 of the video tokens in training (`only_mask`, no teacher), text encoder
@@ -21,7 +29,7 @@ AdamW (0.9, 0.98), lr 5e-5 (not batch-scaled), wd 0.05, gradient clip 3, cosine 
 to min lr 0.01 x lr, global batch 64 x 64 GPUs = 4096, bf16, gradient checkpointing of the text encoder (the
 official does not checkpoint the 1B vision encoder; `vision_remat=full` if memory needs it); vision drop_path 0.25
 (1B) / 0.3 (6B), hard-coded in the official builders. The 6B run differs by 5 epochs, text length 40, contrastive
-dim 768 and audio (not implemented here). Expected (released s2-1B, 4 frames, zero-shot retrieval R@1 t2v / v2t):
+dim 768 and audio (`audio=beats_iter3`). Expected (released s2-1B, 4 frames, zero-shot retrieval R@1 t2v / v2t):
 MSR-VTT 51.9 / 50.9, DiDeMo 57.0 / 54.3, ActivityNet 60.4 / 54.8 (the official numbers re-rank the top 128
 candidates with the ITM head, which our evaluation does not).
 Not given by the reference and chosen here: the training crop (random resized crop, scale 0.5-1, and flip), ImageNet
@@ -43,6 +51,7 @@ Parameter counts (jax.eval_shape; tests/test_align.py), 1B at 4 frames of 224 wi
 import ml_collections
 
 from configs import common, internvideo2
+from invideo_jax.models.audio import AUDIO_SIZES
 
 BERT_SIZES = {  # official TextEncoders (configs/model.py): bert_large and bert (base)
     "large": dict(width=1024, depth=24, num_heads=16, mlp_dim=4096, fusion_layer=19),
@@ -61,14 +70,36 @@ def text_config(size: str = "large", **overrides) -> dict:
     return cfg
 
 
+def audio_config(size: str, num_mel_bins: int = 64, scan: bool = True, dtype: str = "bfloat16") -> dict | None:
+    """AudioTransformer kwargs of a row of AUDIO_SIZES ('' or 'none': no audio branch)."""
+    if size in ("", "none"):
+        return None
+    if size not in AUDIO_SIZES:
+        raise ValueError(f"unknown audio size {size!r}; expected one of {sorted(AUDIO_SIZES)} or none")
+    return dict(AUDIO_SIZES[size], num_mel_bins=num_mel_bins, scan=scan, dtype=dtype)
+
+
 def model_config(size: str = "1B", text: str = "large", frames: int = 4, image_size: int = 224, embed_dim: int = 512,
                  scan: bool = True, vision_remat: str = "none", text_remat: str = "full",
-                 dtype: str = "bfloat16") -> dict:
-    """`VideoTextAlign` kwargs: the InternVideo2 vision encoder, the BERT text encoder, the projections."""
+                 dtype: str = "bfloat16", audio: str = "", audio_frozen: bool = True) -> dict:
+    """`VideoTextAlign` kwargs: the InternVideo2 vision encoder, the BERT text encoder, the projections, the audio
+    encoder (`audio`: a row of AUDIO_SIZES, or '' for none)."""
     vision = internvideo2.encoder_config(size, frames=frames, image_size=image_size, scan=scan, remat=vision_remat,
                                          drop_path=internvideo2.PRETRAIN_DROP_PATH.get(size, 0.0), dtype=dtype)
     return dict(vision_config=vision, text_config=text_config(text, remat=text_remat, dtype=dtype),
+                audio_config=audio_config(audio, scan=scan, dtype=dtype), freeze_audio=audio_frozen,
                 embed_dim=embed_dim, temp_init=0.07, pad_id=0, dtype=dtype)
+
+
+def use_audio(c) -> None:
+    """Data and optimiser fields that go with the model's audio encoder: the clips' audio, a frozen encoder."""
+    kwargs = c.model.kwargs
+    if not kwargs.get("audio_config"):
+        return
+    c.data.audio = True
+    c.data.audio_mel_bins = kwargs.audio_config.num_mel_bins
+    if kwargs.freeze_audio:
+        c.optim.frozen = tuple(c.optim.frozen) + (r"audio_encoder/",)
 
 
 def init_from(vision: str = "", text: str = "", stage1_frames: int = 8, frames: int = 4,
@@ -93,9 +124,11 @@ def align_fields(c, *, mask_ratio: float = 0.8, mlm_prob: float = 0.5, class_nam
 def get_config(arg=None):
     arg = common.parse_arg(arg, variant="1B", text="large", frames=4, image_size=224, embed_dim=512, text_length=32,
                            mask_ratio=0.8, mlm_prob=0.5, epochs=10, batch=4096, train_size=1_000_000,
-                           stage1_frames=8, scan=True, vision_remat="none", text_remat="full", dtype="bfloat16")
+                           stage1_frames=8, scan=True, vision_remat="none", text_remat="full", dtype="bfloat16",
+                           audio="", audio_frozen=True)
     model = model_config(arg.variant, arg.text, arg.frames, arg.image_size, arg.embed_dim, scan=arg.scan,
-                         vision_remat=arg.vision_remat, text_remat=arg.text_remat, dtype=arg.dtype)
+                         vision_remat=arg.vision_remat, text_remat=arg.text_remat, dtype=arg.dtype, audio=arg.audio,
+                         audio_frozen=arg.audio_frozen)
     c = align_fields(common.train_config("align", model, model_name="align"), mask_ratio=arg.mask_ratio,
                      mlm_prob=arg.mlm_prob)
     steps_per_epoch = max(arg.train_size // arg.batch, 1)
@@ -109,4 +142,5 @@ def get_config(arg=None):
     c.optim.update(dict(base_lr=5e-5, lr_batch_denom=0, b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.05,
                         clip_grad=3.0, warmup_steps=steps_per_epoch, warmup_lr=0.0, min_lr=5e-7))
     c.init_from = init_from(stage1_frames=arg.stage1_frames, frames=arg.frames, image_size=arg.image_size)
+    use_audio(c)
     return c

@@ -3,7 +3,6 @@ with and without an audio track, segment alignment, and the BEATs-style encoder 
 import math
 import warnings
 
-import av
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -12,6 +11,7 @@ import pytest
 import torch
 
 from invideo_jax.data import audio
+from invideo_jax.data.video import write_video
 from invideo_jax.models import audio as audio_model
 
 FPS = 10
@@ -22,27 +22,13 @@ AMPLITUDE = 0.5
 def write_av(path, seconds: float, *, freq: float = 440.0, onset: float = 0.0, with_audio: bool = True,
              layout: str = "stereo", rate: int = RATE) -> str:
     """A tiny h264 video (32x32, FPS) with an AAC sine tone that starts at `onset` seconds (silence before)."""
-    with av.open(str(path), "w") as container:
-        video = container.add_stream("libx264", rate=FPS)
-        video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
-        sound = None
-        if with_audio:
-            sound = container.add_stream("aac", rate=rate)
-            sound.layout = layout
-        for i in range(int(round(seconds * FPS))):
-            frame = np.full((32, 32, 3), (i * 10) % 255, np.uint8)
-            container.mux(video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(video.encode())
-        if sound is not None:
-            t = np.arange(int(seconds * rate)) / rate
-            tone = np.where(t >= onset, AMPLITUDE * np.sin(2 * np.pi * freq * (t - onset)), 0.0).astype(np.float32)
-            channels = np.tile(tone[None], (len(av.AudioLayout(layout).channels), 1))
-            for start in range(0, len(tone), 1024):
-                chunk = np.ascontiguousarray(channels[:, start:start + 1024])
-                frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
-                frame.sample_rate, frame.pts = rate, start
-                container.mux(sound.encode(frame))
-            container.mux(sound.encode())
+    frames = np.stack([np.full((32, 32, 3), (i * 10) % 255, np.uint8) for i in range(int(round(seconds * FPS)))])
+    tone = None
+    if with_audio:
+        t = np.arange(int(seconds * rate)) / rate
+        tone = np.where(t >= onset, AMPLITUDE * np.sin(2 * np.pi * freq * (t - onset)), 0.0)
+        tone = np.tile(tone[None], ({"mono": 1, "stereo": 2}[layout], 1))
+    write_video(str(path), frames, fps=FPS, audio=tone, audio_rate=rate)
     return str(path)
 
 

@@ -32,12 +32,15 @@ Configuration (`default_data_config()`, locked: unknown fields fail):
                      'words'; batches then carry 'text' token ids
   tokenizer_path     its vocabulary ('' = the packaged one, where a kind has one)
   text_length        token ids per caption (CLIP: 77)
+  audio              add each clip's audio track as a log-mel spectrogram ('audio', 'audio_mask'; data/audio.py)
+  audio_mel_bins, audio_frames   its mel bins and filterbank frames (InternVideo2-6B: 64 and 998, 10 s)
 
 Batches are dicts of numpy arrays: 'video' float32 (B, T, H, W, 3) normalised, 'label' int32 (-1 if
 none), 'targets' float32 (B, num_classes) when num_classes > 0, 'bad' int32 (1 where a bad video was
 replaced by another example), 'caption' str when the annotations have captions (one drawn at random per
-training clip; the first in evaluation), 'text' int32 (B, text_length) with a tokenizer; evaluation adds
-'video_index' and 'mask' (0 for padding and for bad videos, which evaluation skips).
+training clip; the first in evaluation), 'text' int32 (B, text_length) with a tokenizer; with `audio`, 'audio' float32
+(B, audio_frames, audio_mel_bins) of the seconds the clip's frames cover and 'audio_mask' int32 (0 for a video without
+an audio track: zeros, which the model skips); evaluation adds 'video_index' and 'mask' (0 for padding and for bad videos, which evaluation skips).
 """
 import math
 
@@ -47,9 +50,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from invideo_jax.data import transforms
+from invideo_jax.data import audio, transforms
 from invideo_jax.data.annotations import FORMATS, read_annotations
-from invideo_jax.data.video import BadVideo, decode_frames, dense_indices, segment_indices
+from invideo_jax.data.video import BadVideo, decode_frames, dense_indices, frame_rate, segment_indices
 
 MAX_REPLACEMENTS = 10
 _CHOICES = {
@@ -71,6 +74,7 @@ def default_data_config() -> ml_collections.ConfigDict:
         mixup=0.0, cutmix=0.0, label_smoothing=0.0, num_classes=0, normalize="imagenet",
         eval_clips=1, eval_crops=1, min_frames=1, workers=0, threads=4, prefetch=2, cache_videos=False,
         tokenizer="", tokenizer_path="", text_length=77,
+        audio=False, audio_mel_bins=audio.NUM_MEL_BINS, audio_frames=audio.TARGET_FRAMES,
     ))
     config.lock()
     return config
@@ -82,7 +86,7 @@ def check_data_config(cfg: ml_collections.ConfigDict) -> None:
         if cfg[field] not in choices:
             raise ValueError(f"data.{field}={cfg[field]!r}: expected one of {choices}")
     for field in ("num_frames", "sampling_rate", "crop_size", "eval_clips", "eval_crops",
-                  "min_frames", "prefetch", "text_length"):
+                  "min_frames", "prefetch", "text_length", "audio_mel_bins", "audio_frames"):
         if cfg[field] < 1:
             raise ValueError(f"data.{field}={cfg[field]} must be >= 1")
     for field in ("num_classes", "workers", "threads", "mixup", "cutmix"):
@@ -157,8 +161,8 @@ def _decode_example(source, index: int, indices_for, min_frames: int):
     record, video = source[index]
     try:
         if isinstance(source, FileVideoSource):
-            return record, source.decode(video, indices_for, min_frames)
-        return record, decode_frames(video, indices_for, min_frames=min_frames)
+            return record, video, source.decode(video, indices_for, min_frames)
+        return record, video, decode_frames(video, indices_for, min_frames=min_frames)
     except BadVideo as e:
         raise BadVideo(f"{record.path}: {e}") from e
 
@@ -166,7 +170,8 @@ def _decode_example(source, index: int, indices_for, min_frames: int):
 def load_clips(source, index: int, rng: np.random.Generator, indices_for, min_frames: int):
     """Decodes example `index`; a bad video is logged and replaced by a random other example.
 
-    Returns (record, frames, bad) with bad = 1 when a replacement was used.
+    Returns (record, media, frames, bad): `media` is the decoded example's path or bytes, bad = 1 when a
+    replacement was used.
     """
     for attempt in range(MAX_REPLACEMENTS + 1):
         try:
@@ -175,6 +180,29 @@ def load_clips(source, index: int, rng: np.random.Generator, indices_for, min_fr
             logging.warning("Bad video, replaced by another example: %s", e)
             index = int(rng.integers(len(source)))
     raise RuntimeError(f"{MAX_REPLACEMENTS + 1} bad videos in a row: check the data (see the log)")
+
+
+def recorded(indices_for):
+    """(indices_for, calls): the same function, which also appends each result to the list `calls`."""
+    calls = []
+
+    def indices_and_record(video_frames: int) -> np.ndarray:
+        calls.append(indices_for(video_frames))
+        return calls[-1]
+
+    return indices_and_record, calls
+
+
+def clip_audio(cfg, video, indices, *, rng=None) -> dict:
+    """'audio' and 'audio_mask' of the seconds that frames `indices` of `video` cover (zeros and mask 0 without an
+    audio track or a frame rate); rng picks the window of audio longer than `audio_frames` (else its start)."""
+    fps = frame_rate(video)
+    if fps <= 0:
+        fields = audio.silent_example(cfg.audio_mel_bins, cfg.audio_frames)
+    else:
+        fields = audio.audio_example(video, *audio.clip_seconds(indices, fps), num_mel_bins=cfg.audio_mel_bins,
+                                     target_frames=cfg.audio_frames, rng=rng)
+    return {"audio": fields["audio"], "audio_mask": fields["audio_mask"]}
 
 
 def _checked_label(record, num_classes: int) -> int:
@@ -201,8 +229,8 @@ class TrainExample:
 
     def __call__(self, index: int, rng: np.random.Generator) -> dict:
         cfg = self.cfg
-        record, frames, bad = load_clips(self.source, index, rng,
-                                         lambda n: clip_indices(cfg, n, rng=rng), cfg.min_frames)
+        indices_for, picked = recorded(lambda n: clip_indices(cfg, n, rng=rng))
+        record, media, frames, bad = load_clips(self.source, index, rng, indices_for, cfg.min_frames)
         box = self._crop_box(frames.shape[1], frames.shape[2], rng)
         clip = transforms.resize_box(frames, box, cfg.crop_size)
         if cfg.flip and rng.random() < 0.5:
@@ -215,6 +243,8 @@ class TrainExample:
                    "bad": np.int32(bad)}
         if self.source.has_captions:
             example["caption"] = str(rng.choice(record.captions)) if record.captions else ""
+        if cfg.audio:
+            example.update(clip_audio(cfg, media, picked[-1], rng=rng))
         return example
 
 
@@ -313,19 +343,22 @@ class EvalViews:
 
     def __call__(self, index: int) -> dict:
         cfg, count = self.cfg, self.num_views
+        sounds = [audio.silent_example(cfg.audio_mel_bins, cfg.audio_frames)] * cfg.eval_clips if cfg.audio else []
         if index < 0:
             size = cfg.crop_size
-            video = np.zeros((count, cfg.num_frames, size, size, 3), np.float32)
+            clips = np.zeros((count, cfg.num_frames, size, size, 3), np.float32)
             label, bad, caption = -1, 0, ""
         else:
-            record, frames, bad = load_clips(
-                self.source, index, np.random.default_rng(index),
-                lambda n: np.stack([clip_indices(cfg, n, view=k) for k in range(cfg.eval_clips)]),
-                cfg.min_frames)
-            video = transforms.normalize(self._views(frames), cfg.normalize)
+            indices_for, picked = recorded(
+                lambda n: np.stack([clip_indices(cfg, n, view=k) for k in range(cfg.eval_clips)]))
+            record, media, frames, bad = load_clips(self.source, index, np.random.default_rng(index), indices_for,
+                                                    cfg.min_frames)
+            clips = transforms.normalize(self._views(frames), cfg.normalize)
             label = _checked_label(record, cfg.num_classes)
             caption = record.captions[0] if record.captions else ""
-        views = {"video": video, "label": np.full(count, label, np.int32),
+            if cfg.audio:
+                sounds = [clip_audio(cfg, media, clip) for clip in picked[-1]]
+        views = {"video": clips, "label": np.full(count, label, np.int32),
                  "bad": np.full(count, bad, np.int32),
                  "video_index": np.full(count, index, np.int32),
                  "mask": np.full(count, int(index >= 0 and not bad), np.int32)}
@@ -336,6 +369,9 @@ class EvalViews:
             views["targets"] = targets
         if self.source.has_captions:
             views["caption"] = np.full(count, caption)
+        if cfg.audio:  # views are clip-major: each clip's sound serves its eval_crops views
+            for key in ("audio", "audio_mask"):
+                views[key] = np.repeat(np.stack([sound[key] for sound in sounds]), cfg.eval_crops, axis=0)
         return views
 
 

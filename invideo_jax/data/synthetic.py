@@ -6,7 +6,8 @@ parameterised symmetrically about the middle frame from label-independent random
 scene's middle frame is the same whatever its class, reversing time turns a clip into the same
 scene with the opposite motion, and translation wraps around so positions say nothing either.
 Written as h264 mp4 with VideoMAE-style csv lists, InternVideo-style JSON lists with captions,
-classes.txt and a word-level tokenizer of the captions (tokenizer/tokenizer.json).
+classes.txt and a word-level tokenizer of the captions (tokenizer/tokenizer.json). With `audio`, three of every
+four videos carry an AAC track: a tone whose pitch names the class (`tone_hz`); the fourth has no audio track.
 """
 import itertools
 import json
@@ -40,6 +41,25 @@ SHAPES = {
 _SUPERSAMPLE = 2
 _WRAP_OFFSETS = np.array([(x, y) for x in (-1, 0, 1) for y in (-1, 0, 1)])
 _VERSION = 3  # bump when the rendering changes, so cached datasets are regenerated
+FPS = 8
+AUDIO_RATE = 16000
+
+
+def tone_hz(label: int) -> float:
+    """The pitch of class `label`'s sound: half an octave per class from 250 Hz (distinct 64-bin mel bins)."""
+    return 250.0 * 2.0 ** (label / 2)
+
+
+def has_sound(index: int) -> bool:
+    """Whether video `index` of a split has an audio track (all but every fourth)."""
+    return index % 4 != 3
+
+
+def tone(label: int, seconds: float, rng: np.random.Generator) -> np.ndarray:
+    """Mono float32 samples: class `label`'s tone with a random phase and level, plus a little noise."""
+    t = np.arange(int(seconds * AUDIO_RATE)) / AUDIO_RATE
+    wave = rng.uniform(0.2, 0.5) * np.sin(2 * np.pi * tone_hz(label) * t + rng.uniform(0, 2 * np.pi))
+    return (wave + rng.normal(0, 0.01, t.shape)).astype(np.float32)
 
 
 def _background(rng: np.random.Generator, size: int) -> Image.Image:
@@ -108,7 +128,7 @@ def zero_shot_prompts() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return names, tuple(f"{_subject(color, shape)} {{}}" for color in COLORS for shape in SHAPES)
 
 
-def _write_split(root: str, split: str, count: int, num_frames: int, size: int, seed: int):
+def _write_split(root: str, split: str, count: int, num_frames: int, size: int, seed: int, audio: bool):
     """Writes one split's videos and its csv and JSON lists."""
     os.makedirs(os.path.join(root, "videos", split), exist_ok=True)
     rows, entries = [], []
@@ -117,8 +137,9 @@ def _write_split(root: str, split: str, count: int, num_frames: int, size: int, 
         rng = np.random.default_rng([seed, ("train", "val").index(split), i])
         frames, color, shape = render_clip(label, rng, num_frames=num_frames, size=size)
         path = f"videos/{split}/{i:05d}.mp4"
-        write_video(os.path.join(root, path), frames, fps=8,
-                    options={"crf": "18", "preset": "veryfast"})
+        sound = tone(label, num_frames / FPS, rng) if audio and has_sound(i) else None
+        write_video(os.path.join(root, path), frames, fps=FPS, options={"crf": "18", "preset": "veryfast"},
+                    audio=sound, audio_rate=AUDIO_RATE)
         rows.append(f"{path} {label}\n")
         entries.append({"video": path, "caption": captions(label, color, shape), "label": label})
     with open(os.path.join(root, f"{split}.csv"), "w") as f:
@@ -128,7 +149,7 @@ def _write_split(root: str, split: str, count: int, num_frames: int, size: int, 
 
 
 def write_dataset(root: str, *, num_train: int, num_val: int, num_frames: int = 16,
-                  size: int = 64, seed: int = 0) -> dict[str, str]:
+                  size: int = 64, seed: int = 0, audio: bool = False) -> dict[str, str]:
     """Writes the dataset under root unless an identical one is there; returns its paths
     (root, train_csv, val_csv, train_json, val_json, classes, tokenizer)."""
     paths = {"root": root, "classes": os.path.join(root, "classes.txt"),
@@ -137,7 +158,7 @@ def write_dataset(root: str, *, num_train: int, num_val: int, num_frames: int = 
         paths[f"{split}_csv"] = os.path.join(root, f"{split}.csv")
         paths[f"{split}_json"] = os.path.join(root, f"{split}.json")
     settings = dict(num_train=num_train, num_val=num_val, num_frames=num_frames, size=size,
-                    seed=seed, version=_VERSION)
+                    seed=seed, version=_VERSION, audio=audio)
     manifest = os.path.join(root, "synthetic.json")
     if os.path.exists(manifest):
         with open(manifest) as f:
@@ -145,7 +166,7 @@ def write_dataset(root: str, *, num_train: int, num_val: int, num_frames: int = 
                 return paths
         os.remove(manifest)
     for split, count in (("train", num_train), ("val", num_val)):
-        _write_split(root, split, count, num_frames, size, seed)
+        _write_split(root, split, count, num_frames, size, seed, audio)
     with open(paths["classes"], "w") as f:
         f.write("\n".join(CLASSES) + "\n")
     every_caption = [caption for label, color, shape in itertools.product(range(len(CLASSES)), COLORS, SHAPES)

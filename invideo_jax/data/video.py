@@ -163,12 +163,26 @@ def segment_indices(video_frames: int, num_frames: int, *,
 
 
 def write_video(path: str, frames: np.ndarray, *, fps: int = 30, codec: str = "libx264",
-                options: dict[str, str] | None = None) -> None:
-    """Encodes uint8 (T, H, W, 3) frames (even H and W) as an mp4 file."""
+                options: dict[str, str] | None = None, audio: np.ndarray | None = None,
+                audio_rate: int = 16000) -> None:
+    """Encodes uint8 (T, H, W, 3) frames (even H and W) as an mp4 file, with an AAC track of `audio` (float32 samples
+    in [-1, 1], (N,) mono or (C, N), at `audio_rate`, starting with the first frame) when given."""
     with av.open(path, mode="w") as container:
         stream = container.add_stream(codec, rate=fps, options=options or {})
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
+        sound = None
+        if audio is not None:
+            audio = np.atleast_2d(np.asarray(audio, np.float32))
+            sound = container.add_stream("aac", rate=audio_rate)
+            sound.layout = {1: "mono", 2: "stereo"}[audio.shape[0]]
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
+        if sound is not None:
+            for start in range(0, audio.shape[1], 1024):
+                chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio[:, start:start + 1024]),
+                                                   format="fltp", layout=sound.layout)
+                chunk.sample_rate, chunk.pts = audio_rate, start
+                container.mux(sound.encode(chunk))
+            container.mux(sound.encode())

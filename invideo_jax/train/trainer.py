@@ -54,6 +54,9 @@ def batch_shapes(config, batch_size) -> dict:
         shapes["targets"] = ((batch_size, d.num_classes), jnp.float32)
     if d.tokenizer:
         shapes["text"] = ((batch_size, d.text_length), jnp.int32)
+    if d.audio:
+        shapes["audio"] = ((batch_size, d.audio_frames, d.audio_mel_bins), jnp.float32)
+        shapes["audio_mask"] = ((batch_size,), jnp.int32)
     return {key: jax.ShapeDtypeStruct(*spec) for key, spec in shapes.items()}
 
 

@@ -1,4 +1,4 @@
-"""InternVideo2 stage 2: video-text alignment (model `invideo_jax.models.align.VideoTextAlign`), without audio.
+"""InternVideo2 stage 2: video-text alignment (model `invideo_jax.models.align.VideoTextAlign`), optionally with audio.
 
 Per step, on the clips' visible tokens (random masking of `config.mask.ratio` of the patch tokens, fixed count; the
 official masks 0.8 of a video's tokens in stage 2; 0 = every token):
@@ -27,6 +27,10 @@ unmasked encoder. Not done: the official's re-ranking of the top-k (k_test 128) 
 
 Captions need a tokenizer with a mask token and a padding id equal to `model.kwargs.pad_id`: 'bert' (the official
 BERT-large-uncased WordPiece vocabulary) or 'words' (the demo's).
+
+Audio (`model.kwargs.audio_config` set, as the 6B model): the batches carry 'audio' and 'audio_mask' (`data.audio`);
+the audio joins the video side of every loss and of the evaluation features (models/align.py). Examples without an
+audio track skip the branch; the audio encoder is frozen (`optim.frozen`, configs/internvideo2_align.py).
 """
 import jax
 import jax.numpy as jnp
@@ -35,6 +39,7 @@ import optax
 from invideo_jax import losses, masking, sharding
 from invideo_jax.data.tokenizer import load_tokenizer
 from invideo_jax.models.align import VideoTextAlign
+from invideo_jax.models.audio import AudioTransformer
 from invideo_jax.train.tasks.videotext import evaluate_video_text
 
 TOKENIZERS = ("bert", "words")
@@ -78,6 +83,16 @@ def batch_groups(requested: int, batch: int) -> int:
     return groups if batch % groups == 0 and batch // groups >= 2 else 1
 
 
+def check_audio_fields(audio_config, data) -> None:
+    """The data carries audio exactly when the model has an audio encoder, with its mel bins."""
+    if bool(audio_config) != bool(data.audio):
+        have = "has an audio encoder" if audio_config else "has no audio encoder (model.kwargs.audio_config)"
+        raise ValueError(f"data.audio={data.audio} but the model {have}: set both or neither")
+    bins = audio_config.get("num_mel_bins", AudioTransformer.num_mel_bins) if audio_config else data.audio_mel_bins
+    if bins != data.audio_mel_bins:
+        raise ValueError(f"data.audio_mel_bins={data.audio_mel_bins} but model.kwargs.audio_config.num_mel_bins={bins}")
+
+
 class Task:
     def __init__(self, config):
         self.config = config
@@ -101,6 +116,7 @@ class Task:
         if not 0 <= config.mask.ratio < 1:
             raise ValueError(f"config.mask.ratio={config.mask.ratio}: expected a fraction in [0, 1)")
         self.model = VideoTextAlign(**config.model.kwargs)
+        check_audio_fields(self.model.audio_config, d)
         vision = self.model.vision_config
         patch, tubelet = vision.get("patch_size", 14), vision.get("tubelet_size", 1)
         self.num_tokens = (vision.get("num_frames", 8) // tubelet) * (vision.get("image_size", 224) // patch) ** 2
@@ -142,7 +158,8 @@ class Task:
         return masking.split_indices(mask, int(ratio * self.num_tokens))[0]
 
     def init_variables(self, rng, batch):
-        return self.model.init({"params": rng, "dropout": rng}, batch["video"], batch["text"])
+        return self.model.init({"params": rng, "dropout": rng}, batch["video"], batch["text"],
+                               audio=batch.get("audio"), audio_mask=batch.get("audio_mask"))
 
     def loss(self, params, model_state, batch, rng):
         cfg, model = self.config.loss, VideoTextAlign
@@ -155,8 +172,9 @@ class Task:
 
         video, ids = batch["video"], batch["text"]
         text_mask = ids != self.model.pad_id
-        tokens, pooled = run(model.encode_vision, video, self.visible_indices(keys["mask"], video.shape[0]),
-                             key=keys["vision"])
+        tokens, pooled, context_mask = run(model.encode_vision, video,
+                                           self.visible_indices(keys["mask"], video.shape[0]), batch.get("audio"),
+                                           batch.get("audio_mask"), key=keys["vision"])
         hidden = run(model.text_hidden, ids, text_mask, key=keys["text"])
         video_features = self.model.apply(variables, pooled, method=model.video_features)
         text_features = self.model.apply(variables, hidden, method=model.text_features)
@@ -177,6 +195,7 @@ class Task:
                          interleave(hidden, hidden, gather_in_groups(hidden, neg_text, groups)),
                          interleave(text_mask, text_mask, gather_in_groups(text_mask, neg_text, groups)),
                          interleave(tokens, gather_in_groups(tokens, neg_video, groups), tokens),
+                         interleave(context_mask, gather_in_groups(context_mask, neg_video, groups), context_mask),
                          key=keys["match"])
             vtm, vtm_accuracy = matching_loss(logits)
             total += cfg.vtm * vtm
@@ -187,7 +206,7 @@ class Task:
                 keys["mlm"], ids, mask_prob=cfg.mlm_prob, mask_id=tokenizer.mask_id,
                 vocab_size=self.model.text_config["vocab_size"],
                 special_ids=(tokenizer.pad_id, tokenizer.start_id, tokenizer.end_id))
-            logits = run(model.mlm_logits, corrupted, text_mask, tokens, key=keys["mlm_dropout"])
+            logits = run(model.mlm_logits, corrupted, text_mask, tokens, context_mask, key=keys["mlm_dropout"])
             mlm, mlm_accuracy = losses.caption_loss(logits, ids, selected)
             total += cfg.mlm * mlm
             metrics.update(mlm_loss=mlm, mlm_accuracy=mlm_accuracy)
@@ -196,7 +215,8 @@ class Task:
     # ---------------------------------------------------------------- evaluation
     def predict(self, params, model_state, batch):
         variables = {"params": params}
-        video = self.model.apply(variables, batch["video"], method=VideoTextAlign.encode_video)
+        video = self.model.apply(variables, batch["video"], batch.get("audio"), batch.get("audio_mask"),
+                                 method=VideoTextAlign.encode_video)
         text = self.model.apply(variables, batch["text"], method=VideoTextAlign.encode_text)
         return {"video_features": video, "text_features": text}
 
