@@ -7,7 +7,8 @@
 ARG: the student size (1B, 6B; S, B, L build too) then options: frames=8 (student; the video teacher sees
 2x as many), image_teacher=6B (InternVideo2 size row of the image teacher), video_teacher=g/14 (ViT row of the
 VideoMAE V2 teacher), image_layers=6, video_layers=4, mask_ratio=0.8, epochs=300, batch (default 4096 for 1B,
-2048 for 6B), train_size=1100000 (clips in the list, for the schedule), scan=True, remat=full, dtype=bfloat16.
+2048 for 6B), train_size=1100000 (clips in the list, for the schedule), scan=True, remat=full, dtype=bfloat16,
+targets='' (a directory of stored teacher targets to train from, below).
 
 Recipe (internvideo.md 1.8, 5.4): 16-frame clips (segment sampling, flip); the VideoMAE V2-g teacher sees all 16
 (tubelet 2: 8x16x16 tokens), the student and the image teacher every 2nd frame (8 frames, tubelet 1: 8x16x16).
@@ -35,9 +36,24 @@ initialisation (a warning says so), which only makes sense for smoke tests. No I
 
 Cost: the teachers live in the train state, so every checkpoint carries them (fp32: InternViT-6B 5.94e9 params =
 23.7 GB, VideoMAE V2-g 4.0 GB) besides the student and its AdamW moments; they have no optimiser state (frozen).
-Pre-computing the teachers' targets to disk instead is not implemented. Activations: a scanned stack with
-`return_layers` (layers.Transformer) keeps every layer's output, not only the last k; for the 6B image teacher at 32
-clips (256 frames) per device that is about 48 x 256 x 257 x 3200 x 2 B = 20 GB of bf16 per device.
+Activations: a scanned stack with `return_layers` (layers.Transformer) keeps every layer's output, not only the last
+k; for the 6B image teacher at 32 clips (256 frames) per device that is about 48 x 256 x 257 x 3200 x 2 B = 20 GB of
+bf16 per device.
+
+Stored targets (large runs): run the teachers once per clip instead of in every step, then train the student alone
+(no teacher in the train state, its checkpoints or the step; `targets=` sets `config.teacher_targets`, freezes
+nothing and restores no teacher):
+
+  python -m invideo_jax.precompute_targets --config=configs/internvideo2_distill.py:1B --workdir=$TARGETS --views=2 \
+      --config.data.train_annotations=... --config.init_from.teacher_image.checkpoint=$INTERNVIT_6B \
+      --config.init_from.teacher_video.checkpoint=$VMAEV2_G
+  python -m invideo_jax.main --config=configs/internvideo2_distill.py:1B,targets=$TARGETS --workdir=$WORKDIR \
+      --config.data.train_annotations=...
+
+Each of the K views of a training example is the clip the pipeline builds from the seed [seed, example, view]; only
+that seed is kept, with the visible tokens and the targets on them (`teacher_targets_dtype`, float16 by default):
+20.7 MB per clip and view for 1B (docs/scale.md), so training sees K different augmentations and masks per example
+over all epochs. The cache must match the run's data config, teacher settings and seed (checked, naming the fields).
 
 Parameter counts (jax.eval_shape; tests/test_distill.py), 1B student at 8 frames of 224:
   student 1,020,708,608; heads 43,565,568 and their position embeddings 5,768,576; image teacher
@@ -78,7 +94,7 @@ def model_config(size: str = "1B", frames: int = 8, image_teacher: str = "6B", v
 def get_config(arg=None):
     arg = common.parse_arg(arg, variant="1B", frames=8, image_teacher="6B", video_teacher="g/14", image_layers=6,
                            video_layers=4, mask_ratio=0.8, epochs=300, batch=0, train_size=1100000, scan=True,
-                           remat="full", dtype="bfloat16")
+                           remat="full", dtype="bfloat16", targets="")
     model = model_config(arg.variant, arg.frames, arg.image_teacher, arg.video_teacher, arg.image_layers,
                          arg.video_layers, arg.mask_ratio, scan=arg.scan, remat=arg.remat, dtype=arg.dtype)
     c = common.train_config("distill", model, model_name="distiller")
@@ -93,4 +109,17 @@ def get_config(arg=None):
                         clip_grad=3.0, warmup_steps=40 * steps_per_epoch, min_lr=1e-6, frozen=TEACHER_PARAMS,
                         no_decay=(r"(clip|mae)_pos_embed$",)))  # no decay, as the encoder's pos_embed
     c.init_from = init_from()
+    c.teacher_targets = ""  # a directory of pre-computed targets (invideo_jax/precompute_targets.py); '': online
+    c.teacher_targets_dtype = "float16"  # how precompute_targets stores them: float16 or float32
+    if arg.targets:
+        train_from_targets(c, arg.targets)
     return c
+
+
+def train_from_targets(c, directory: str) -> None:
+    """Makes `c` train the student from the teacher targets stored in `directory`: the model has no teachers, so
+    nothing to freeze and no teacher to restore (`init_from` is one empty source: an earlier stage's student may go
+    there)."""
+    c.teacher_targets = directory
+    c.optim.frozen = ()
+    c.init_from = ml_collections.ConfigDict(dict(checkpoint="", mapping={}))

@@ -9,8 +9,8 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, optionally with :ARG.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the report.")
+CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, optionally with :ARG.", lock_config=True)
+WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the report.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -19,7 +19,7 @@ def main(argv):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from invideo_jax import distributed, stages  # after flag parsing: keeps `--help` fast
     distributed.initialize()
-    config, workdir = _CONFIG.value, _WORKDIR.value
+    config, workdir = CONFIG.value, WORKDIR.value
     logging.info("config:\n%s", config)
     if "stages" in config:
         stages.run_pipeline(config, workdir)

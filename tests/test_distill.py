@@ -46,8 +46,7 @@ APPLY = jax.jit(functools.partial(Distiller(**MODEL).apply, capture_intermediate
     module.name == "teacher_image" and method == "__call__")))
 
 
-@pytest.fixture(scope="module")
-def params():
+def random_params():
     """Random values (norm scales around 1) in the model's shapes: nothing to compile."""
     shapes = nn.unbox(jax.eval_shape(Distiller(**MODEL).init, {"params": jax.random.PRNGKey(0)}, clips()))["params"]
     rng = np.random.default_rng(7)
@@ -55,6 +54,11 @@ def params():
     values = {k: (1.0 + 0.1 * rng.standard_normal(v.shape) if k.endswith("scale") else
                   0.3 * rng.standard_normal(v.shape)).astype(np.float32) for k, v in flat.items()}
     return jax.tree.map(jnp.asarray, traverse_util.unflatten_dict(values, sep="/"))
+
+
+@pytest.fixture(scope="module")
+def params():
+    return random_params()
 
 
 # ----------------------------------------------------------------------------------------------------------

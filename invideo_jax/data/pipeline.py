@@ -40,7 +40,8 @@ none), 'targets' float32 (B, num_classes) when num_classes > 0, 'bad' int32 (1 w
 replaced by another example), 'caption' str when the annotations have captions (one drawn at random per
 training clip; the first in evaluation), 'text' int32 (B, text_length) with a tokenizer; with `audio`, 'audio' float32
 (B, audio_frames, audio_mel_bins) of the seconds the clip's frames cover and 'audio_mask' int32 (0 for a video without
-an audio track: zeros, which the model skips); evaluation adds 'video_index' and 'mask' (0 for padding and for bad videos, which evaluation skips).
+an audio track: zeros, which the model skips); evaluation adds 'video_index' and 'mask' (0 for padding and for bad
+videos, which evaluation skips).
 """
 import math
 
@@ -290,17 +291,20 @@ def _tokenized(dataset, cfg, source):
     return dataset.map(TokenizeCaptions(cfg, source)) if cfg.tokenizer else dataset
 
 
-def _process_slice(process_index, process_count) -> tuple[int, int]:
+def process_slice(process_index, process_count) -> tuple[int, int]:
+    """(process_index, process_count), this process's where not given."""
     return (jax.process_index() if process_index is None else process_index,
             jax.process_count() if process_count is None else process_count)
 
 
-def _read_options(cfg, batch_size: int) -> grain.ReadOptions:
+def read_options(cfg, batch_size: int) -> grain.ReadOptions:
+    """grain reading threads and prefetch buffer from the data config."""
     return grain.ReadOptions(num_threads=cfg.threads,
                              prefetch_buffer_size=cfg.prefetch * batch_size)
 
 
-def _with_workers(dataset, cfg):
+def with_workers(dataset, cfg):
+    """`dataset` prefetched by `cfg.workers` grain worker processes (0: as it is)."""
     if not cfg.workers:
         return dataset
     return dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.workers,
@@ -312,17 +316,17 @@ def train_iterator(cfg, *, seed: int, batch_size: int, process_index: int | None
     """An endless iterator of this host's training batches; resumable with get_state/set_state."""
     check_data_config(cfg)
     source = make_source(cfg, "train")
-    process_index, process_count = _process_slice(process_index, process_count)
+    process_index, process_count = process_slice(process_index, process_count)
     host_seed = int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
     dataset = grain.MapDataset.range(len(source))[process_index::process_count]
     if not len(dataset):
         raise ValueError(f"No training examples for host {process_index} of {process_count}")
     dataset = (dataset.seed(host_seed).shuffle().repeat().random_map(TrainExample(source, cfg))
-               .to_iter_dataset(_read_options(cfg, batch_size))
+               .to_iter_dataset(read_options(cfg, batch_size))
                .batch(batch_size, drop_remainder=True))
     if cfg.num_classes:
         dataset = dataset.random_map(MixTargets(cfg), seed=host_seed)
-    return iter(_with_workers(_tokenized(dataset, cfg, source), cfg))
+    return iter(with_workers(_tokenized(dataset, cfg, source), cfg))
 
 
 class EvalViews:
@@ -391,14 +395,14 @@ def eval_iterator(cfg, *, batch_size: int, process_index: int | None = None,
     padding (mask 0) so that every host yields the same number of full batches."""
     check_data_config(cfg)
     source = make_source(cfg, "eval")
-    process_index, process_count = _process_slice(process_index, process_count)
+    process_index, process_count = process_slice(process_index, process_count)
     views = EvalViews(source, cfg)
     num_batches = math.ceil(math.ceil(len(source) / process_count) * views.num_views / batch_size)
     indices = list(range(len(source)))[process_index::process_count]
     indices += [-1] * (math.ceil(num_batches * batch_size / views.num_views) - len(indices))
     dataset = grain.MapDataset.source(indices).map(views).to_iter_dataset(
-        _read_options(cfg, math.ceil(batch_size / views.num_views)))
-    dataset = grain.experimental.FlatMapIterDataset(_with_workers(dataset, cfg),
+        read_options(cfg, math.ceil(batch_size / views.num_views)))
+    dataset = grain.experimental.FlatMapIterDataset(with_workers(dataset, cfg),
                                                     SplitViews(views.num_views))
     return iter(_tokenized(dataset.batch(batch_size, drop_remainder=True), cfg, source))
 

@@ -36,8 +36,8 @@ Not held: the official vision encoder's stage-1 leftovers (`clip_decoder`, `fina
 and the image position table `img_pos_embed` (images are not supported).
 
 Methods (for `apply(..., method=...)`): `encode_video` / `encode_text` (unit features, evaluation),
-`encode_vision` (tokens, pooled, context mask), `text_hidden` (text mode), `video_features` / `text_features` (projections),
-`match` (ITM logits), `mlm_logits`; `__call__` runs all of them once (initialisation).
+`encode_vision` (tokens, pooled, context mask), `text_hidden` (text mode), `video_features` / `text_features`
+(projections), `match` (ITM logits), `mlm_logits`; `__call__` runs all of them once (initialisation).
 """
 from typing import Any, Optional
 

@@ -44,6 +44,12 @@ initialised with the 3-D sin-cos table of the student's pos_embed), `clip_decode
 `teacher_video`. Official names (internvideo.md 2.5): clip_decoder.{i}.head/norm, final_clip_decoder,
 mae_decoder.{i}.head.{0,2}/norm, clip_pos_embed, mae_pos_embed.
 
+`parts`: 'all' (the above); 'teachers' (only `teacher_image` and `teacher_video`: the teachers and the mask, returning
+`visible_idx` and `target`, for pre-computing targets, invideo_jax/precompute_targets.py); 'student' (all but the
+teachers: the student and its heads on stored `visible_idx` and `target`, passed in as `teacher`, so that a train
+state holds no teacher weights). In training each clip's mask is drawn with its own key (`mask_keys`, or keys split
+from the 'mask' rng), so a stored mask depends on its clip's key alone.
+
 Differences from the official code: the teachers are configurable ViTs of our own families (InternViT-6B is
 modelled, not ported: no converter exists yet); `clip_teacher_return_interval` (every n-th teacher layer, used by
 the distilled S/B/L recipe) is not modelled: the last k layers of each are aligned.
@@ -63,6 +69,7 @@ IMAGE_TEACHER_KINDS = ("internvideo2", "vit")
 MASK_SOURCES = ("image_pool", "video_mean", "random")
 MASK_SAMPLING = ("topk", "multinomial")
 DECODER_KINDS = ("linear", "mlp")
+PARTS = ("all", "teachers", "student")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -178,6 +185,7 @@ class Distiller(nn.Module):
     image_decoder: str = "linear"
     video_decoder: str = "mlp"
     head_norm_eps: float = 1e-5
+    parts: str = "all"  # what the module holds and runs (module docstring)
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -186,6 +194,7 @@ class Distiller(nn.Module):
         s = dict(self.student)
         checks = (
             ("teacher_image_kind", self.teacher_image_kind in IMAGE_TEACHER_KINDS, f"one of {IMAGE_TEACHER_KINDS}"),
+            ("parts", self.parts in PARTS, f"one of {PARTS}"),
             ("mask_source", self.mask_source in MASK_SOURCES, f"one of {MASK_SOURCES}"),
             ("mask_sampling", self.mask_sampling in MASK_SAMPLING, f"one of {MASK_SAMPLING}"),
             ("image_decoder", self.image_decoder in DECODER_KINDS, f"one of {DECODER_KINDS}"),
@@ -251,14 +260,29 @@ class Distiller(nn.Module):
 
     # ------------------------------------------------------------------ forward
     @nn.compact
-    def __call__(self, video, *, train: bool = False):
-        self._check(video.shape)
-        b = video.shape[0]
-        grid = self._student_grid()
-        t, h, w = grid
-        frames = video[:, ::self.frame_stride]
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    def __call__(self, video, *, train: bool = False, mask_keys=None, teacher=None):
+        """video (B, T, H, W, C) -> {'visible_idx', 'target'} (parts='teachers') or {'visible_idx', 'pred', 'target',
+        'pooled'}.
 
+        mask_keys: (B,) PRNG keys, one per clip, for the masks drawn in training (pre-computing targets: a clip's
+        mask then depends on its own key alone); None: split from the 'mask' rng.
+        teacher: the teachers' {'visible_idx', 'target'} as parts='teachers' returns them (stored targets); given
+        exactly when parts='student'."""
+        self._check(video.shape)
+        if (teacher is not None) != (self.parts == "student"):
+            raise ValueError(f"Distiller(parts={self.parts!r}): the teachers' outputs are given exactly when "
+                             "parts='student'")
+        frames = video[:, ::self.frame_stride]
+        if teacher is None:
+            teacher = self._teach(video, frames, train, mask_keys)
+        if self.parts == "teachers":
+            return teacher
+        pred, pooled = self._learn(frames, teacher["visible_idx"], teacher["target"], train)
+        return {"visible_idx": teacher["visible_idx"], "pred": pred, "target": teacher["target"], "pooled": pooled}
+
+    def _teach(self, video, frames, train, mask_keys) -> dict:
+        """The visible tokens drawn from the teachers' attention and the teachers' L2-normalised targets on them."""
+        grid = self._student_grid()
         targets, attention = {}, None
         if self.teacher_image:
             image, attention_image = self._image_teacher(frames)
@@ -275,15 +299,7 @@ class Distiller(nn.Module):
                 targets["video_layers"] = hidden
             if self.mask_source == "video_mean":
                 attention = mean_token_attention(hidden[-1], grid)
-
-        keep = self.num_visible
-        if self.mask_source == "random" or attention is None:
-            attention = jnp.ones((b, t, h * w), jnp.float32)
-            sample = train
-        else:
-            sample = train and self.mask_sampling == "multinomial"
-        visible = attention_visible_idx(jax.lax.stop_gradient(attention), keep,
-                                        self.make_rng("mask") if sample else None)
+        visible = self._visible_idx(attention, video.shape[0], train, mask_keys)
 
         gather = lambda x: jnp.take_along_axis(x, visible[None, :, :, None], axis=2)  # (k, B, N, D) -> (k, B, M, D)
         target = {}
@@ -294,8 +310,30 @@ class Distiller(nn.Module):
             target["image_pooled"] = l2_normalize(targets["image_pooled"])
         if self.video_layers:
             target["video_layers"] = l2_normalize(gather(targets["video_layers"]))
+        return {"visible_idx": visible, "target": target}
 
-        # ------------------------------------------------------------ student and heads
+    def _visible_idx(self, attention, batch: int, train: bool, mask_keys):
+        """(B, t*num_visible) patch indices: drawn per clip in training ('multinomial', or uniform for 'random'),
+        else each frame's top-attention (for 'random': first) tokens."""
+        t, h, w = self._student_grid()
+        keep = self.num_visible
+        if self.mask_source == "random" or attention is None:
+            attention = jnp.ones((batch, t, h * w), jnp.float32)
+            sample = train
+        else:
+            sample = train and self.mask_sampling == "multinomial"
+        attention = jax.lax.stop_gradient(attention)
+        if not sample:
+            return attention_visible_idx(attention, keep)
+        keys = jax.random.split(self.make_rng("mask"), batch) if mask_keys is None else mask_keys
+        return jax.vmap(lambda scores, key: attention_visible_idx(scores[None], keep, key)[0])(attention, keys)
+
+    def _learn(self, frames, visible, target, train):
+        """The student on the visible tokens and its heads: (pred, the student's pooled feature). The heads' widths
+        are the targets'."""
+        b = frames.shape[0]
+        grid = self._student_grid()
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         s = dict(self.student)
         depth = s["depth"]
         n_layers = max(self.image_layers, self.video_layers, 1)
@@ -323,7 +361,7 @@ class Distiller(nn.Module):
                 DecoderHead(dim, self.video_decoder, self.head_norm_eps, name=f"mae_decoder_{i}", **kw)(
                     hidden[n_layers - self.video_layers + i][:, 1:] + pos.astype(hidden.dtype))
                 for i in range(self.video_layers)])
-        return {"visible_idx": visible, "pred": pred, "target": target, "pooled": out["pooled"]}
+        return pred, out["pooled"]
 
     def _image_teacher(self, frames):
         """Per-frame teacher: (targets {'image_layers' (k, B, 1 + t*h*w, D), 'image_pooled' (B, P)}, pooling
@@ -382,7 +420,8 @@ class Distiller(nn.Module):
         teacher's) output projections."""
         variables = super().init(rngs, *args, **kwargs)
         params = dict(variables["params"])
-        params["student"] = depth_scaled_init(params["student"])
-        if self.teacher_image and self.teacher_image_kind == "internvideo2":
+        if "student" in params:
+            params["student"] = depth_scaled_init(params["student"])
+        if "teacher_image" in params and self.teacher_image_kind == "internvideo2":
             params["teacher_image"] = depth_scaled_init(params["teacher_image"])
         return {**variables, "params": params}

@@ -6,6 +6,7 @@ restarted in the same workdir resumes from its latest checkpoint, data position 
 checkpoints the current step and exits with PREEMPTED_EXIT_CODE; a non-finite loss or gradient skips the step or
 stops the run (`config.nonfinite`). See docs/fault_tolerance.md.
 """
+import functools
 import json
 import os
 import signal
@@ -175,7 +176,9 @@ def train(config, workdir: str, stop_after: int = 0):
                               batch_stats=variables.get("batch_stats", {}), rng=state_rng)
 
         # ------------------------------------------------------------ data
-        train_iter = pipeline.train_iterator(config.data, seed=config.seed, batch_size=local_batch)
+        # A task may read its batches from elsewhere (distill: stored teacher targets).
+        make_train_iterator = getattr(task, "train_iterator", functools.partial(pipeline.train_iterator, config.data))
+        train_iter = make_train_iterator(seed=config.seed, batch_size=local_batch)
 
         ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints,
                                        save_interval_steps=config.checkpoint_every)

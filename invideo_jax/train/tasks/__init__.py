@@ -6,6 +6,8 @@
   init_from_mapping -> default `init_from.mapping` when restoring an earlier stage (may be empty)
   evaluate(state, predict, mesh) -> dict of metrics over the eval split (optional); it may hold `predictions`,
     a dict of per-video arrays, which the trainer writes to the stage's predictions.npz
+  train_iterator(*, seed, batch_size, process_index=None, process_count=None) -> this host's training batches,
+    resumable (optional; default: the data pipeline's `train_iterator` over `config.data`)
 
 `model_state` is the BatchNorm statistics collection ({} for models without BatchNorm).
 """

@@ -8,13 +8,27 @@ and `video_layers` (the video teacher's last layers). Metrics: `<target>_loss` a
 The teachers are frozen by `config.optim.frozen` (they also run under stop_gradient) and restored by named
 `init_from` sources (`init_from.teacher_image`, `init_from.teacher_video`); a single unnamed source without a
 mapping restores the student of an earlier distillation stage (`student` <- `params/student`).
+
+Stored targets (`config.teacher_targets`: a directory written by `python -m invideo_jax.precompute_targets`, see
+invideo_jax/data/target_cache.py; '' runs the teachers in every step): the batches come from the cache, each clip
+rebuilt from its stored seed with the teachers' targets and visible tokens stored for it, and the model is the
+student-only `Distiller(parts='student')`: no teacher runs, the train state and its checkpoints hold no teacher
+weights, and nothing restores a teacher (configs/internvideo2_distill.py's `targets=DIR` sets the field, freezes
+nothing and drops the teachers' `init_from` sources).
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 
+from invideo_jax.data import pipeline, target_cache
 from invideo_jax.models.distill import Distiller
+from invideo_jax.train import checkpoint
 
 TARGETS = ("image_layers", "image_pooled", "video_layers")
+LAYER_TARGETS = ("image_layers", "video_layers")
+TEACHERS = ("teacher_image", "teacher_video")  # the teachers' params subtrees
+STUDENT_FIELDS = ("student", "image_decoder", "video_decoder", "head_norm_eps")  # Distiller fields no target depends on
 
 
 def cosine_distance(pred, target, eps: float = 1e-6):
@@ -38,6 +52,19 @@ def distill_objective(pred: dict, target: dict, weights) -> tuple:
     return total, dict(metrics, loss=total)
 
 
+def swap_layer_axis(target: dict) -> dict:
+    """Layer targets (k, B, ...) <-> (B, k, ...): the model's layout <-> one row per clip (stored, batched)."""
+    return {name: jnp.swapaxes(x, 0, 1) if name in LAYER_TARGETS else x for name, x in target.items()}
+
+
+def stored_teacher(batch: dict) -> dict:
+    """The teachers' {'visible_idx', 'target'} stored in a batch from a targets cache, in the model's layout."""
+    prefix = target_cache.BATCH_PREFIX
+    fields = {key[len(prefix):]: value for key, value in batch.items() if key.startswith(prefix)}
+    visible = fields.pop("visible_idx")
+    return {"visible_idx": visible, "target": swap_layer_axis(fields)}
+
+
 class Task:
     def __init__(self, config):
         self.config = config
@@ -45,27 +72,67 @@ class Task:
             weight = config.loss.get(name, None)
             if weight is None or weight < 0:
                 raise ValueError(f"config.loss.{name}={weight!r}: expected a weight >= 0")
-        self.model = Distiller(**config.model.kwargs)
+        self.targets_dir = config.get("teacher_targets", "")
+        self.model = Distiller(**config.model.kwargs, parts="student" if self.targets_dir else "all")
+        self.teachers = Distiller(**config.model.kwargs, parts="teachers")  # what pre-computing targets runs
         self.init_from_mapping = {"student": "params/student"}
+        if self.targets_dir:
+            _check_no_teacher_sources(config)
 
     def _rngs(self, rng):
         mask_rng, dropout_rng = jax.random.split(rng)
         return {"mask": mask_rng, "dropout": dropout_rng}
 
+    def targets_fingerprint(self) -> dict:
+        """What the teachers' targets depend on (a targets cache must have been computed for the same)."""
+        teachers = {k: v for k, v in self.config.model.kwargs.to_dict().items() if k not in STUDENT_FIELDS}
+        return target_cache.make_fingerprint(self.config.data, teachers, self.config.seed)
+
+    def train_iterator(self, *, seed: int, batch_size: int, process_index=None, process_count=None):
+        """The data pipeline's training batches, or with `config.teacher_targets` the cache's (clips replayed from
+        their stored seeds, with their stored targets)."""
+        kwargs = dict(seed=seed, batch_size=batch_size, process_index=process_index, process_count=process_count)
+        if not self.targets_dir:
+            return pipeline.train_iterator(self.config.data, **kwargs)
+        return target_cache.train_iterator(self.targets_dir, self.config.data, self.targets_fingerprint(), **kwargs)
+
     def init_variables(self, rng, batch):
-        return self.model.init(dict(self._rngs(rng), params=rng), batch["video"])
+        rngs = dict(self._rngs(rng), params=rng)
+        if not self.targets_dir:
+            return self.model.init(rngs, batch["video"])
+        return self.model.init(rngs, batch["video"], teacher=self._zero_teacher_outputs(batch["video"]))
+
+    def _zero_teacher_outputs(self, video):
+        """Zeros shaped like the teachers' outputs for `video` (they give the student-only model its heads' widths)."""
+        init = functools.partial(self.teachers.init_with_output, jax.random.PRNGKey(0))
+        shapes = jax.eval_shape(lambda v: init(v)[0], jax.ShapeDtypeStruct(video.shape, video.dtype))
+        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+    def _apply(self, params, batch, **kwargs):
+        teacher = stored_teacher(batch) if self.targets_dir else None
+        return self.model.apply({"params": params}, batch["video"], teacher=teacher, **kwargs)
 
     def loss(self, params, model_state, batch, rng):
-        out = self.model.apply({"params": params}, batch["video"], train=True, rngs=self._rngs(rng))
+        out = self._apply(params, batch, train=True, rngs=self._rngs(rng))
         loss, metrics = distill_objective(out["pred"], out["target"], self.config.loss)
         return loss, (metrics, model_state)
 
     def predict(self, params, model_state, batch):
-        """Per clip, each target's mean 2 - 2 cos with the deterministic (top-k) mask."""
-        out = self.model.apply({"params": params}, batch["video"])
+        """Per clip, each target's mean 2 - 2 cos with the deterministic (top-k) mask, or the stored one."""
+        out = self._apply(params, batch)
         result = {}
         for name, pred in out["pred"].items():
             distance, _ = cosine_distance(pred, out["target"][name])
             batch_axis = 0 if name == "image_pooled" else 1
             result[f"{name}_loss"] = distance.mean(axis=tuple(a for a in range(distance.ndim) if a != batch_axis))
         return result
+
+
+def _check_no_teacher_sources(config) -> None:
+    """With stored targets the model has no teachers: an init_from source restoring one is a mistake."""
+    for name, source in checkpoint.init_sources(config.init_from).items():
+        teachers = [t for t in dict(source.get("mapping") or {}) if t.split("/")[0] in TEACHERS]
+        if source["checkpoint"] and teachers:
+            raise ValueError(f"config.init_from{'.' + name if name else ''}.checkpoint is set, but with "
+                             f"config.teacher_targets the model has no teachers ({', '.join(teachers)}): their "
+                             "targets are stored; leave it empty")
