@@ -12,12 +12,15 @@ batch=4096 (global), train_size=1000000 (clips in the list, for the schedule: se
 dtype=bfloat16, audio= (none; `beats_iter3`: the 6B model's BEATs-style audio encoder over 64-bin log-mel of the clip's
 audio track, models/audio.py), audio_frozen=True.
 
-Audio (6B): `audio=beats_iter3` adds the audio encoder to the video side (models/align.py) and turns on `data.audio`
-(each clip's seconds of audio, 998 x 64 log-mel; videos without an audio track skip the branch). The official freezes
-the pre-trained BEATs; released BEATs weights do not convert (models/audio.py: no relative position bias), so restore
-the audio encoder from your own run (an `init_from.audio` source: `{checkpoint: DIR, mapping: {audio_encoder:
-params/audio_encoder}}`) or train it (`audio_frozen=False`). A frozen encoder left at its initialisation is allowed but
-carries no information.
+Audio (6B, `InternVideo2_Stage2_audiovisual`; its pre-training config): `audio=beats_iter3` adds the frozen audio
+encoder, the 768-wide audio-visual context (`av_concat_dim`: vision tokens through `av_concat_vision_proj`, audio
+tokens through `av_concat_audio_proj`) and the audio-visual losses AVTC, AVTM, AVMLM (`loss.av_con`, `av_vtm`,
+`av_mlm`, weight 1 each, on the same captions) beside VTC, VTM, MLM, and turns on `data.audio` (each clip's seconds of
+audio, 998 x 64 log-mel). Examples whose video has no audio track take part in the video losses only. Use it with
+`embed_dim=768` (`contra_dim`), `text_length=40`, `epochs=5`. The official freezes a pre-trained BEATs; released
+BEATs weights do not convert (models/audio.py: no relative position bias), so restore the audio encoder from your own
+run (an `init_from.audio` source: `{checkpoint: DIR, mapping: {audio_encoder: params/audio_encoder}}`) or train it
+(`audio_frozen=False`). A frozen encoder left at its initialisation is allowed but carries no information.
 
 Recipe of the official 1B stage 2 (internvideo.md 1.9, 5.4; multi_modality scripts/pretraining/stage2/1B/config.py):
 4 frames of 224, random masking of 0.8 of the video tokens in training (`only_mask`, no teacher), text encoder
@@ -29,7 +32,7 @@ AdamW (0.9, 0.98), lr 5e-5 (not batch-scaled), wd 0.05, gradient clip 3, cosine 
 to min lr 0.01 x lr, global batch 64 x 64 GPUs = 4096, bf16, gradient checkpointing of the text encoder (the
 official does not checkpoint the 1B vision encoder; `vision_remat=full` if memory needs it); vision drop_path 0.25
 (1B) / 0.3 (6B), hard-coded in the official builders. The 6B run differs by 5 epochs, text length 40, contrastive
-dim 768 and audio (`audio=beats_iter3`). Expected (released s2-1B, 4 frames, zero-shot retrieval R@1 t2v / v2t):
+dim 768 and audio (`audio=beats_iter3`, above). Expected (released s2-1B, 4 frames, zero-shot retrieval R@1 t2v / v2t):
 MSR-VTT 51.9 / 50.9, DiDeMo 57.0 / 54.3, ActivityNet 60.4 / 54.8 (the official numbers re-rank the top 128
 candidates with the ITM head, which our evaluation does not).
 Not given by the reference and chosen here: the training crop (random resized crop, scale 0.5-1, and flip), ImageNet
@@ -58,6 +61,7 @@ BERT_SIZES = {  # official TextEncoders (configs/model.py): bert_large and bert 
     "base": dict(width=768, depth=12, num_heads=12, mlp_dim=3072, fusion_layer=9),
 }
 BERT_VOCAB_SIZE, BERT_MAX_LEN = 30522, 512
+AV_CONCAT_DIM = 768  # the audio-visual model's context width (official 6B stage-2 audio-visual configs)
 
 
 def text_config(size: str = "large", **overrides) -> dict:
@@ -86,8 +90,9 @@ def model_config(size: str = "1B", text: str = "large", frames: int = 4, image_s
     encoder (`audio`: a row of AUDIO_SIZES, or '' for none)."""
     vision = internvideo2.encoder_config(size, frames=frames, image_size=image_size, scan=scan, remat=vision_remat,
                                          drop_path=internvideo2.PRETRAIN_DROP_PATH.get(size, 0.0), dtype=dtype)
+    audio_cfg = audio_config(audio, scan=scan, dtype=dtype)
     return dict(vision_config=vision, text_config=text_config(text, remat=text_remat, dtype=dtype),
-                audio_config=audio_config(audio, scan=scan, dtype=dtype), freeze_audio=audio_frozen,
+                audio_config=audio_cfg, av_concat_dim=AV_CONCAT_DIM if audio_cfg else 0, freeze_audio=audio_frozen,
                 embed_dim=embed_dim, temp_init=0.07, pad_id=0, dtype=dtype)
 
 
@@ -114,8 +119,8 @@ def init_from(vision: str = "", text: str = "", stage1_frames: int = 8, frames: 
 
 def align_fields(c, *, mask_ratio: float = 0.8, mlm_prob: float = 0.5, class_names=(), templates=()):
     """The align task's own fields: loss weights and settings, video token masking, zero-shot prompts."""
-    c.loss = ml_collections.ConfigDict(dict(con=1.0, vtm=1.0, mlm=1.0, mlm_prob=mlm_prob, temp_min=0.001,
-                                            temp_max=0.5, vtm_groups=0))
+    c.loss = ml_collections.ConfigDict(dict(con=1.0, vtm=1.0, mlm=1.0, av_con=1.0, av_vtm=1.0, av_mlm=1.0,
+                                            mlm_prob=mlm_prob, temp_min=0.001, temp_max=0.5, vtm_groups=0))
     c.mask = ml_collections.ConfigDict(dict(ratio=mask_ratio))
     c.zero_shot = ml_collections.ConfigDict(dict(class_names=class_names, templates=templates))
     return c

@@ -42,14 +42,25 @@ def softmax_cross_entropy(logits, targets):
     return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
 
 
-def symmetric_info_nce(logits):
+def symmetric_info_nce(logits, valid=None):
     """(loss, metrics) of video-text logits (B, B) with matching pairs on the diagonal: the mean of the video->text
-    and text->video cross-entropies; metrics: in-batch top-1 retrieval accuracies both ways."""
+    and text->video cross-entropies; metrics: in-batch top-1 retrieval accuracies both ways.
+
+    valid (B,) bool: only those pairs take part (rows averaged, the others' columns never candidates); None: all.
+    """
     labels = jnp.arange(logits.shape[0])
-    video_to_text = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    text_to_video = optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean()
-    metrics = {"video_to_text_accuracy": jnp.mean(jnp.argmax(logits, axis=1) == labels),
-               "text_to_video_accuracy": jnp.mean(jnp.argmax(logits, axis=0) == labels)}
+    weights = jnp.ones(logits.shape[0], jnp.float32) if valid is None else valid.astype(jnp.float32)
+    if valid is not None:
+        pair = (weights[:, None] * weights[None, :]) > 0
+        logits = jnp.where(pair, logits, jnp.where(jnp.eye(len(labels), dtype=bool), 0.0, -1e9))
+
+    def mean(x):
+        return jnp.sum(x * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+    video_to_text = mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+    text_to_video = mean(optax.softmax_cross_entropy_with_integer_labels(logits.T, labels))
+    metrics = {"video_to_text_accuracy": mean(jnp.argmax(logits, axis=1) == labels),
+               "text_to_video_accuracy": mean(jnp.argmax(logits, axis=0) == labels)}
     return (video_to_text + text_to_video) / 2, metrics
 
 
@@ -126,16 +137,16 @@ def clamp_temperature(temp, low: float = 0.001, high: float = 0.5):
     return _clamp(temp, jnp.float32(low), jnp.float32(high))
 
 
-def temperature_contrastive_loss(video_features, text_features, temperature):
+def temperature_contrastive_loss(video_features, text_features, temperature, valid=None):
     """Symmetric InfoNCE with similarities / temperature (InternVideo2 VTC): returns (loss, metrics).
 
     Features are L2-normalised; logits = v @ t.T / temperature over the whole (global) batch, matching pairs on the
     diagonal; the loss averages the video->text and text->video cross-entropies. Unlike `contrastive_loss` the scale
     is not capped at 100 (the stage-2 temperature may go down to 0.001: pass it clamped, `clamp_temperature`).
-    Metrics: in-batch top-1 retrieval accuracies both ways.
+    Metrics: in-batch top-1 retrieval accuracies both ways. `valid`: as `symmetric_info_nce`.
     """
     logits = l2_normalize(video_features) @ l2_normalize(text_features).T / jnp.asarray(temperature, jnp.float32)
-    return symmetric_info_nce(logits)
+    return symmetric_info_nce(logits, valid)
 
 
 def hard_negative_logits(similarity):
@@ -150,7 +161,7 @@ def hard_negative_logits(similarity):
     return jnp.where(jnp.eye(s.shape[-1], dtype=bool), -jnp.inf, s)
 
 
-def sample_hard_negatives(rng, video_features, text_features, temperature, groups: int = 1):
+def sample_hard_negatives(rng, video_features, text_features, temperature, groups: int = 1, valid=None):
     """VTM hard negatives (InternVideo2 `vtm_hard_neg`): (text index for each video, video index for each text),
     int32 (B,) indices into the batch, never the example itself, drawn with probability proportional to the softmax
     of the in-batch similarities without the positive (`hard_negative_logits`); no gradient.
@@ -158,7 +169,8 @@ def sample_hard_negatives(rng, video_features, text_features, temperature, group
     The batch is split into `groups` contiguous groups of B / groups and negatives come from the example's own group:
     the official samples within each GPU's batch, which groups = the number of batch shards reproduces (and keeps
     the gather of the negatives' tokens local to a shard); groups = 1 samples from the whole batch. Needs at least
-    2 examples per group.
+    2 examples per group. valid (B,) bool: only those examples are candidates (a row with no valid candidate in its
+    group samples uniformly among the others); None: all.
     """
     batch = video_features.shape[0]
     if batch % groups or batch // groups < 2:
@@ -171,7 +183,12 @@ def sample_hard_negatives(rng, video_features, text_features, temperature, group
     offset = (jnp.arange(groups) * n)[:, None]
 
     def draw(key, s):
-        return jax.random.categorical(key, hard_negative_logits(s), axis=-1) + offset
+        logits = hard_negative_logits(s)
+        if valid is not None:
+            candidates = (valid.reshape(groups, 1, n) > 0) & jnp.isfinite(logits)
+            logits = jnp.where(jnp.any(candidates, axis=-1, keepdims=True), jnp.where(candidates, logits, -jnp.inf),
+                               jnp.where(jnp.isfinite(logits), 0.0, -jnp.inf))
+        return jax.random.categorical(key, logits, axis=-1) + offset
 
     texts = draw(text_key, sim)  # rows: videos -> one text each
     videos = draw(video_key, jnp.swapaxes(sim, 1, 2))  # rows: texts -> one video each

@@ -28,9 +28,14 @@ unmasked encoder. Not done: the official's re-ranking of the top-k (k_test 128) 
 Captions need a tokenizer with a mask token and a padding id equal to `model.kwargs.pad_id`: 'bert' (the official
 BERT-large-uncased WordPiece vocabulary) or 'words' (the demo's).
 
-Audio (`model.kwargs.audio_config` set, as the 6B model): the batches carry 'audio' and 'audio_mask' (`data.audio`);
-the audio joins the video side of every loss and of the evaluation features (models/align.py). Examples without an
-audio track skip the branch; the audio encoder is frozen (`optim.frozen`, configs/internvideo2_align.py).
+Audio (`model.kwargs.audio_config` set: the 6B `InternVideo2_Stage2_audiovisual`): the batches carry 'audio' and
+'audio_mask' (`data.audio`), and the same three terms run again on the audio-visual side (official AVTC, AVTM,
+AVMLM, weights `loss.av_con`, `loss.av_vtm`, `loss.av_mlm`; metrics prefixed `av_`): the unit
+`av_fusion`([audio_proj, vision_proj]) feature against the captions, hard negatives drawn from its similarities,
+`avtm_head` on the context [audio tokens, vision tokens], MLM conditioned on that context. Only examples with audio
+take part in them (as anchors, candidates and masked tokens; `audio_fraction` says how many had audio); every
+example takes part in the video terms. The audio encoder is frozen (`optim.frozen`, configs/internvideo2_align.py).
+Evaluation adds `retrieval_av/...` on the audio-visual features (a video without audio: its video feature).
 """
 import jax
 import jax.numpy as jnp
@@ -38,12 +43,12 @@ import optax
 
 from invideo_jax import losses, masking, sharding
 from invideo_jax.data.tokenizer import load_tokenizer
-from invideo_jax.models.align import VideoTextAlign
+from invideo_jax.models.align import VideoTextAlign, audio_visual_context
 from invideo_jax.models.audio import AudioTransformer
 from invideo_jax.train.tasks.videotext import evaluate_video_text
 
 TOKENIZERS = ("bert", "words")
-WEIGHTS = ("con", "vtm", "mlm")
+WEIGHTS = ("con", "vtm", "mlm", "av_con", "av_vtm", "av_mlm")
 
 
 def gather_in_groups(x, index, groups: int):
@@ -63,11 +68,14 @@ def interleave(*parts):
     return stacked.reshape(-1, *stacked.shape[2:])
 
 
-def matching_loss(logits, num_parts: int = 3):
-    """2-way cross-entropy of interleaved (positive, negative, negative) pairs' ITM logits: (loss, accuracy)."""
+def matching_loss(logits, weights=None, num_parts: int = 3):
+    """2-way cross-entropy of interleaved (positive, negative, negative) pairs' ITM logits: (loss, accuracy), both
+    averaged over the pairs with weight > 0 (`weights` (len(logits),); None: all)."""
     labels = jnp.tile(jnp.arange(num_parts) == 0, logits.shape[0] // num_parts).astype(jnp.int32)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels).mean()
-    return loss, jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+    weights = jnp.ones(labels.shape, jnp.float32) if weights is None else weights.astype(jnp.float32)
+    count = jnp.maximum(weights.sum(), 1.0)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    return (loss * weights).sum() / count, ((jnp.argmax(logits, axis=-1) == labels) * weights).sum() / count
 
 
 def batch_groups(requested: int, batch: int) -> int:
@@ -163,62 +171,86 @@ class Task:
 
     def loss(self, params, model_state, batch, rng):
         cfg, model = self.config.loss, VideoTextAlign
-        keys = dict(zip(("mask", "negatives", "mlm", "vision", "text", "match", "mlm_dropout"),
-                        jax.random.split(rng, 7)))
+        vision_key, text_key, audio_key, video_key, av_key = jax.random.split(rng, 5)
         variables = {"params": params}
 
-        def run(method, *args, key):
-            return self.model.apply(variables, *args, method=method, train=True, rngs={"dropout": key})
+        def run(method, *args, key, **kwargs):
+            return self.model.apply(variables, *args, method=method, train=True, rngs={"dropout": key}, **kwargs)
 
         video, ids = batch["video"], batch["text"]
-        text_mask = ids != self.model.pad_id
-        tokens, pooled, context_mask = run(model.encode_vision, video,
-                                           self.visible_indices(keys["mask"], video.shape[0]), batch.get("audio"),
-                                           batch.get("audio_mask"), key=keys["vision"])
-        hidden = run(model.text_hidden, ids, text_mask, key=keys["text"])
-        video_features = self.model.apply(variables, pooled, method=model.video_features)
-        text_features = self.model.apply(variables, hidden, method=model.text_features)
+        side = {"ids": ids, "text_mask": ids != self.model.pad_id}
+        tokens, pooled = run(model.encode_vision, video, self.visible_indices(jax.random.fold_in(vision_key, 1),
+                                                                              video.shape[0]), key=vision_key)
+        side["hidden"] = run(model.text_hidden, ids, side["text_mask"], key=text_key)
+        side["text_features"] = self.model.apply(variables, side["hidden"], method=model.text_features)
         temp = losses.clamp_temperature(params["temp"], cfg.temp_min, cfg.temp_max)
-        total = jnp.zeros((), jnp.float32)
-        metrics = {"temperature": temp}
+        video_features = self.model.apply(variables, pooled, method=model.video_features)
+        total, metrics = self._pair_losses(run, side, temp, video_features, tokens, prefix="", head="itm",
+                                           rng=video_key)
+        if self.model.audio_config is not None:
+            audio_tokens, pooled_audio, has_audio = run(model.encode_audio, batch["audio"], batch["audio_mask"],
+                                                        key=audio_key)
+            av_features = self.model.apply(variables, pooled, pooled_audio, method=model.audio_video_features)
+            context, context_mask = audio_visual_context(audio_tokens, has_audio, tokens)
+            av_total, av_metrics = self._pair_losses(run, side, temp, av_features, context, context_mask, has_audio,
+                                                     prefix="av_", head="avtm", rng=av_key)
+            total += av_total
+            metrics.update(av_metrics, audio_fraction=has_audio.mean())
+        metrics["temperature"] = temp
+        return total, (dict(metrics, loss=total), model_state)
 
-        if cfg.con:
-            con, con_metrics = losses.temperature_contrastive_loss(video_features, text_features, temp)
-            total += cfg.con * con
-            metrics.update(con_metrics, con_loss=con)
-        if cfg.vtm:
+    def _pair_losses(self, run, side, temp, features, context, context_mask=None, valid=None, *, prefix: str,
+                     head: str, rng):
+        """The weighted CON, VTM and MLM terms (weights `loss.<prefix>con` ...) of one side: unit `features` (B, E)
+        and fusion `context` (B, N, C) against the captions, matching scored by the `head` ('itm' or 'avtm') head;
+        `valid` (B,) leaves out the other examples (None: all)."""
+        cfg, model = self.config.loss, VideoTextAlign
+        negatives_key, mlm_key, match_key, mlm_dropout_key = jax.random.split(rng, 4)
+        hidden, text_mask, ids = side["hidden"], side["text_mask"], side["ids"]
+        if context_mask is None:
+            context_mask = jnp.ones(context.shape[:2], bool)
+        weights = jnp.ones(ids.shape[0], jnp.float32) if valid is None else valid.astype(jnp.float32)
+        total, metrics = jnp.zeros((), jnp.float32), {}
+        if cfg[prefix + "con"]:
+            con, con_metrics = losses.temperature_contrastive_loss(features, side["text_features"], temp, valid)
+            total += cfg[prefix + "con"] * con
+            metrics.update({prefix + k: v for k, v in con_metrics.items()})
+            metrics[prefix + "con_loss"] = con
+        if cfg[prefix + "vtm"]:
             groups = batch_groups(cfg.vtm_groups, ids.shape[0])
-            neg_text, neg_video = losses.sample_hard_negatives(keys["negatives"], video_features, text_features,
-                                                               temp, groups)
+            neg_text, neg_video = losses.sample_hard_negatives(negatives_key, features, side["text_features"], temp,
+                                                               groups, valid)
             # pairs (video i, text i), (negative video of text i, text i), (video i, negative text of video i)
             logits = run(model.match,
                          interleave(hidden, hidden, gather_in_groups(hidden, neg_text, groups)),
                          interleave(text_mask, text_mask, gather_in_groups(text_mask, neg_text, groups)),
-                         interleave(tokens, gather_in_groups(tokens, neg_video, groups), tokens),
+                         interleave(context, gather_in_groups(context, neg_video, groups), context),
                          interleave(context_mask, gather_in_groups(context_mask, neg_video, groups), context_mask),
-                         key=keys["match"])
-            vtm, vtm_accuracy = matching_loss(logits)
-            total += cfg.vtm * vtm
-            metrics.update(vtm_loss=vtm, vtm_accuracy=vtm_accuracy)
-        if cfg.mlm:
+                         head=head, key=match_key)
+            vtm, vtm_accuracy = matching_loss(logits, interleave(weights, weights, weights))
+            total += cfg[prefix + "vtm"] * vtm
+            metrics.update({prefix + "vtm_loss": vtm, prefix + "vtm_accuracy": vtm_accuracy})
+        if cfg[prefix + "mlm"]:
             tokenizer = self.tokenizer()
             corrupted, selected = losses.mlm_inputs(
-                keys["mlm"], ids, mask_prob=cfg.mlm_prob, mask_id=tokenizer.mask_id,
+                mlm_key, ids, mask_prob=cfg.mlm_prob, mask_id=tokenizer.mask_id,
                 vocab_size=self.model.text_config["vocab_size"],
                 special_ids=(tokenizer.pad_id, tokenizer.start_id, tokenizer.end_id))
-            logits = run(model.mlm_logits, corrupted, text_mask, tokens, context_mask, key=keys["mlm_dropout"])
-            mlm, mlm_accuracy = losses.caption_loss(logits, ids, selected)
-            total += cfg.mlm * mlm
-            metrics.update(mlm_loss=mlm, mlm_accuracy=mlm_accuracy)
-        return total, (dict(metrics, loss=total), model_state)
+            logits = run(model.mlm_logits, corrupted, text_mask, context, context_mask, key=mlm_dropout_key)
+            mlm, mlm_accuracy = losses.caption_loss(logits, ids, selected & (weights[:, None] > 0))
+            total += cfg[prefix + "mlm"] * mlm
+            metrics.update({prefix + "mlm_loss": mlm, prefix + "mlm_accuracy": mlm_accuracy})
+        return total, metrics
 
     # ---------------------------------------------------------------- evaluation
     def predict(self, params, model_state, batch):
-        variables = {"params": params}
-        video = self.model.apply(variables, batch["video"], batch.get("audio"), batch.get("audio_mask"),
-                                 method=VideoTextAlign.encode_video)
-        text = self.model.apply(variables, batch["text"], method=VideoTextAlign.encode_text)
-        return {"video_features": video, "text_features": text}
+        model, variables = VideoTextAlign, {"params": params}
+        out = {"video_features": self.model.apply(variables, batch["video"], method=model.encode_video),
+               "text_features": self.model.apply(variables, batch["text"], method=model.encode_text)}
+        if self.model.audio_config is not None:
+            out["audio_video_features"] = self.model.apply(variables, batch["video"], batch["audio"],
+                                                           batch["audio_mask"], method=model.encode_audio_video)
+        return out
 
     def encode_text(self, params, batch_stats, ids):
         """Unit text features (N, E) of token ids (zero-shot prompts)."""

@@ -98,23 +98,31 @@ def evaluate_video_text(state, predict, mesh, config, encode_text, tokenizer) ->
     """Retrieval (plain and dual-softmax) and, with `config.zero_shot.class_names`, zero-shot classification on the
     eval split; shared by the video-text tasks (videotext, align).
 
-    `predict` gives per-view `video_features` and `text_features`; each video's views' unit features are averaged
-    and normalised, and its first caption is its text. `encode_text(params, batch_stats, ids)` -> (N, E) text
+    `predict` gives per-view `video_features` and `text_features` (and optionally `audio_video_features`, reported
+    as `retrieval_av/...`); each video's views' unit features are averaged and normalised, and its first caption is
+    its text. `encode_text(params, batch_stats, ids)` -> (N, E) text
     features of the zero-shot prompts, `tokenizer()` -> the data's tokenizer (called only for zero-shot).
     """
     views = list(loop.predictions(state, predict, config, mesh))
     out = {k: np.concatenate([v[k] for v in views]) for k in views[0]}
     keep = out["mask"] > 0
     videos, first_view, view_video = np.unique(out["video_index"][keep], return_index=True, return_inverse=True)
-    video = np.zeros((len(videos), out["video_features"].shape[-1]))
-    np.add.at(video, view_video, zero_shot.l2_normalize(out["video_features"][keep]))
-    video = zero_shot.l2_normalize(video)  # the mean of the views' unit features, normalised
+
+    def per_video(features):  # the mean of each video's views' unit features, normalised
+        pooled = np.zeros((len(videos), features.shape[-1]))
+        np.add.at(pooled, view_video, zero_shot.l2_normalize(features[keep]))
+        return zero_shot.l2_normalize(pooled)
+
+    video = per_video(out["video_features"])
     text = zero_shot.l2_normalize(out["text_features"][keep][first_view])
-    similarity = text @ video.T
     result = {"num_videos": len(videos)}
-    for prefix, dual_softmax in (("retrieval", False), ("retrieval_dsl", True)):
-        metrics = retrieval.retrieval_metrics(similarity, np.arange(len(videos)), dual_softmax=dual_softmax)
-        result.update({f"{prefix}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+    sides = [("", video)]
+    if "audio_video_features" in out:  # the align task with audio: retrieval of the audio-visual features too
+        sides.append(("_av", per_video(out["audio_video_features"])))
+    for side, features in sides:
+        for prefix, dual_softmax in (("retrieval", False), ("retrieval_dsl", True)):
+            metrics = retrieval.retrieval_metrics(text @ features.T, np.arange(len(videos)), dual_softmax=dual_softmax)
+            result.update({f"{prefix}{side}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
     zs = config.zero_shot
     if zs.class_names:
         labels = out["label"][keep][first_view]
