@@ -301,8 +301,8 @@ def test_errors_name_the_keys():
     assert "unexpected keys:\n    blocks.2.norm1.weight (32,)" in message
     with pytest.raises(ConversionError, match="into the stage-2 VideoTextAlign"):
         convert.load_variables(state, model, "internvideo2_stage2")
-    with pytest.raises(ValueError, match="unknown InternVideo2 checkpoint format 'internvideo2_clip'"):
-        convert.to_state_dict({"params": {}}, "internvideo2_clip")
+    with pytest.raises(ValueError, match="unknown InternVideo2 checkpoint format 'internvideo2_av'"):
+        convert.to_state_dict({"params": {}}, "internvideo2_av")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -457,6 +457,44 @@ def test_cli_converts_a_finetuned_file(tmp_path, capsys):
     with pytest.raises(ValueError, match="needs a config file"):
         cli.build_model(args)
     assert cli.main(["--format=internvideo2_stage2", "--model=1B", "--input=x", "--output=y"]) == 2
+
+
+def test_clip_variant_file_replaces_the_attention_pooler(tmp_path, capsys):
+    """The InternVideo2-CLIP extra file (its post-trained `vision_encoder.clip_projector.*` and keys of a text tower
+    we have no model for), through the CLI: the checkpoint holds only `clip_projector`; over an encoder converted
+    from another file, the pooled feature equals the float64 official forward of that file with this pooler."""
+    base = official_vision(seed=0)
+    pooler = {k: v for k, v in official_vision(seed=5).items() if k.startswith("clip_projector.")}
+    clip_file = {f"vision_encoder.{k}": v for k, v in pooler.items()}
+    clip_file.update({"text_encoder.text_projection": np.ones((8, 4), np.float32),
+                      "text_encoder.transformer.layers.0.attention.wq.lora_A": np.ones((2, 8), np.float32),
+                      "temp": np.asarray(0.01, np.float32)})
+    path = tmp_path / "clip.pth.safetensors"
+    safetensors.numpy.save_file(clip_file, str(path))
+    out = tmp_path / "clip"
+    args = ["--format=internvideo2_clip", "--model=S", f"--input={path}", f"--output={out}"]
+    size = cli.build_model(cli.parse_args(args))
+    assert isinstance(size, InternVideo2) and size.num_frames == 8
+    model = encoder()
+    variables, report = convert.load_variables(clip_file, model, "internvideo2_clip")
+    assert set(variables["params"]) == {"clip_projector"} and len(report.dropped) == 3
+    assert same_state(convert.to_state_dict(variables, "internvideo2_clip"), {k: clip_file[k] for k in clip_file
+                                                                              if k.startswith("vision_encoder.")})
+    merged, _ = convert.load_variables(base, model)
+    merged["params"]["clip_projector"] = variables["params"]["clip_projector"]
+    pooled = jax.jit(model.apply)(merged, clips())["pooled"]
+    max_err("pooled", pooled, official_forward({**base, **pooler}, clips())[1])
+    with pytest.raises(ConversionError, match="clip_projector.cross_attn.q.weight"):
+        convert.load_variables({k: v for k, v in clip_file.items() if not k.endswith("cross_attn.q.weight")}, model,
+                               "internvideo2_clip")
+    with pytest.raises(ConversionError, match="into an InternVideo2 encoder"):
+        convert.load_variables(clip_file, align(), "internvideo2_clip")
+    # the CLI writes it as a checkpoint (the tiny config's classifier: only its clip_projector is converted)
+    config = tmp_path / "tiny_iv2.py"
+    config.write_text(CLASSIFIER_CONFIG)
+    assert cli.main(["--format=internvideo2_clip", f"--config={config}", f"--input={path}", f"--output={out}"]) == 0
+    assert "dropped 3 checkpoint keys" in capsys.readouterr().out
+    assert same(restore(out), variables)
 
 
 def test_bert_hf_into_the_align_text_encoder_equals_the_stage2_text_part(tmp_path):

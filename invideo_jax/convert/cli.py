@@ -5,11 +5,12 @@ python -m invideo_jax.convert.cli --format=videomae_hf --model=B/16 --kind=finet
 python -m invideo_jax.convert.cli --format=clip_hf --model=configs/internvideo_mm_pretrain.py:B/16 --input=F ...
 python -m invideo_jax.convert.cli --format=internvideo2 --model=1B --num_frames=8 --input=F --output=DIR
 python -m invideo_jax.convert.cli --format=internvideo2_stage2 --model=configs/internvideo2_align.py:1B --input=F ...
+python -m invideo_jax.convert.cli --format=internvideo2_clip --model=1B --input=F --output=DIR
 python -m invideo_jax.convert.cli --format=bert_hf --model=configs/internvideo2_align.py:1B --input=F ...
 
 `--model` is a training config file `PATH[:ARG]` (the model its task builds, so scanning matches the run that
 restores it) or a preset: for the VideoMAE formats `SIZE/PATCH`, for `internvideo2` an InternVideo2 size (S, B, L,
-1B, 6B; the encoder, or a classifier with --num_classes). `bert_hf` converts into the text encoder of the config's
+1B, 6B; the encoder, or a classifier with --num_classes; `internvideo2_clip` writes only its `clip_projector`). `bert_hf` converts into the text encoder of the config's
 model (a VideoTextAlign: BERT with its fusion layers, whose cross-attention starts at init). The output is step 0 of
 `CheckpointManager(DIR, item_names=('state',))` holding {'params': ...} (and 'batch_stats' for UniFormerV2 models
 with local UniBlocks).
@@ -28,7 +29,7 @@ from invideo_jax.models.vit import VisionTransformer
 
 BERT_FORMATS = ("bert_hf",)  # convert/bert.py's `internvideo2` text-only reading is part of internvideo2_stage2
 FORMATS = tuple(sorted([*videomae.FORMATS, *clip.FORMATS, *internvideo2.FORMATS, *BERT_FORMATS]))
-DEFAULT_FRAMES = {"internvideo2": 8}  # preset --num_frames by format (else 16)
+DEFAULT_FRAMES = {"internvideo2": 8, "internvideo2_clip": 8}  # preset --num_frames by format (else 16)
 
 
 def parse_args(argv):
@@ -71,7 +72,7 @@ def build_model(args):
                          "configs/uniformerv2_finetune.py:B/16, configs/internvideo_mm_pretrain.py:B/16 or "
                          "configs/internvideo2_align.py:1B")
     frames = args.num_frames or DEFAULT_FRAMES.get(args.format, 16)
-    if args.format == "internvideo2":
+    if args.format in ("internvideo2", "internvideo2_clip"):
         from configs import internvideo2 as iv2_sizes
         return InternVideo2(**iv2_sizes.encoder_config(args.model, frames=frames, image_size=args.image_size,
                                                        scan=args.scan, num_classes=args.num_classes))
@@ -91,7 +92,8 @@ def text_encoder(model) -> Bert:
         return model
     if isinstance(model, VideoTextAlign):
         kw = dict(dtype=model.dtype, param_dtype=model.param_dtype)
-        return Bert(**dict(kw, **model.text_config, encoder_width=model.vision_config["width"], mlm_head=True))
+        return Bert(**dict(kw, **model.text_config, encoder_width=model.av_concat_dim or model.vision_config["width"],
+                            mlm_head=True))
     raise ValueError(f"--format=bert_hf converts into a BERT text encoder; this config builds a "
                      f"{type(model).__name__} (use e.g. configs/internvideo2_align.py:1B)")
 

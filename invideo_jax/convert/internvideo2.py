@@ -11,6 +11,14 @@ Formats:
   internvideo2_stage2  multi_modality stage-2 files (`InternVideo2-stage2_1b-224p-f4.pt`, ...) <-> `VideoTextAlign`:
                        `vision_encoder.*` (the encoder above), `text_encoder.bert.*` / `text_encoder.cls.*` (the BERT
                        rules of convert/bert.py), `vision_proj`, `text_proj`, `itm_head`, `temp`.
+  internvideo2_clip    the InternVideo2-CLIP extra file (`InternVideo2-CLIP-1B-224p-f8.pth`, ~14 MB): the attention
+                       pooler it post-trained (`vision_encoder.clip_projector.*`) -> `params/clip_projector` of an
+                       `InternVideo2` encoder, and nothing else (its other keys -- the InternVL-C LLaMA text tower's
+                       LoRA / projection, `temp` -- have no model here and are dropped, listed). The official CLIP
+                       model loads the stage-2 vision encoder, then this file over it; here: convert the stage-2 file,
+                       then restore this checkpoint's `params/clip_projector` over the encoder's with a second
+                       `init_from` source (docs/checkpoints.md). Video features are then the CLIP model's (InternVL-C
+                       text space).
 
 Layouts (ours <- official): Conv3d patch weight (D, 3, 1, p, p) -> kernel (1, p, p, 3, D); fused `attn.qkv.weight`
 (3D, D), rows [q; k; v], no bias -> qkv kernel (D, 3, heads, hd); `attn.proj` -> (heads, hd, D); RMSNorm `norm1`,
@@ -98,6 +106,7 @@ STAGE2 = [
 TEXT_TIED = {"text_encoder." + k: ("text_encoder.bert." if v.startswith("embeddings.") else "text_encoder.") + v
              for k, v in bert.TIED.items()}
 FORMATS = {
+    "internvideo2_clip": Format(rules=tuple(scoped(POOL, "params/clip_projector/", "vision_encoder.clip_projector."))),
     "internvideo2": Format(
         rules=tuple(scoped([*ENCODER, *HEAD, *scoped(ENCODER, "student/", ""), *DISTILL_HEADS], "params/", ""))),
     "internvideo2_stage2": Format(
@@ -107,6 +116,7 @@ FORMATS = {
 # Checkpoint keys a target may have no place for: dropped (and listed) unless one of our params matches the regex
 # paired with them (None: never held).
 OPTIONAL = {
+    "internvideo2_clip": ((r"^(?!vision_encoder\.clip_projector\.)", None),),
     "internvideo2": (
         (r"^clip_decoder\.", r"^params/clip_decoder_\d+/"),
         (r"^final_clip_decoder\.", r"^params/final_clip_decoder/"),
@@ -171,18 +181,25 @@ def model_inputs(model) -> tuple:
     return (video, jnp.zeros((1, 2), jnp.int32)) if isinstance(model, VideoTextAlign) else (video,)
 
 
-def expected_variables(model) -> dict:
-    """The abstract {'params': ...} this format converts: the whole model, except a Distiller's teachers."""
+def expected_variables(model, fmt: str = "internvideo2") -> dict:
+    """The abstract {'params': ...} this format converts: the whole model, except a Distiller's teachers (the
+    CLIP file: the encoder's `clip_projector` only)."""
     variables = common.abstract_variables(model, *model_inputs(model))
-    if isinstance(model, Distiller):
-        variables = {**variables, "params": {k: v for k, v in variables["params"].items() if k not in TEACHERS}}
-    return variables
+    params = variables["params"]
+    if fmt == "internvideo2_clip":
+        params = {"clip_projector": params["clip_projector"]}
+    elif isinstance(model, Distiller):
+        params = {k: v for k, v in params.items() if k not in TEACHERS}
+    return {**variables, "params": params}
 
 
 def _check_target(model, fmt: str) -> None:
     if fmt == "internvideo2_stage2" and not isinstance(model, VideoTextAlign):
         raise ConversionError(f"--format=internvideo2_stage2 converts into the stage-2 VideoTextAlign "
                               f"(configs/internvideo2_align.py), not a {type(model).__name__}")
+    if fmt == "internvideo2_clip" and not isinstance(model, InternVideo2):
+        raise ConversionError(f"--format=internvideo2_clip converts the attention pooler into an InternVideo2 encoder "
+                              f"(--model=1B), not a {type(model).__name__}")
     if fmt == "internvideo2" and not isinstance(model, (InternVideo2, Distiller)):
         raise ConversionError(
             f"--format=internvideo2 converts into an InternVideo2 encoder / classifier or the stage-1 Distiller, "
@@ -205,7 +222,7 @@ def load_variables(checkpoint, model, fmt: str = "internvideo2", drop=(), initia
     _check_target(model, fmt)
     state = common.load_file(os.fspath(checkpoint)) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
     state = common.normalize_keys(state, base)
-    expected = expected_variables(model)
+    expected = expected_variables(model, fmt)
     wanted = common.flatten(jax.eval_shape(common.scan_to_loop, expected))
     drop = list(drop)
     if fmt == "internvideo2_stage2":
@@ -244,6 +261,8 @@ def to_state_dict(variables, fmt: str = "internvideo2") -> dict:
     if "params" not in variables:
         variables = {"params": variables}
     params = {k: v for k, v in variables["params"].items() if k not in TEACHERS}
+    if fmt == "internvideo2_clip":
+        params = {"clip_projector": params["clip_projector"]}
     out = common.export({"params": params}, _format(fmt))
     if fmt == "internvideo2_stage2":
         out.update((tied, out[source].copy()) for tied, source in TEXT_TIED.items() if source in out)
