@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 WORKDIR ?= runs/demo
+# pytest-xdist processes (each with 8 simulated devices and up to ~4.5 GB of memory)
+TEST_WORKERS ?= 2
 
 .PHONY: demo test venv clean
 
@@ -21,10 +23,10 @@ demo: venv
 	$(BIN)/python -m invideo_jax.main --config=configs/demo.py --workdir=$(WORKDIR)
 
 test: venv
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" tests
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not slow" tests
 
 test-all: venv
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) tests
 
 clean:
 	rm -rf $(VENV) runs

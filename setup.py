@@ -25,7 +25,7 @@ INSTALL_REQUIRES = [
 EXTRAS_REQUIRE = {
     # torch is a test/conversion dependency only; install torch==2.13.0 FIRST
     # (the CPU wheel), see the Makefile.
-    "test": ["pytest==9.2.0", "torch==2.13.0"],
+    "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "torch==2.13.0"],
     "convert": ["torch==2.13.0"],
 }
 
