@@ -132,7 +132,8 @@ def _align(arg):
                                   max_len=16, type_vocab_size=2))
     names, templates = synthetic.zero_shot_prompts()
     c = common.train_config("align", model, model_name="align")
-    c = internvideo2_align.align_fields(c, mask_ratio=0.5, mlm_prob=0.5, class_names=names, templates=templates)
+    c = internvideo2_align.align_fields(c, mask_ratio=0.5, mlm_prob=0.5, rerank_k=16, class_names=names,
+                                        templates=templates)
     c = _captions(_data(c, arg, num_classes=0), normalize="imagenet")
     c.data.update(dict(num_frames=4, sampling_rate=4))
     c.total_steps = arg.iv2_align_steps

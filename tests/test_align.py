@@ -105,6 +105,20 @@ def test_con_equals_contrastive_loss_at_the_same_temperature(task_and_params):
 
 
 # ---------------------------------------------------------------- VTM
+def test_rerank_match_logits_and_predict_outputs(task_and_params):
+    """The re-ranking's padded, jitted matching head equals the model's `match` on the same (caption, video) pairs;
+    `predict` gives the context tokens and caption states it needs."""
+    task, params, batch = task_and_params
+    out = jax.jit(task.predict)(params, {}, batch)
+    assert {"context", "text_hidden", "text_mask"} <= set(out) and out["context"].shape[0] == 4
+    texts, videos = np.array([0, 2, 3]), np.array([1, 1, 0])
+    hidden, mask, context = (np.asarray(out[k])[i] for k, i in (("text_hidden", texts), ("text_mask", texts),
+                                                                   ("context", videos)))
+    scores = task.match_logits(params, hidden, mask, context)
+    want = task.model.apply({"params": params}, hidden, mask, context, method=VideoTextAlign.match)[:, 1]
+    np.testing.assert_allclose(scores, want, rtol=1e-5, atol=1e-6)
+
+
 def test_hard_negatives_never_pick_the_positive_and_follow_the_similarities():
     rng = np.random.default_rng(0)
     v, t, temp = rng.normal(size=(5, 8)), rng.normal(size=(5, 8)), 0.3

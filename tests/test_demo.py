@@ -24,6 +24,8 @@ def test_shortened_demo_end_to_end(tmp_path):
     for stage in ("multimodal", "iv2_align"):
         with open(tmp_path / stage / "summary.json") as f:
             assert {"zero_shot/top1", "retrieval/t2v_r1", "retrieval_dsl/t2v_r1"} <= set(json.load(f)["eval"])
+    with open(tmp_path / "iv2_align" / "summary.json") as f:
+        assert json.load(f)["eval"]["retrieval_match/k"] == 16  # re-ranked by the matching head
     report = (tmp_path / "report.md").read_text()
     assert "| finetune | 4 |" in report and "| scratch | 4 |" in report
     assert "## Video-text evaluation" in report and "| multimodal |" in report and "| iv2_align |" in report

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from invideo_jax.evaluate.retrieval import retrieval_metrics
+from invideo_jax.evaluate.retrieval import rerank_top_k, retrieval_metrics
 
 
 def brute_force(sim, text_to_video):
@@ -118,3 +118,44 @@ def test_bad_inputs():
         retrieval_metrics(np.zeros((3, 2)), [0, 1])
     with pytest.raises(ValueError, match="video indices"):
         retrieval_metrics(np.zeros((2, 2)), [0, 2])
+
+
+def test_matching_rerank_scores_each_directions_top_k_once():
+    rng = np.random.default_rng(0)
+    sim = rng.normal(size=(6, 5))
+    match = rng.normal(size=(6, 5))  # the cross-encoder's score of every (text, video) pair
+    calls = []
+
+    def pair_scores(texts, videos):
+        calls.extend(zip(texts.tolist(), videos.tolist()))
+        assert len(texts) <= 4
+        return match[texts, videos]
+
+    t2v, v2t = rerank_top_k(sim, 2, pair_scores, batch=4)
+    assert len(calls) == len(set(calls))  # each distinct pair scored once
+    for i in range(6):  # each text: its 2 most similar videos carry their match scores, the others -inf
+        top = set(np.argsort(-sim[i])[:2])
+        assert {v for v in range(5) if np.isfinite(t2v[i, v])} == top
+        assert all(t2v[i, v] == match[i, v] for v in top)
+    for v in range(5):  # each video: its 2 most similar texts
+        top = set(np.argsort(-sim[:, v])[:2])
+        assert {i for i in range(6) if np.isfinite(v2t[i, v])} == top
+        assert all(v2t[i, v] == match[i, v] for i in top)
+    assert set(calls) == {(i, v) for i in range(6) for v in range(5) if np.isfinite(t2v[i, v]) or np.isfinite(v2t[i, v])}
+
+
+def test_matching_rerank_reorders_within_k_and_ranks_the_rest_after():
+    # text 0's caption video (0) is 2nd by similarity and 1st by matching; text 1's (1) is 3rd: outside k = 2
+    sim = np.array([[0.5, 0.9, 0.1],
+                    [0.9, 0.1, 0.5],
+                    [0.1, 0.2, 0.9]])
+    match = np.array([[5.0, 1.0, 0.0],
+                      [1.0, 9.0, 2.0],
+                      [0.0, 0.0, 3.0]])
+    t2v, v2t = rerank_top_k(sim, 2, lambda t, v: match[t, v])
+    results = retrieval_metrics(t2v, [0, 1, 2], v2t_similarity=v2t)
+    assert results["rerank"] == "match"
+    # t2v ranks: 1 (re-ranked), 3 (k + 1: not among the top 2), 1
+    check_equal(results, {"t2v_r1": 200 / 3, "t2v_meanr": 5 / 3})
+    with pytest.raises(ValueError, match="dual softmax"):
+        retrieval_metrics(t2v, [0, 1, 2], v2t_similarity=v2t, dual_softmax=True)

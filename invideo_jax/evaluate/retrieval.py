@@ -19,6 +19,10 @@ The official code does this on its logit-scaled similarities. InternVideo1 scale
 exp(logit_scale), 100 for a CLIP logit scale: temperature=0.01 (the default) on cosine similarities
 gives its ranks. InternVideo2 applies it to raw cosines: temperature=1. InternVideo1's reported
 zero-shot retrieval numbers used DSL (OpenGVLab/InternVideo#32), so results state the re-ranking.
+
+Matching re-ranking (InternVideo2 `evaluation`, k_test): each text's k most similar videos and each video's k most
+similar texts are scored again by a cross-encoder (the matching head's "match" logit); the other pairs rank below
+them (`rerank_top_k`, then `retrieval_metrics(t2v_scores, ..., v2t_similarity=v2t_scores)`).
 """
 import numpy as np
 
@@ -26,9 +30,10 @@ from invideo_jax.evaluate.multiview import softmax
 
 
 def retrieval_metrics(similarity, text_to_video, *, dual_softmax: bool = False,
-                      temperature: float = 0.01) -> dict:
-    """t2v_/v2t_ r1, r5, r10 (percent), medr, meanr, and 'rerank' ('dual_softmax' or 'none'; with
-    DSL also 'temperature')."""
+                      temperature: float = 0.01, v2t_similarity=None) -> dict:
+    """t2v_/v2t_ r1, r5, r10 (percent), medr, meanr, and 'rerank' ('dual_softmax', 'match' or 'none'; with
+    DSL also 'temperature'). `v2t_similarity` (num_texts, num_videos): other scores for video-to-text (matching
+    re-ranking scores each direction's own top k)."""
     sim = np.asarray(similarity, np.float64)
     text_to_video = np.asarray(text_to_video)
     if sim.ndim != 2 or text_to_video.shape != sim.shape[:1]:
@@ -38,6 +43,10 @@ def retrieval_metrics(similarity, text_to_video, *, dual_softmax: bool = False,
     if text_to_video.min(initial=0) < 0 or text_to_video.max(initial=0) >= num_videos:
         raise ValueError(f"text_to_video must hold video indices in [0, {num_videos})")
     t2v = v2t = sim
+    if v2t_similarity is not None:
+        if dual_softmax:
+            raise ValueError("v2t_similarity comes from a re-ranking; dual softmax is another")
+        v2t = np.asarray(v2t_similarity, np.float64)
     if dual_softmax:
         t2v = sim * softmax(sim.T / temperature).T
         v2t = sim * softmax(sim / temperature)
@@ -46,7 +55,7 @@ def retrieval_metrics(similarity, text_to_video, *, dual_softmax: bool = False,
     results = {
         **_summary("t2v", _ranks(t2v, np.arange(num_videos)[None, :] == text_to_video[:, None])),
         **_summary("v2t", _ranks(v2t.T[captioned], captions[captioned])),
-        "rerank": "dual_softmax" if dual_softmax else "none",
+        "rerank": "dual_softmax" if dual_softmax else "match" if v2t_similarity is not None else "none",
     }
     if dual_softmax:
         results["temperature"] = temperature
@@ -64,3 +73,24 @@ def _summary(prefix: str, ranks: np.ndarray) -> dict:
     results[f"{prefix}_medr"] = float(np.median(ranks))
     results[f"{prefix}_meanr"] = float(np.mean(ranks))
     return results
+
+
+def rerank_top_k(similarity, k: int, pair_scores, batch: int = 32):
+    """(t2v, v2t) scores (num_texts, num_videos): each text's top-k videos (t2v) and each video's top-k texts (v2t)
+    by `similarity` get `pair_scores(text_indices, video_indices)` (arrays of `batch` pairs or fewer), every other
+    pair -inf. Each distinct pair is scored once."""
+    sim = np.asarray(similarity)
+    num_texts, num_videos = sim.shape
+    top_videos = np.argsort(-sim, axis=1, kind="stable")[:, :min(k, num_videos)]
+    top_texts = np.argsort(-sim, axis=0, kind="stable")[:min(k, num_texts)]
+    t2v_pairs = np.stack([np.repeat(np.arange(num_texts), top_videos.shape[1]), top_videos.ravel()], axis=1)
+    v2t_pairs = np.stack([top_texts.ravel(), np.tile(np.arange(num_videos), top_texts.shape[0])], axis=1)
+    pairs = np.unique(np.concatenate([t2v_pairs, v2t_pairs]), axis=0)
+    scores = np.full(sim.shape, np.nan)
+    for start in range(0, len(pairs), batch):
+        chunk = pairs[start:start + batch]
+        scores[chunk[:, 0], chunk[:, 1]] = np.asarray(pair_scores(chunk[:, 0], chunk[:, 1]))
+    t2v, v2t = np.full(sim.shape, -np.inf), np.full(sim.shape, -np.inf)
+    t2v[t2v_pairs[:, 0], t2v_pairs[:, 1]] = scores[t2v_pairs[:, 0], t2v_pairs[:, 1]]
+    v2t[v2t_pairs[:, 0], v2t_pairs[:, 1]] = scores[v2t_pairs[:, 0], v2t_pairs[:, 1]]
+    return t2v, v2t

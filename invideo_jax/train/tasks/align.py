@@ -23,7 +23,9 @@ the negatives' tokens are then gathered without leaving the device); 1 samples f
 
 Evaluation (the videotext task's `evaluate_video_text`): text->video / video->text retrieval, plain and with
 dual-softmax re-ranking, and zero-shot classification from `config.zero_shot` prompts, on the unit features of the
-unmasked encoder. Not done: the official's re-ranking of the top-k (k_test 128) candidates with the ITM head.
+unmasked encoder; with `config.rerank.k` > 0 also the official matching re-ranking (k_test: each text's top-k
+videos and each video's top-k texts scored by the `itm_head` match logit, `retrieval_match/...`; the official's
+reported numbers use it with k = 128). The audio-visual side is not re-ranked.
 
 Captions need a tokenizer with a mask token and a padding id equal to `model.kwargs.pad_id`: 'bert' (the official
 BERT-large-uncased WordPiece vocabulary) or 'words' (the demo's).
@@ -37,17 +39,21 @@ take part in them (as anchors, candidates and masked tokens; `audio_fraction` sa
 example takes part in the video terms. The audio encoder is frozen (`optim.frozen`, configs/internvideo2_align.py).
 Evaluation adds `retrieval_av/...` on the audio-visual features (a video without audio: its video feature).
 """
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from invideo_jax import losses, masking, sharding
 from invideo_jax.data.tokenizer import load_tokenizer
 from invideo_jax.models.align import VideoTextAlign, audio_visual_context
 from invideo_jax.models.audio import AudioTransformer
-from invideo_jax.train.tasks.videotext import evaluate_video_text
+from invideo_jax.train.tasks.videotext import evaluate_video_text, rerank_k
 
 TOKENIZERS = ("bert", "words")
+MATCH_BATCH = 32  # pairs per matching-head call in the re-ranking evaluation (the official batch)
 WEIGHTS = ("con", "vtm", "mlm", "av_con", "av_vtm", "av_mlm")
 
 
@@ -130,6 +136,7 @@ class Task:
         self.num_tokens = (vision.get("num_frames", 8) // tubelet) * (vision.get("image_size", 224) // patch) ** 2
         self.init_from_mapping = {"": "params"}  # the whole model (a converted stage-2 checkpoint or an earlier run)
         self._tokenizer = None
+        self._match = None  # the jitted matching head of the re-ranking evaluation
         self._check_tokenizer()
 
     # ---------------------------------------------------------------- text
@@ -245,8 +252,12 @@ class Task:
     # ---------------------------------------------------------------- evaluation
     def predict(self, params, model_state, batch):
         model, variables = VideoTextAlign, {"params": params}
-        out = {"video_features": self.model.apply(variables, batch["video"], method=model.encode_video),
-               "text_features": self.model.apply(variables, batch["text"], method=model.encode_text)}
+        tokens, pooled = self.model.apply(variables, batch["video"], method=model.encode_vision)
+        hidden = self.model.apply(variables, batch["text"], method=model.text_hidden)
+        out = {"video_features": self.model.apply(variables, pooled, method=model.video_features),
+               "text_features": self.model.apply(variables, hidden, method=model.text_features)}
+        if rerank_k(self.config):
+            out.update(context=tokens, text_hidden=hidden, text_mask=batch["text"] != self.model.pad_id)
         if self.model.audio_config is not None:
             out["audio_video_features"] = self.model.apply(variables, batch["video"], batch["audio"],
                                                            batch["audio_mask"], method=model.encode_audio_video)
@@ -258,4 +269,17 @@ class Task:
         return self.model.apply({"params": params}, ids, method=VideoTextAlign.encode_text)
 
     def evaluate(self, state, predict, mesh) -> dict:
-        return evaluate_video_text(state, predict, mesh, self.config, self.encode_text, self.tokenizer)
+        return evaluate_video_text(state, predict, mesh, self.config, self.encode_text, self.tokenizer,
+                                   match=functools.partial(self.match_logits, state.params))
+
+    def match_logits(self, params, hidden, text_mask, context):
+        """The `itm_head` match logit of each (caption, video context) pair, in padded batches of MATCH_BATCH."""
+        if self._match is None:
+            self._match = jax.jit(lambda p, h, m, c: self.model.apply({"params": p}, h, m, c,
+                                                                      method=VideoTextAlign.match)[:, 1])
+        count = len(hidden)
+
+        def pad(x):
+            return np.concatenate([x, np.repeat(x[-1:], MATCH_BATCH - count, axis=0)])
+
+        return np.asarray(self._match(params, *map(pad, (hidden, text_mask, context))))[:count]

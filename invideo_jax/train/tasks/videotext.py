@@ -94,7 +94,12 @@ class Task:
         return self.model.apply(variables, ids, method=VideoTextModel.encode_text)["features"]
 
 
-def evaluate_video_text(state, predict, mesh, config, encode_text, tokenizer) -> dict:
+def rerank_k(config) -> int:
+    """`config.rerank.k`: the matching re-ranking's k (0, or no such field: off)."""
+    return config.rerank.k if "rerank" in config else 0
+
+
+def evaluate_video_text(state, predict, mesh, config, encode_text, tokenizer, match=None) -> dict:
     """Retrieval (plain and dual-softmax) and, with `config.zero_shot.class_names`, zero-shot classification on the
     eval split; shared by the video-text tasks (videotext, align).
 
@@ -102,6 +107,11 @@ def evaluate_video_text(state, predict, mesh, config, encode_text, tokenizer) ->
     as `retrieval_av/...`); each video's views' unit features are averaged and normalised, and its first caption is
     its text. `encode_text(params, batch_stats, ids)` -> (N, E) text
     features of the zero-shot prompts, `tokenizer()` -> the data's tokenizer (called only for zero-shot).
+
+    Matching re-ranking (`config.rerank.k` > 0 and `match`): `predict` also gives per-view `context` tokens and the
+    caption's `text_hidden` / `text_mask`; each video's views' context tokens are averaged (as the official averages
+    test segments), and `match(text_hidden, text_mask, context)` -> (n,) match logits re-scores each direction's
+    top k (`retrieval_match/...`).
     """
     views = list(loop.predictions(state, predict, config, mesh))
     out = {k: np.concatenate([v[k] for v in views]) for k in views[0]}
@@ -123,6 +133,17 @@ def evaluate_video_text(state, predict, mesh, config, encode_text, tokenizer) ->
         for prefix, dual_softmax in (("retrieval", False), ("retrieval_dsl", True)):
             metrics = retrieval.retrieval_metrics(text @ features.T, np.arange(len(videos)), dual_softmax=dual_softmax)
             result.update({f"{prefix}{side}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+    k = rerank_k(config)
+    if match is not None and k:
+        context = np.zeros((len(videos), *out["context"].shape[1:]), np.float32)
+        np.add.at(context, view_video, out["context"][keep])
+        context /= np.bincount(view_video)[:, None, None]
+        hidden, mask = out["text_hidden"][keep][first_view], out["text_mask"][keep][first_view]
+        t2v, v2t = retrieval.rerank_top_k(text @ video.T, k, lambda t, v: match(hidden[t], mask[t], context[v]))
+        metrics = retrieval.retrieval_metrics(t2v, np.arange(len(videos)), v2t_similarity=v2t)
+        result.update({f"retrieval_match/{name}": value for name, value in metrics.items()
+                       if isinstance(value, (int, float))})
+        result["retrieval_match/k"] = k
     zs = config.zero_shot
     if zs.class_names:
         labels = out["label"][keep][first_view]
