@@ -1,10 +1,12 @@
-"""Shared benchmark harness: machine and versions, a measured matmul peak, median step times, analytic FLOPs, rows.
+"""Shared benchmark harness: machine and versions, a measured matmul peak, median step times, analytic FLOPs, rows,
+and configs built with the benchmarks' batch / frames / remat / mesh settings.
 
 Model FLOPs are counted from the configuration with one formula for every implementation: the matmul FLOPs
 (2 per multiply-add) of the patch embedding, q/k/v and output projections, attention scores and values, MLPs,
 the encoder-to-decoder projection, decoder and heads. Norms, softmax, activations, the loss and the optimiser
 are not counted. A training step counts 3x its forward pass.
 """
+import importlib.util
 import os
 import platform
 import shlex
@@ -18,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 PACKAGES = ("jax", "flax", "torch", "transformers", "numpy")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def machine() -> str:
@@ -130,3 +133,89 @@ def markdown_header(columns) -> str:
 
 def markdown_row(cells) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Configs (PATH[:ARG]) with the benchmarks' batch / frames / remat / mesh settings
+# ----------------------------------------------------------------------------------------------------------
+
+
+def parse_mesh(text: str, devices: int = 0) -> dict:
+    """'fsdp=4,tensor=2' -> {'data': 1, 'fsdp': 4, 'tensor': 2}; one size may be -1 (the rest of `devices`)."""
+    sizes = dict(data=1, fsdp=1, tensor=1)
+    for item in text.split(","):
+        axis, _, size = item.partition("=")
+        if axis not in sizes or not (size.isdigit() or (size == "-1" and devices)):
+            raise ValueError(f"bad mesh {text!r}: expected AXIS=N,... with AXIS in {sorted(sizes)}"
+                             + (" (N may be -1: the remaining devices)" if devices else ""))
+        sizes[axis] = int(size)
+    rest = [axis for axis, size in sizes.items() if size == -1]
+    if len(rest) > 1:
+        raise ValueError(f"bad mesh {text!r}: at most one size may be -1")
+    if rest:
+        sizes[rest[0]] = devices // abs(sizes["data"] * sizes["fsdp"] * sizes["tensor"])
+    return sizes
+
+
+def rules_for(mesh: dict) -> str:
+    return "fsdp_tp" if mesh["tensor"] > 1 else "fsdp" if mesh["fsdp"] > 1 else "dp"
+
+
+def load_module(path: str):
+    """The config module at `path` (relative to the working directory or to the repository root)."""
+    if not os.path.exists(path) and os.path.exists(os.path.join(ROOT, path)):
+        path = os.path.join(ROOT, path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no config file {path!r}")
+    name = "benchmark_config_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def join_arg(*items) -> str:
+    return ",".join(item for item in items if item)
+
+
+def unknown_option(module, arg: str, key: str, value) -> str:
+    """'' if `module.get_config` takes the ARG option `key`, else its error (configs.common.parse_arg names the
+    known options)."""
+    try:
+        module.get_config(join_arg(arg, f"{key}={value}"))
+    except ValueError as e:
+        if f"unknown config arg {key!r}" in str(e):
+            return str(e)
+        raise
+    return ""
+
+
+def label(spec: str) -> str:
+    """'configs/internvideo2_distill.py:1B' -> 'internvideo2_distill:1B'."""
+    path, _, arg = spec.partition(":")
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return f"{stem}:{arg}" if arg else stem
+
+
+def build(spec: str, remat: str = "", batch: int = 0, frames: int = 0):
+    """The ConfigDict of `spec` = 'PATH[:ARG]' with remat= / batch= / frames= added to ARG (each when set)."""
+    path, _, arg = spec.partition(":")
+    module = load_module(path)
+    extra = []
+    if remat:
+        error = unknown_option(module, arg, "remat", remat)
+        if error:
+            raise ValueError(f"{path} has no remat= option ({error}); pass --remat= to keep the config's own setting")
+        extra.append(f"remat={remat}")
+    if frames:
+        error = unknown_option(module, arg, "frames", frames)
+        if error:
+            raise ValueError(f"{path} has no frames= option ({error}); leave --frames at 0")
+        extra.append(f"frames={frames}")
+    batch_in_arg = bool(batch) and not unknown_option(module, arg, "batch", batch)
+    if batch_in_arg:
+        extra.append(f"batch={batch}")
+    config = module.get_config(join_arg(arg, *extra))
+    if batch and not batch_in_arg:
+        config.batch_size = batch
+    return config

@@ -22,7 +22,6 @@ exit status is then 1.
 Sharding rules follow the mesh: `fsdp_tp` with a tensor axis, `fsdp` with an fsdp axis, else `dp`. Without XLA_FLAGS
 naming a device count it simulates 8 CPU devices.
 """
-import importlib.util
 import os
 import sys
 import time
@@ -37,6 +36,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from benchmarks import common  # noqa: E402
 from invideo_jax import aot  # noqa: E402
 from invideo_jax.train import optim, trainer  # noqa: E402
 
@@ -54,83 +54,8 @@ GIB = 2 ** 30
 VIDEOMAE = "configs/videomae_pretrain.py"
 
 
-def parse_mesh(text: str) -> dict:
-    """'fsdp=4,tensor=2' -> {'data': 1, 'fsdp': 4, 'tensor': 2}."""
-    sizes = dict(data=1, fsdp=1, tensor=1)
-    for item in text.split(","):
-        axis, _, size = item.partition("=")
-        if axis not in sizes or not size.isdigit():
-            raise ValueError(f"bad mesh {text!r}: expected AXIS=N,... with AXIS in {sorted(sizes)}")
-        sizes[axis] = int(size)
-    return sizes
-
-
-def rules_for(mesh: dict) -> str:
-    return "fsdp_tp" if mesh["tensor"] > 1 else "fsdp" if mesh["fsdp"] > 1 else "dp"
-
-
 def default_configs(variants) -> list:
     return [f"{VIDEOMAE}:{variant},v2=True,scan=True" for variant in variants]
-
-
-def load_module(path: str):
-    """The config module at `path` (relative to the working directory or to the repository root)."""
-    if not os.path.exists(path) and os.path.exists(os.path.join(ROOT, path)):
-        path = os.path.join(ROOT, path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no config file {path!r}")
-    name = "memory_config_" + os.path.splitext(os.path.basename(path))[0]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def join_arg(*items) -> str:
-    return ",".join(item for item in items if item)
-
-
-def unknown_option(module, arg: str, key: str, value) -> str:
-    """'' if `module.get_config` takes the ARG option `key`, else its error (configs.common.parse_arg names the
-    known options)."""
-    try:
-        module.get_config(join_arg(arg, f"{key}={value}"))
-    except ValueError as e:
-        if f"unknown config arg {key!r}" in str(e):
-            return str(e)
-        raise
-    return ""
-
-
-def label(spec: str) -> str:
-    """'configs/internvideo2_distill.py:1B' -> 'internvideo2_distill:1B'."""
-    path, _, arg = spec.partition(":")
-    stem = os.path.splitext(os.path.basename(path))[0]
-    return f"{stem}:{arg}" if arg else stem
-
-
-def build(spec: str, remat: str = "", batch: int = 0, frames: int = 0):
-    """The ConfigDict of `spec` = 'PATH[:ARG]' with remat= / batch= / frames= added to ARG (each when set)."""
-    path, _, arg = spec.partition(":")
-    module = load_module(path)
-    extra = []
-    if remat:
-        error = unknown_option(module, arg, "remat", remat)
-        if error:
-            raise ValueError(f"{path} has no remat= option ({error}); pass --remat= to keep the config's own setting")
-        extra.append(f"remat={remat}")
-    if frames:
-        error = unknown_option(module, arg, "frames", frames)
-        if error:
-            raise ValueError(f"{path} has no frames= option ({error}); leave --frames at 0")
-        extra.append(f"frames={frames}")
-    batch_in_arg = bool(batch) and not unknown_option(module, arg, "batch", batch)
-    if batch_in_arg:
-        extra.append(f"batch={batch}")
-    config = module.get_config(join_arg(arg, *extra))
-    if batch and not batch_in_arg:
-        config.batch_size = batch
-    return config
 
 
 def state_summary(config, abstract) -> dict:
@@ -152,37 +77,37 @@ def main(argv):
     print(f"jax {jax.__version__}, {jax.device_count()} x {jax.devices()[0].device_kind}; global batch "
           f"{_BATCH.value}; GiB per device\n")
     for spec in specs:
-        config = build(spec, remats[0], _BATCH.value, _FRAMES.value)
+        config = common.build(spec, remats[0], _BATCH.value, _FRAMES.value)
         shapes = ", ".join(f"{key} {tuple(s.shape)} {s.dtype}" for key, s in
                            trainer.batch_shapes(config, config.batch_size).items())
-        print(f"{label(spec)}: batch {shapes}")
+        print(f"{common.label(spec)}: batch {shapes}")
     print("\n| config | mesh | rules | remat | argument | output | alias | temp | code | peak | params+opt "
           "| compile s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     summaries, failures = {}, 0
     for spec in specs:
         for mesh_text in _MESHES.value:
-            mesh = parse_mesh(mesh_text)
+            mesh = common.parse_mesh(mesh_text)
             for remat in remats:
-                config = build(spec, remat, _BATCH.value, _FRAMES.value)
+                config = common.build(spec, remat, _BATCH.value, _FRAMES.value)
                 config.mesh = mesh
-                config.sharding_rules = rules_for(mesh)
+                config.sharding_rules = common.rules_for(mesh)
                 start = time.perf_counter()
                 try:
                     compiled, abstract = aot.compile_train_step(config)
                 except Exception as e:  # e.g. a dimension the mesh cannot split: report it, go on with the rest
                     failures += 1
                     message = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                    print(f"| {label(spec)} | {mesh_text} | {config.sharding_rules} | {remat or '(config)'} | "
+                    print(f"| {common.label(spec)} | {mesh_text} | {config.sharding_rules} | {remat or '(config)'} | "
                           f"failed: {type(e).__name__}: {message} |", flush=True)
                     continue
                 seconds = time.perf_counter() - start
                 stats = aot.memory_stats(compiled)
                 summary = state_summary(config, abstract)
-                summaries[label(spec), mesh_text] = summary
+                summaries[common.label(spec), mesh_text] = summary
                 cells = [stats[f] / GIB for f in aot.MEMORY_FIELDS] + [stats["peak"] / GIB,
                                                                         summary["state_device"] / GIB]
-                print(f"| {label(spec)} | {mesh_text} | {config.sharding_rules} | {remat or '(config)'} | "
+                print(f"| {common.label(spec)} | {mesh_text} | {config.sharding_rules} | {remat or '(config)'} | "
                       + " | ".join(f"{c:.2f}" for c in cells) + f" | {seconds:.0f} |", flush=True)
     print("\npeak = argument + output - alias + temp; params+opt = this device's share of parameters and "
           "optimiser state, from the shardings.\n")

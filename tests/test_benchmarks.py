@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from benchmarks import common, memory, videomae_step
+from benchmarks import common, memory, train_step, videomae_step
 from configs import common as sizes
 from invideo_jax import masking
 
@@ -83,21 +83,48 @@ def test_memory_builds_each_config_with_its_remat_batch_and_frames_options(tmp_p
     """benchmarks/memory.py: the default is VideoMAE V2 ViT-g; --remat, --batch, --frames go through the config's
     ARG options where it has them (no compile here)."""
     [spec] = memory.default_configs(["vit_g"])
-    config = memory.build(spec, "dots", 8)
-    assert memory.label(spec) == "videomae_pretrain:vit_g,v2=True,scan=True"
+    config = common.build(spec, "dots", 8)
+    assert common.label(spec) == "videomae_pretrain:vit_g,v2=True,scan=True"
     assert (config.model.kwargs.encoder.remat, config.batch_size, config.data.num_frames) == ("dots", 8, 16)
     assert config.mask.decoder_kind == "running_cell"  # v2: dual masking
-    config = memory.build("configs/internvideo2_distill.py:1B", "none", 8, frames=4)
-    assert memory.label("configs/internvideo2_distill.py:1B") == "internvideo2_distill:1B"
+    config = common.build("configs/internvideo2_distill.py:1B", "none", 8, frames=4)
+    assert common.label("configs/internvideo2_distill.py:1B") == "internvideo2_distill:1B"
     assert (config.model.kwargs.student.remat, config.batch_size) == ("none", 8)
     assert (config.model.kwargs.student.num_frames, config.data.num_frames) == (4, 8)  # the video teacher: 2x
-    assert memory.build("configs/internvideo2_distill.py:1B", "", 8).model.kwargs.student.remat == "full"
+    assert common.build("configs/internvideo2_distill.py:1B", "", 8).model.kwargs.student.remat == "full"
     path = tmp_path / "plain.py"
     path.write_text(PLAIN_CONFIG)
-    config = memory.build(f"{path}:vit_b", "", 4, frames=8)  # no batch option: config.batch_size is set
+    config = common.build(f"{path}:vit_b", "", 4, frames=8)  # no batch option: config.batch_size is set
     assert (config.batch_size, config.data.num_frames, config.model.kwargs.encoder.width) == (4, 8, 768)
     with pytest.raises(ValueError, match=r"plain.py has no remat= option \(unknown config arg 'remat'; known: "
                                          r"\['frames', 'variant'\]\); pass --remat="):
-        memory.build(str(path), "full", 8)
-    assert memory.parse_mesh("fsdp=4,tensor=2") == dict(data=1, fsdp=4, tensor=2)
-    assert memory.rules_for(memory.parse_mesh("fsdp=4,tensor=2")) == "fsdp_tp"
+        common.build(str(path), "full", 8)
+    assert common.parse_mesh("fsdp=4,tensor=2") == dict(data=1, fsdp=4, tensor=2)
+    assert common.rules_for(common.parse_mesh("fsdp=4,tensor=2")) == "fsdp_tp"
+
+
+TINY_CLASSIFIER = """from configs import common
+
+
+def get_config(arg=None):
+    encoder = common.vit_encoder("B/16", width=32, depth=1, num_heads=2, mlp_dim=64, num_frames=2, image_size=32)
+    c = common.train_config("classification", dict(encoder, pool="mean", final_norm=False, num_classes=3))
+    c.data.update(dict(num_frames=2, crop_size=32, short_side=32, num_classes=3))
+    return c
+"""
+
+
+def test_train_step_row_for_any_config(tmp_path, capsys):
+    """benchmarks/train_step.py: the trainer's compiled step of a config file on a random state and batch, over all
+    (8 simulated) devices; one Markdown row with XLA's FLOP count."""
+    path = tmp_path / "tiny_classifier.py"
+    path.write_text(TINY_CLASSIFIER)
+    train_step.main([f"--config={path}", "--batch=8", "--warmup=1", "--steps=2", "--peak_size=256"])
+    header, _, row = capsys.readouterr().out.strip().splitlines()[-3:]
+    cells = dict(zip(header.strip("|").split("|"), row.strip("|").split("|")))
+    cells = {k.strip(): v.strip() for k, v in cells.items()}
+    assert cells["config"] == "tiny_classifier" and cells["devices"] == "8" and cells["mesh"] == "data=8"
+    assert float(cells["GFLOP/step/device (XLA)"]) > 0 and float(cells["ms/step"]) > 0
+    assert common.parse_mesh("fsdp=2,data=-1", 8) == dict(data=4, fsdp=2, tensor=1)
+    with pytest.raises(ValueError, match="at most one size may be -1"):
+        common.parse_mesh("fsdp=-1,data=-1", 8)
