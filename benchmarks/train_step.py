@@ -9,10 +9,12 @@ donated; forward, backward and the optimiser update), compiled ahead of time for
 devices. It runs on a random state (parameters N(0, 0.02), optimiser state zero) and a random batch shaped as the
 data pipeline yields it, placed in the step's shardings; `--steps` synchronised steps are timed after `--warmup`.
 
-FLOPs per step are XLA's count of the compiled program (`cost_analysis`, per device: the whole step, optimiser
-included), not the analytic model count of benchmarks/common.py, which covers the ViT family that
-benchmarks/videomae_step.py compares with PyTorch. MFU = XLA FLOPs per device / step time / the measured matmul
-peak of one device. Prints the peak, then a Markdown row.
+FLOPs per step are the matmul FLOPs (dot_general and convolutions, 2 per multiply-add) of the traced step,
+forward, backward and optimiser, scan bodies times their length (`common.matmul_flops`), divided by the devices:
+with remat they include the recomputation, so pass `--remat=none` for model FLOPs. (XLA's `cost_analysis` counts a
+scanned layer stack's body once.) benchmarks/videomae_step.py instead counts the ViT family analytically, to
+compare with PyTorch. MFU = FLOPs per device / step time / the measured matmul peak of one device. Prints the peak,
+then a Markdown row.
 """
 import argparse
 import sys
@@ -26,7 +28,7 @@ from benchmarks import common
 from invideo_jax import aot, sharding
 from invideo_jax.train import trainer
 
-COLUMNS = ("config", "batch", "devices", "mesh", "compile s", "GFLOP/step/device (XLA)", "ms/step", "clips/s",
+COLUMNS = ("config", "batch", "devices", "mesh", "compile s", "GFLOP/step/device", "ms/step", "clips/s",
            "MFU", "peak GFLOP/s", "load avg", "machine", "versions", "command")
 TEXT_IDS = (1, 64)  # random token ids in [1, 64): within every tokenizer's vocabulary, never padding
 
@@ -81,14 +83,6 @@ def random_batch(config, batch_sharding, seed: int = 0) -> dict:
     return {key: jax.device_put(value, batch_sharding) for key, value in batch.items()}
 
 
-def xla_flops(compiled) -> float:
-    """FLOPs of one call of a compiled program on one device, as XLA counts them."""
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, (list, tuple)):
-        analysis = analysis[0]
-    return float(analysis.get("flops", 0.0))
-
-
 def run(args, argv) -> str:
     load_start = common.load_average()
     backend = jax.default_backend()
@@ -98,8 +92,11 @@ def run(args, argv) -> str:
     config.mesh = common.parse_mesh(args.mesh, jax.device_count())
     config.sharding_rules = common.rules_for(config.mesh)
     start = time.perf_counter()
-    compiled, abstract = aot.compile_train_step(config)
+    traced, abstract = aot.trace_train_step(config)
+    with jax.set_mesh(sharding.make_mesh(config.mesh)):
+        compiled = traced.lower().compile()
     compile_s = time.perf_counter() - start
+    flops = common.matmul_flops(traced.jaxpr.jaxpr) / jax.device_count()
     state = random_state(abstract)
     batch = random_batch(config, sharding.batch_sharding(sharding.make_mesh(config.mesh)))
 
@@ -109,7 +106,6 @@ def run(args, argv) -> str:
         jax.block_until_ready((state, metrics))
 
     seconds = common.median_seconds({"step": step}, args.warmup, args.steps)["step"]
-    flops = xla_flops(compiled)
     load = f"{load_start:.1f}–{common.load_average():.1f}"
     mesh = ",".join(f"{k}={v}" for k, v in config.mesh.items() if v != 1)
     return common.markdown_row([

@@ -22,8 +22,9 @@ def abstract_batch(config, batch_sharding) -> dict:
             for key, s in trainer.batch_shapes(config, config.batch_size).items()}
 
 
-def lower_train_step(config):
-    """(lowered train step, abstract TrainState with shardings) for `config.mesh` and `config.sharding_rules`."""
+def trace_train_step(config):
+    """(traced train step (its `.jaxpr`, `.lower()`), abstract TrainState with shardings) for `config.mesh` and
+    `config.sharding_rules`."""
     mesh = sharding.make_mesh(config.mesh)
     rule_table = sharding.rules(config.sharding_rules)
     task = get_task(config)
@@ -37,7 +38,14 @@ def lower_train_step(config):
         abstract, shardings = trainer.state_shardings(boxed, tx, mesh, rule_table)
         step = jax.jit(trainer.make_train_step(task, tx, schedule), in_shardings=(shardings, batch_sh),
                        out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
-        return step.lower(abstract, batch), abstract
+        return step.trace(abstract, batch), abstract
+
+
+def lower_train_step(config):
+    """(lowered train step, abstract TrainState with shardings)."""
+    traced, abstract = trace_train_step(config)
+    with jax.set_mesh(sharding.make_mesh(config.mesh)):
+        return traced.lower(), abstract
 
 
 def compile_train_step(config, compiler_options=None):

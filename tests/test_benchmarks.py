@@ -7,7 +7,7 @@ import pytest
 
 from benchmarks import common, memory, train_step, videomae_step
 from configs import common as sizes
-from invideo_jax import masking
+from invideo_jax import aot, masking
 
 TINY = ["--model=tiny", "--frames=4", "--image_size=32", "--batch=1", "--warmup=1", "--steps=1", "--peak_size=128"]
 
@@ -35,22 +35,6 @@ def test_flops_match_the_videomae_paper(variant, gmacs):
     assert flops / 2e9 == pytest.approx(gmacs, rel=0.005)
 
 
-def dot_flops(jaxpr) -> int:
-    """2 x multiply-adds of every dot_general in a jaxpr, sub-jaxprs included (scan bodies times their length)."""
-    total = 0
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "dot_general":
-            (contract, _), _ = eqn.params["dimension_numbers"]
-            lhs = eqn.invars[0].aval.shape
-            total += 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[i] for i in contract)
-        repeat = eqn.params["length"] if eqn.primitive.name == "scan" else 1
-        for param in eqn.params.values():
-            sub = getattr(param, "jaxpr", param)
-            if isinstance(sub, jax.extend.core.Jaxpr):
-                total += repeat * dot_flops(sub)
-    return total
-
-
 @pytest.mark.parametrize("task", ["pretrain", "inference"])
 def test_flops_formula_counts_every_matmul_of_our_forward(task):
     batch, grid = 2, (2, 4, 4)
@@ -67,7 +51,7 @@ def test_flops_formula_counts_every_matmul_of_our_forward(task):
         inputs = (video,)
         forward = common.video_vit_flops(encoder, task, num_classes=args.classes)
     variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), *inputs)
-    assert dot_flops(jax.make_jaxpr(model.apply)(variables, *inputs).jaxpr) == batch * forward
+    assert common.matmul_flops(jax.make_jaxpr(model.apply)(variables, *inputs).jaxpr) == batch * forward
 
 
 PLAIN_CONFIG = """from configs import common, videomae_pretrain
@@ -107,16 +91,19 @@ TINY_CLASSIFIER = """from configs import common
 
 
 def get_config(arg=None):
-    encoder = common.vit_encoder("B/16", width=32, depth=1, num_heads=2, mlp_dim=64, num_frames=2, image_size=32)
+    arg = common.parse_arg(arg, batch=256)
+    encoder = common.vit_encoder("B/16", width=32, depth=2, num_heads=2, mlp_dim=64, num_frames=2, image_size=32,
+                                 scan=True)
     c = common.train_config("classification", dict(encoder, pool="mean", final_norm=False, num_classes=3))
     c.data.update(dict(num_frames=2, crop_size=32, short_side=32, num_classes=3))
+    c.batch_size = arg.batch
     return c
 """
 
 
 def test_train_step_row_for_any_config(tmp_path, capsys):
     """benchmarks/train_step.py: the trainer's compiled step of a config file on a random state and batch, over all
-    (8 simulated) devices; one Markdown row with XLA's FLOP count."""
+    (8 simulated) devices; one Markdown row with the step's matmul FLOPs."""
     path = tmp_path / "tiny_classifier.py"
     path.write_text(TINY_CLASSIFIER)
     train_step.main([f"--config={path}", "--batch=8", "--warmup=1", "--steps=2", "--peak_size=256"])
@@ -124,7 +111,16 @@ def test_train_step_row_for_any_config(tmp_path, capsys):
     cells = dict(zip(header.strip("|").split("|"), row.strip("|").split("|")))
     cells = {k.strip(): v.strip() for k, v in cells.items()}
     assert cells["config"] == "tiny_classifier" and cells["devices"] == "8" and cells["mesh"] == "data=8"
-    assert float(cells["GFLOP/step/device (XLA)"]) > 0 and float(cells["ms/step"]) > 0
+    assert cells["batch"] == "8" and float(cells["ms/step"]) > 0
+    # the traced step's matmuls (scanned layers counted per layer) are the analytic 3x forward, less the patch
+    # embedding's input gradient, which is never computed
+    config = common.build(str(path), batch=8)
+    config.mesh = common.parse_mesh("data=-1", jax.device_count())
+    encoder = config.model.kwargs
+    tokens, patch_inputs = 1 * 2 * 2, 2 * 16 * 16 * 3
+    expected = 8 * (common.video_vit_flops(encoder, "finetune", num_classes=3) - 2 * tokens * patch_inputs * 32)
+    assert common.matmul_flops(aot.trace_train_step(config)[0].jaxpr.jaxpr) == expected
+    assert float(cells["GFLOP/step/device"]) == pytest.approx(expected / 8 / 1e9, rel=1e-2)
     assert common.parse_mesh("fsdp=2,data=-1", 8) == dict(data=4, fsdp=2, tensor=1)
     with pytest.raises(ValueError, match="at most one size may be -1"):
         common.parse_mesh("fsdp=-1,data=-1", 8)
