@@ -110,7 +110,7 @@ def run(args, argv) -> str:
     mesh = ",".join(f"{k}={v}" for k, v in config.mesh.items() if v != 1)
     return common.markdown_row([
         common.label(args.config), config.batch_size, jax.device_count(), mesh or "1 device", f"{compile_s:.0f}",
-        f"{flops / 1e9:.3g}", f"{1e3 * seconds:.1f}", f"{config.batch_size / seconds:.3g}",
+        f"{flops / 1e9:.4g}", f"{1e3 * seconds:.1f}", f"{config.batch_size / seconds:.3g}",
         f"{100 * flops / seconds / peak:.1f}%", f"{peak / 1e9:.1f}", load, common.machine(), common.versions(),
         f"`{common.command('benchmarks.train_step', argv)}`"])
 
