@@ -10,8 +10,9 @@ python -m invideo_jax.convert.cli --format=bert_hf --model=configs/internvideo2_
 
 `--model` is a training config file `PATH[:ARG]` (the model its task builds, so scanning matches the run that
 restores it) or a preset: for the VideoMAE formats `SIZE/PATCH`, for `internvideo2` an InternVideo2 size (S, B, L,
-1B, 6B; the encoder, or a classifier with --num_classes; `internvideo2_clip` writes only its `clip_projector`). `bert_hf` converts into the text encoder of the config's
-model (a VideoTextAlign: BERT with its fusion layers, whose cross-attention starts at init). The output is step 0 of
+1B, 6B; the encoder, or a classifier with --num_classes; `internvideo2_clip` writes only its `clip_projector`).
+`bert_hf` converts into the text encoder of the config's model (a VideoTextAlign: BERT with its fusion layers, whose
+cross-attention starts at init). The output is step 0 of
 `CheckpointManager(DIR, item_names=('state',))` holding {'params': ...} (and 'batch_stats' for UniFormerV2 models
 with local UniBlocks).
 """

@@ -38,10 +38,10 @@ Configuration (`default_data_config()`, locked: unknown fields fail):
 Batches are dicts of numpy arrays: 'video' float32 (B, T, H, W, 3) normalised, 'label' int32 (-1 if
 none), 'targets' float32 (B, num_classes) when num_classes > 0, 'bad' int32 (1 where a bad video was
 replaced by another example), 'caption' str when the annotations have captions (one drawn at random per
-training clip; the first in evaluation), 'text' int32 (B, text_length) with a tokenizer; with `audio`, 'audio' float32
-(B, audio_frames, audio_mel_bins) of the seconds the clip's frames cover and 'audio_mask' int32 (0 for a video without
-an audio track: zeros, which the model skips); evaluation adds 'video_index' and 'mask' (0 for padding and for bad
-videos, which evaluation skips).
+training clip; the first in evaluation), 'text' int32 (B, text_length) with a tokenizer; with `audio`, 'audio'
+float32 (B, audio_frames, audio_mel_bins) of the seconds the clip's frames cover and 'audio_mask' int32 (0 for a
+video without an audio track: zeros, left out of the audio-visual losses); evaluation adds 'video_index' and 'mask'
+(0 for padding and for bad videos, which evaluation skips).
 """
 import math
 
