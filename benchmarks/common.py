@@ -151,6 +151,21 @@ def matmul_flops(jaxpr) -> int:
     return total
 
 
+def provenance(peak: float, load_start: float, module: str, argv) -> list:
+    """The last cells of a benchmark row: the peak (GFLOP/s), the load average from `load_start` to now, machine,
+    versions and the command."""
+    return [f"{peak / 1e9:.1f}", f"{load_start:.1f}–{load_average():.1f}", machine(), versions(),
+            f"`{command(module, argv)}`"]
+
+
+def main(parse_args, run, columns, argv=None):
+    """A benchmark script's entry point: `run(parse_args(argv), argv)` -> its row, printed under `columns`."""
+    argv = sys.argv[1:] if argv is None else argv
+    row = run(parse_args(argv), argv)
+    print(markdown_header(columns))
+    print(row)
+
+
 def markdown_header(columns) -> str:
     return "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns)
 

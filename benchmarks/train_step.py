@@ -17,7 +17,6 @@ compare with PyTorch. MFU = FLOPs per device / step time / the measured matmul p
 then a Markdown row.
 """
 import argparse
-import sys
 import time
 
 import jax
@@ -106,20 +105,15 @@ def run(args, argv) -> str:
         jax.block_until_ready((state, metrics))
 
     seconds = common.median_seconds({"step": step}, args.warmup, args.steps)["step"]
-    load = f"{load_start:.1f}–{common.load_average():.1f}"
     mesh = ",".join(f"{k}={v}" for k, v in config.mesh.items() if v != 1)
     return common.markdown_row([
         common.label(args.config), config.batch_size, jax.device_count(), mesh or "1 device", f"{compile_s:.0f}",
         f"{flops / 1e9:.4g}", f"{1e3 * seconds:.1f}", f"{config.batch_size / seconds:.3g}",
-        f"{100 * flops / seconds / peak:.1f}%", f"{peak / 1e9:.1f}", load, common.machine(), common.versions(),
-        f"`{common.command('benchmarks.train_step', argv)}`"])
+        f"{100 * flops / seconds / peak:.1f}%", *common.provenance(peak, load_start, "benchmarks.train_step", argv)])
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    row = run(parse_args(argv), argv)
-    print(common.markdown_header(COLUMNS))
-    print(row)
+    common.main(parse_args, run, COLUMNS, argv)
 
 
 if __name__ == "__main__":

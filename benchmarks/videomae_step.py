@@ -200,18 +200,13 @@ def run(args, argv) -> str:
             cells += ["–"] * 3
     ratio = f"{seconds['PyTorch'] / seconds['JAX']:.2f}" if len(seconds) == 2 else "–"
     clip = f"{args.frames}×{args.image_size}²"
-    load = f"{load_start:.1f}–{common.load_average():.1f}"
     return common.markdown_row([
         args.model, args.task, clip, args.batch, args.dtype, f"{flops / 1e9:.1f}", *cells, ratio,
-        f"{peak / 1e9:.1f}", load, common.machine(), common.versions(),
-        f"`{common.command('benchmarks.videomae_step', argv)}`"])
+        *common.provenance(peak, load_start, "benchmarks.videomae_step", argv)])
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    row = run(parse_args(argv), argv)
-    print(common.markdown_header(COLUMNS))
-    print(row)
+    common.main(parse_args, run, COLUMNS, argv)
 
 
 if __name__ == "__main__":
