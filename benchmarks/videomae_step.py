@@ -4,8 +4,8 @@
 
 Both implementations get the same configuration and weights (ours converted from the PyTorch model, which fails
 on any shape mismatch), the same batch and the same tube masks (ratio --mask_ratio). JAX: the trainer's jitted
-step with the state donated (forward, backward, AdamW update), layers scanned, no remat. PyTorch:
-VideoMAEForPreTraining / VideoMAEForVideoClassification with SDPA attention, forward + backward + fused
+step with the state donated (forward, backward, AdamW update), layers scanned (`--no-scan`: unrolled), no remat.
+PyTorch: VideoMAEForPreTraining / VideoMAEForVideoClassification with SDPA attention, forward + backward + fused
 torch.optim.AdamW step, as many threads as cores. Inference: the classifier's forward pass without gradients.
 `--dtype=bfloat16` computes in bfloat16 with float32 parameters (PyTorch: autocast). Prints the measured matmul
 peak, then a Markdown row: median step time, clips/s, MFU and the JAX/PyTorch clips/s ratio.
@@ -52,6 +52,8 @@ def parse_args(argv):
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--attn_impl", choices=("xla", "cudnn"), default=None,
                         help="our attention implementation (default: JAX chooses)")
+    parser.add_argument("--scan", action=argparse.BooleanOptionalAction, default=True,
+                        help="scan over layers (--no-scan: unrolled, faster for small models on CPU)")
     parser.add_argument("--impl", choices=sorted(IMPLS), default="both")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps (JAX compiles in the first)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps; the median is reported")
@@ -60,11 +62,11 @@ def parse_args(argv):
 
 
 def encoder_kwargs(args) -> dict:
-    """VisionTransformer kwargs of the encoder: scanned layers, no remat, compute dtype from the flags."""
+    """VisionTransformer kwargs of the encoder: scanned (or unrolled) layers, no remat, compute dtype from the flags."""
     size = TINY if args.model == "tiny" else {}
     variant = "B/16" if args.model == "tiny" else f"{args.model}/16"
     return sizes.vit_encoder(variant, **size, patch_size=args.patch, num_frames=args.frames,
-                             image_size=args.image_size, scan=True, remat="none", dtype=args.dtype,
+                             image_size=args.image_size, scan=args.scan, remat="none", dtype=args.dtype,
                              attn_impl=args.attn_impl)
 
 
