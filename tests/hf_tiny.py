@@ -1,0 +1,50 @@
+"""Tiny random `transformers` LLaMA / Mistral models for parity tests (every weight randomised, float32)."""
+import json
+import os
+
+import numpy as np
+import torch
+import transformers
+
+TINY = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, rms_norm_eps=1e-5, max_position_embeddings=128)
+
+
+def hf_config(kind: str = "llama", **overrides):
+    cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig}[kind]
+    return cls(**{**TINY, **overrides})
+
+
+def hf_model(kind: str = "llama", seed: int = 0, **overrides):
+    """A random LlamaForCausalLM / MistralForCausalLM in eval mode; norms too are random (around 1)."""
+    torch.manual_seed(seed)
+    cls = {"llama": transformers.LlamaForCausalLM, "mistral": transformers.MistralForCausalLM}[kind]
+    model = cls(hf_config(kind, **overrides)).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.copy_(1.0 + 0.3 * torch.randn_like(param))
+            else:
+                param.copy_(0.15 * torch.randn_like(param))
+    return model
+
+
+def state_dict(model) -> dict:
+    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def save_sharded(model, path: str, num_shards: int = 2) -> None:
+    """save_pretrained, then re-split the weights into `num_shards` safetensors files with an index."""
+    import safetensors.torch
+
+    model.save_pretrained(path)
+    os.remove(os.path.join(path, "model.safetensors"))
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    keys = sorted(state)
+    weight_map = {}
+    for i, chunk in enumerate(np.array_split(np.array(keys, dtype=object), num_shards)):
+        name = f"model-{i + 1:05d}-of-{num_shards:05d}.safetensors"
+        safetensors.torch.save_file({k: state[k] for k in chunk}, os.path.join(path, name))
+        weight_map.update({k: name for k in chunk})
+    with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {}, "weight_map": weight_map}, f)
