@@ -48,3 +48,27 @@ def save_sharded(model, path: str, num_shards: int = 2) -> None:
         weight_map.update({k: name for k in chunk})
     with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
         json.dump({"metadata": {}, "weight_map": weight_map}, f)
+
+
+TEXTS = ["a video of a cat playing with a red ball", "the dog runs across the green field",
+         "Describe the following video concisely.", "[INST] What happens in the video? [/INST]",
+         "a person is cooking dinner in the kitchen", "the answer is (A) the ball"] * 4
+
+
+def train_tokenizer(path: str, vocab_size: int = 120) -> int:
+    """A LLaMA-style BPE tokenizer (Metaspace, byte fallback, <unk> <s> </s> = 0 1 2) trained on TEXTS and saved as
+    `path`/tokenizer.json + tokenizer_config.json; returns its vocabulary size."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
+    backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                         decoders.Strip(content=" ", left=1)])
+    backend.train_from_iterator(TEXTS, trainers.BpeTrainer(vocab_size=vocab_size,
+                                                           special_tokens=["<unk>", "<s>", "</s>"]))
+    os.makedirs(path, exist_ok=True)
+    backend.save(os.path.join(path, "tokenizer.json"))
+    with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+                   "unk_token": "<unk>"}, f)
+    return backend.get_vocab_size()
