@@ -56,8 +56,8 @@ class LoraDense(nn.Module):
                        self.param_dtype)
         b = self.param("lora_b", logical(layers.zeros, (None, *self.axes[self.in_dims:])), (self.rank, *self.features),
                        self.param_dtype)
-        h = jnp.tensordot(nn.Dropout(self.dropout)(x, deterministic=deterministic).astype(self.dtype), a.astype(self.dtype),
-                          axes=self.in_dims)
+        x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+        h = jnp.tensordot(x.astype(self.dtype), a.astype(self.dtype), axes=self.in_dims)
         return y + jnp.tensordot(h, b.astype(self.dtype), axes=1) * (self.alpha / self.rank)
 
 
