@@ -83,6 +83,7 @@ class InternVideo2(nn.Module):
     image_size: int = 224
     layer_scale: float = 1e-5
     norm_eps: float = 1e-6
+    act: str = "gelu_tanh"  # the official fused MLP; InternVideo2-Chat-8B's encoder: "gelu" (exact)
     attn_pool_heads: int = 16
     clip_embed_dim: int = 768
     pool_norm_eps: float = 1e-5
@@ -110,7 +111,7 @@ class InternVideo2(nn.Module):
             width=self.width, depth=self.depth, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
             patch_size=self.patch_size, tubelet_size=self.tubelet_size, num_frames=self.num_frames,
             image_size=self.image_size, pos_embed="learned_sincos_3d", cls_token=True, qkv_bias="none",
-            qk_norm=True, norm="rmsnorm", norm_eps=self.norm_eps, act="gelu_tanh", layer_scale=self.layer_scale,
+            qk_norm=True, norm="rmsnorm", norm_eps=self.norm_eps, act=self.act, layer_scale=self.layer_scale,
             final_norm=False, pool="none", num_classes=0, drop_path=self.drop_path, scan=self.scan,
             remat=self.remat, attn_impl=self.attn_impl, return_layers=tuple(self.return_layers), dtype=self.dtype,
             param_dtype=self.param_dtype)
