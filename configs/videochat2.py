@@ -17,10 +17,12 @@ cosine schedule with warm-up 0.6 epoch from a floor of 0.25 x lr, 3 epochs, prom
 The training task and data are the next issue's: `config.task` names it, and this config serves today to build the
 model abstractly (`build_model`, the parameter counts below) and, with the AOT entry point, to compile its step.
 
-Parameter counts (checked by tests/test_videochat.py, frames=8; LLM counts equal transformers' own count of the
-official configs, built on the meta device):
+Parameter counts (checked by tests/test_videochat_sizes.py; the LLMs equal transformers' own count of the official
+configs, built on the meta device):
   LLMs: vicuna_7b 6,738,423,808; mistral_7b_v0.2 7,241,732,096; mistral_7b_v0.3 7,248,023,552
-  8b: total 8,405,549,568, trainable (everything but the base LLM) 1,157,525,504, of which LoRA 42,532,864
+  8b at 8 frames: total 8,467,860,608 = vision 988,417,664 (39 blocks, pos_embed of 2,049 positions) + LayerNorm
+  2,816 + Q-Former 185,733,888 (with its text parts) + projection 3,149,824 + LLM 7,248,023,552 + LoRA 42,532,864;
+  trainable (everything but the base LLM) 1,219,837,056
 """
 import jax.numpy as jnp
 

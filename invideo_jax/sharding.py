@@ -21,11 +21,12 @@ _ACTIVATIONS = [("act_batch", BATCH_AXES), ("act_len", None), ("act_embed", None
 _UNSHARDED = [("kv", None), ("norm", None), ("layers", None), ("classes", None), ("vocab", None)]
 RULES = {
     # Pure data parallelism: parameters replicated.
-    "dp": _ACTIVATIONS + [("embed", None), ("mlp", None), ("heads", None)] + _UNSHARDED,
+    "dp": _ACTIVATIONS + [("embed", None), ("mlp", None), ("heads", None), ("kv_heads", None)] + _UNSHARDED,
     # FSDP (ZeRO-3 style): parameters and optimiser state sharded over `fsdp` along their embed axis.
-    "fsdp": _ACTIVATIONS + [("embed", "fsdp"), ("mlp", None), ("heads", None)] + _UNSHARDED,
-    # FSDP + tensor parallelism (Megatron split of MLP hidden and attention heads).
-    "fsdp_tp": _ACTIVATIONS + [("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor")] + _UNSHARDED,
+    "fsdp": _ACTIVATIONS + [("embed", "fsdp"), ("mlp", None), ("heads", None), ("kv_heads", None)] + _UNSHARDED,
+    # FSDP + tensor parallelism (Megatron split of MLP hidden and attention heads; the LLM's key/value heads too).
+    "fsdp_tp": _ACTIVATIONS + [("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("kv_heads", "tensor")]
+    + _UNSHARDED,
 }
 
 

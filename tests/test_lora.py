@@ -39,14 +39,15 @@ def test_fresh_adapters_leave_the_output_unchanged_and_merge_exactly(scan):
     assert sum(k.endswith("lora_a") for k in flat) == (8 if scan else 7 * 3 + 1)
     assert all(np.abs(v).max() > 0 for k, v in flat.items() if k.endswith("lora_a"))
     ids = jnp.asarray(np.random.default_rng(0).integers(0, 97, (2, 7)))
-    reference = base.apply({"params": base_params}, ids)["logits"]
-    np.testing.assert_array_equal(adapted.apply({"params": params}, ids)["logits"], reference)
+    base_apply, adapted_apply = jax.jit(base.apply), jax.jit(adapted.apply)
+    reference = base_apply({"params": base_params}, ids)["logits"]
+    np.testing.assert_array_equal(adapted_apply({"params": params}, ids)["logits"], reference)
     trained = randomize_adapters(params)
-    changed = adapted.apply({"params": trained}, ids)["logits"]
+    changed = adapted_apply({"params": trained}, ids)["logits"]
     assert float(jnp.abs(changed - reference).max()) > 1e-2  # the adapters are live: this test can fail
     merged = lora.merge(trained, ALPHA, RANK)
     assert jax.tree.structure(merged) == jax.tree.structure(base_params)
-    np.testing.assert_allclose(base.apply({"params": merged}, ids)["logits"], changed, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(base_apply({"params": merged}, ids)["logits"], changed, atol=1e-5, rtol=1e-5)
 
 
 def test_dropout_only_in_training():
@@ -55,9 +56,10 @@ def test_dropout_only_in_training():
     adapted = adapted.clone(lora_dropout=0.5)
     params = randomize_adapters(llama.load_params(hf_tiny.state_dict(hf), adapted)[0])
     ids = jnp.ones((1, 5), jnp.int32)
-    a = adapted.apply({"params": params}, ids)["logits"]
-    b = adapted.apply({"params": params}, ids)["logits"]
-    c = adapted.apply({"params": params}, ids, train=True, rngs={"dropout": jax.random.PRNGKey(1)})["logits"]
+    apply = jax.jit(adapted.apply, static_argnames="train")
+    a = apply({"params": params}, ids)["logits"]
+    b = apply({"params": params}, ids)["logits"]
+    c = apply({"params": params}, ids, train=True, rngs={"dropout": jax.random.PRNGKey(1)})["logits"]
     np.testing.assert_array_equal(a, b)
     assert float(jnp.abs(a - c).max()) > 1e-3
 

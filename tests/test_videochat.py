@@ -1,6 +1,7 @@
 """VideoChat2 / InternVideo2-Chat: the vision encoders, Q-Former and projection against a float64 numpy re-derivation
 from the original key layouts; the LLM part against transformers (with the LoRA merged); the file layouts."""
-import flax.linen as nn
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -151,8 +152,8 @@ def tiny(kind, text_input, hf, lora=True):
 
 def random_params(model, hf, seed=0):
     rng = np.random.default_rng(seed)
-    params = jax.jit(model.init)(jax.random.PRNGKey(seed), *model.dummy_inputs())["params"]
-    params = jax.tree.map(lambda x: rng.normal(0, 0.2, x.shape).astype(np.float32), nn.meta.unbox(params))
+    shapes = common.abstract_params(model, *model.dummy_inputs())
+    params = jax.tree.map(lambda x: rng.normal(0, 0.2, x.shape).astype(np.float32), shapes)
     base, _ = llama.load_params(hf_tiny.state_dict(hf), CausalLM(**model.llm_config))
     flat = common.flatten(params["llm"])
     params["llm"] = common.unflatten({k: flat[k] if k.endswith(("lora_a", "lora_b")) else v
@@ -220,14 +221,64 @@ def test_visual_tokens_and_logits_match_the_references(kind, tmp_path):
     queries = qformer_reference(tokens, sd64, 2, instruction, instruction_mask)
     proj = "mistral_proj" if kind == "umt" else "project_up"
     expected = dense(queries, sd64, proj)
-    ours = model.apply({"params": loaded}, jnp.asarray(video, jnp.float32), jnp.asarray(instruction),
-                       jnp.asarray(instruction_mask), method=VideoChat.encode_video)
+    ours = jax.jit(functools.partial(model.apply, method=VideoChat.encode_video))(
+        {"params": loaded}, jnp.asarray(video, jnp.float32), jnp.asarray(instruction), jnp.asarray(instruction_mask))
     np.testing.assert_allclose(np.asarray(ours), expected, atol=TOL, rtol=TOL)
 
     embeds = np.asarray(hf.get_input_embeddings()(torch.tensor(ids)).detach(), np.float64)
     embeds[visual] = expected.reshape(-1, expected.shape[-1])
     with torch.no_grad():
         reference = merged_hf(hf, sd, llm_prefix)(inputs_embeds=torch.tensor(embeds, dtype=torch.float32)).logits
-    out = model.apply({"params": loaded}, jnp.asarray(video, jnp.float32), jnp.asarray(ids), jnp.asarray(visual),
-                      instruction=jnp.asarray(instruction), instruction_mask=jnp.asarray(instruction_mask))
+    out = jax.jit(model.apply)({"params": loaded}, jnp.asarray(video, jnp.float32), jnp.asarray(ids),
+                               jnp.asarray(visual), instruction=jnp.asarray(instruction),
+                               instruction_mask=jnp.asarray(instruction_mask))
     np.testing.assert_allclose(np.asarray(out["logits"]), reference.numpy(), atol=TOL, rtol=TOL)
+
+
+def test_stage_files_load_in_order_and_missing_parts_are_named(tmp_path):
+    hf = hf_tiny.hf_model("mistral")
+    hf.save_pretrained(tmp_path / "llm")
+    model = tiny("umt", text_input=True, hf=hf)
+    params = random_params(model, hf, seed=1)
+    sd = {k: v for k, v in videochat2.to_state_dict(params, "umt").items() if not k.startswith("mistral_model.")}
+    text = r"qformer\.bert\.(embeddings\.(word|position)_embeddings|encoder\.layer\.\d+\.(intermediate|output)\.)"
+    import re
+    stage1 = {k: v for k, v in sd.items() if not re.match(r"(extra_query_tokens|mistral_proj\.)", k)}
+    stage1.update({"qformer.cls.predictions.bias": np.zeros(64, np.float32), "temp": np.ones((), np.float32),
+                   "vision_temp_embed": np.zeros((1, 8, 1, 32), np.float32), "vision_proj.weight": np.zeros((8, 32)),
+                   "qformer.bert.embeddings.position_ids": np.arange(32)[None]})
+    stage2 = {k: v for k, v in sd.items() if not re.match(text, k)}
+
+    with pytest.raises(common.ConversionError, match="stage-1 file"):  # pitfall P6
+        videochat2.load_params(model, [stage2], llm_dir=tmp_path / "llm")
+    loaded, report = videochat2.load_params(model, [stage1, stage2], llm_dir=tmp_path / "llm")
+    jax.tree.map(np.testing.assert_array_equal, {k: v for k, v in loaded.items() if k != "llm"},
+                 {k: v for k, v in params.items() if k != "llm"})
+    assert any(p.startswith("llm/") and "lora_a" in p for p in report.at_init)  # stage 2 has no adapters
+    assert {"temp", "vision_temp_embed", "qformer.cls.predictions.bias"} <= set(report.dropped)
+
+    only1, report = videochat2.load_params(model, [stage1], llm_dir=tmp_path / "llm")
+    assert {"qformer/extra_query_tokens", "project_up/"} <= set(report.at_init)
+    assert not np.asarray(only1["qformer"]["extra_query_tokens"]).any()  # zeros, as stage 2 creates them
+
+    with pytest.raises(common.ConversionError, match="no base LLM weights"):
+        videochat2.load_params(model, [stage2])
+    with pytest.raises(common.ConversionError, match="no VideoChat2"):
+        videochat2.load_params(model, [], llm_dir=tmp_path / "llm")
+
+
+@pytest.mark.parametrize("frames", [1, 4, 16])
+def test_umt_table_is_the_four_frame_sinusoid_resampled_in_time(frames):
+    grid, width = 3, 16
+    table = videochat.umt_position_table(frames, grid, width)
+    pos = np.arange(4 * grid * grid)[:, None] / np.power(10000, 2 * (np.arange(width) // 2) / width)[None]
+    pos[:, 0::2], pos[:, 1::2] = np.sin(pos[:, 0::2]), np.cos(pos[:, 1::2])
+    if frames == 1:  # images use the first frame's table (`img_pos_embed`)
+        np.testing.assert_allclose(table, pos[:grid * grid], atol=1e-6)
+        return
+    t = torch.tensor(pos).reshape(1, 4, grid, grid, width).permute(0, 2, 3, 4, 1).reshape(-1, width, 4)
+    t = torch.nn.functional.interpolate(t, size=frames, mode="linear")
+    expected = t.reshape(1, grid, grid, width, frames).permute(0, 4, 1, 2, 3).reshape(-1, width).numpy()
+    np.testing.assert_allclose(table, expected, atol=1e-6)
+    if frames == 16:
+        assert np.abs(table - videochat.layers.sincos_1d_interleaved(16 * grid * grid, width)).max() > 0.1

@@ -19,13 +19,13 @@ import json
 import os
 import re
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from invideo_jax.convert import common
 from invideo_jax.convert.common import ConversionError, Format, rule, scoped
+from invideo_jax.models import lora
 from invideo_jax.models.llm import CausalLM
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -135,9 +135,8 @@ def load_params(state, model: CausalLM, drop=(), initial=None):
     def initial_values():
         if initial is not None:
             return initial
-        pick = lambda v: {k: x for k, x in common.flatten(nn.meta.unbox(v)["params"]).items() if re.search(ADAPTERS, k)}
-        ids = jnp.zeros((1, 1), jnp.int32)
-        return common.unflatten(jax.jit(lambda key: pick(model.init(key, ids)))(jax.random.key(0, impl="rbg")))
+        wanted = common.flatten(jax.eval_shape(common.scan_to_loop, expected_params(model)))
+        return common.unflatten(lora.fresh_adapters({k: v.shape for k, v in wanted.items() if re.search(ADAPTERS, k)}))
 
     return common.convert(state, fmt, expected_params(model), drop, initial_values)
 

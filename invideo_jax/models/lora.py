@@ -61,6 +61,20 @@ class LoraDense(nn.Module):
         return y + jnp.tensordot(h, b.astype(self.dtype), axes=1) * (self.alpha / self.rank)
 
 
+def fresh_adapters(shapes: dict, seed: int = 0) -> dict:
+    """{path: numpy array} for {path: shape} of unscanned `lora_a` / `lora_b` params, initialised as LoraDense does
+    (A uniform in +-1/sqrt(fan_in), B zero); for filling the adapters a checkpoint lacks without running init."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for path, shape in sorted(shapes.items()):
+        if path.endswith("lora_b"):
+            out[path] = np.zeros(shape, np.float32)
+        else:
+            bound = 1.0 / np.sqrt(np.prod(shape[:-1]))
+            out[path] = rng.uniform(-bound, bound, shape).astype(np.float32)
+    return out
+
+
 def merge(params, alpha: float, rank: int):
     """`params` with every adapter folded into its kernel (kernel + alpha/rank * A B) and the LoRA params removed:
     the params of the same model with rank 0. Works on scanned layers (a leading layer axis on all three)."""

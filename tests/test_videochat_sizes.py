@@ -1,0 +1,54 @@
+"""Sizes: the LLM table against transformers' own parameter counts, and the 8B stage-3 model built abstractly."""
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from configs import videochat2 as recipes
+from invideo_jax import sharding
+from invideo_jax.models.llm import CausalLM
+from invideo_jax.train import optim
+
+HF = {  # the official config.json values, in transformers' names
+    "vicuna_7b": (transformers.LlamaConfig, dict(vocab_size=32001, hidden_size=4096, intermediate_size=11008,
+                                                 num_hidden_layers=32, num_attention_heads=32)),
+    "mistral_7b_v0.2": (transformers.MistralConfig, dict(vocab_size=32000, num_key_value_heads=8)),
+    "mistral_7b_v0.3": (transformers.MistralConfig, dict(vocab_size=32768, num_key_value_heads=8)),
+}
+
+
+def count(tree) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("name", sorted(HF))
+def test_llm_sizes_equal_transformers_counts(name):
+    config_cls, values = HF[name]
+    with torch.device("meta"):
+        reference = sum(p.numel() for p in transformers.AutoModelForCausalLM.from_config(config_cls(**values))
+                        .parameters())
+    model = CausalLM(**recipes.LLM_SIZES[name], scan=True)
+    params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.numpy.zeros((1, 1), jax.numpy.int32))
+    assert count(params) == reference
+
+
+def test_8b_stage3_model_builds_abstractly_with_fsdp_shardings():
+    config = recipes.get_config("8b")
+    model = recipes.build_model(config)
+    mesh = sharding.make_mesh({"fsdp": -1})
+    rules = sharding.rules("fsdp_tp")
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *model.dummy_inputs()))
+    shardings = sharding.logical_shardings(boxed["params"], mesh, rules)
+    kernel = shardings["llm"]["blocks"]["self_attn"]["k_proj"]["kernel"]
+    assert kernel.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)  # (layers, embed, kv_heads, kv)
+    params = sharding.strip_boxes(boxed["params"])
+    rows = optim.describe(params, config.optim)
+    trainable = sum(int(np.prod(r.shape)) for r in rows if not r.frozen)
+    adapters = sum(int(np.prod(r.shape)) for r in rows if r.path.endswith(("lora_a", "lora_b")))
+    assert count(params["llm"]) - adapters == 7_248_023_552
+    # as the config's docstring states: total, trainable (all but the frozen base LLM), LoRA
+    assert (count(params), trainable, adapters) == (8_467_860_608, 1_219_837_056, 42_532_864)
+    assert params["vision_encoder"]["transformer"]["blocks"]["attn"]["qkv"]["kernel"].shape[0] == 39
