@@ -8,8 +8,6 @@ unchanged. Which Dense layers get an adapter is decided by the model (a regex ov
 `optim.frozen` regex that trains the adapters only.
 """
 import re
-from typing import Any, Callable
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -27,19 +25,12 @@ def kaiming_uniform_a5(key, shape, dtype):
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
-class LoraDense(nn.Module):
+class LoraDense(layers.Dense):
     """`layers.Dense` with an optional low-rank update; `rank` 0 is a plain Dense (no LoRA params)."""
 
-    features: tuple
-    axes: tuple
-    in_dims: int = 1
-    use_bias: bool = True
-    kernel_init: Callable = layers.xavier
     rank: int = 0
     alpha: float = 32.0
     dropout: float = 0.0
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True):

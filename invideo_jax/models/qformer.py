@@ -26,22 +26,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from invideo_jax.models import layers
-from invideo_jax.models.bert import embed_init
+from invideo_jax.models.bert import BertLayer, embed_init
 from invideo_jax.models.layers import logical
 
 Dtype = Any
 
 
-class QFormerLayer(nn.Module):
-    num_heads: int
-    mlp_dim: int
-    cross_attention: bool
-    norm_eps: float = 1e-12
-    act: str = "gelu"
-    dropout: float = 0.0
-    attn_impl: Optional[str] = None
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
+class QFormerLayer(BertLayer):
+    """BertLayer's settings and parameter names, with the queries / text split of the module docstring."""
 
     @nn.compact
     def __call__(self, x, mask, num_query, context, context_mask, rate, deterministic: bool = True):
