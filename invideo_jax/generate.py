@@ -6,7 +6,8 @@
 DIR is a `transformers` LLaMA / Mistral directory (config.json, safetensors or .bin weights, tokenizer.json):
 convert/llama.py loads the weights, data/llm_tokenizer.py the tokenizer. Each prompt gets a BOS token; prompts are
 left-padded into one batch; generation stops at the tokenizer's EOS (or `--stop` strings) or after max_new_tokens.
-The completions are printed, one per prompt. Temperature 0 is greedy decoding (token for token what transformers'
+The completions are printed, one per prompt. Loading reads the weights into host memory as float32 first (a 7B
+model: about 29 GB), then keeps them in `--dtype`. Temperature 0 is greedy decoding (token for token what transformers'
 `generate(do_sample=False)` gives); otherwise tokens are sampled from softmax(logits / temperature) restricted to
 the top-p nucleus (the smallest set of most likely tokens whose probability reaches top_p).
 
@@ -136,7 +137,8 @@ def main(argv):
     f = flags.FLAGS
     if not f.prompt:
         raise flags.IllegalFlagValueError("give at least one --prompt")
-    model, params, report = llama.load_model_dir(f.model_dir, dtype=jnp.dtype(f.dtype))
+    dtype = jnp.dtype(f.dtype)
+    model, params, report = llama.load_model_dir(f.model_dir, dtype=dtype, param_dtype=dtype)
     print(report.summary())
     tokenizer = llm_tokenizer.load(f.model_dir)
     ids, mask = left_pad([tokenizer.encode(p, bos=True) for p in f.prompt], tokenizer.pad_id)
@@ -156,7 +158,7 @@ def _define_flags():
     flags.DEFINE_float("temperature", 0.0, "0: greedy; > 0: sampling temperature")
     flags.DEFINE_float("top_p", 1.0, "nucleus mass for sampling")
     flags.DEFINE_integer("seed", 0, "sampling seed")
-    flags.DEFINE_string("dtype", "float32", "compute dtype (float32, bfloat16)")
+    flags.DEFINE_string("dtype", "float32", "compute and parameter dtype (float32, bfloat16)")
     flags.DEFINE_multi_string("stop", [], "extra stop strings (besides the EOS token)")
 
 
