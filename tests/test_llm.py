@@ -26,16 +26,16 @@ def hf_outputs(hf, ids, mask, positions):
     return out.logits.numpy(), [h.numpy() for h in out.hidden_states]
 
 
-@pytest.mark.parametrize("kind,overrides,scan", [
-    ("llama", {}, False),
-    ("llama", {}, True),
-    ("llama", {"num_key_value_heads": 4, "tie_word_embeddings": True}, False),
-    ("mistral", {"sliding_window": 3, "rope_theta": 1e6}, True),
-    ("mistral", {"head_dim": 12}, False),
+@pytest.mark.parametrize("kind,overrides,scan,remat", [
+    ("llama", {}, False, "none"),
+    ("llama", {}, True, "none"),
+    ("llama", {"num_key_value_heads": 4, "tie_word_embeddings": True}, False, "full"),
+    ("mistral", {"sliding_window": 3, "rope_theta": 1e6}, True, "full"),
+    ("mistral", {"head_dim": 12}, False, "none"),
 ])
-def test_logits_and_hidden_states_match_transformers(kind, overrides, scan):
+def test_logits_and_hidden_states_match_transformers(kind, overrides, scan, remat):
     hf = hf_tiny.hf_model(kind, **overrides)
-    model, params = ours(hf, scan=scan)
+    model, params = ours(hf, scan=scan, remat=remat)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, hf.config.vocab_size, (2, 9))
     mask = np.ones((2, 9), np.int64)

@@ -52,3 +52,28 @@ def test_8b_stage3_model_builds_abstractly_with_fsdp_shardings():
     # as the config's docstring states: total, trainable (all but the frozen base LLM), LoRA
     assert (count(params), trainable, adapters) == (8_467_860_608, 1_219_837_056, 42_532_864)
     assert params["vision_encoder"]["transformer"]["blocks"]["attn"]["qkv"]["kernel"].shape[0] == 39
+
+
+def test_tiny_variant_trains_the_adapters_and_bridge_only():
+    """configs/videochat2.py:tiny (scan, full remat, bfloat16, LoRA): a loss gradient step through the whole model."""
+    config = recipes.get_config("tiny")
+    model = recipes.build_model(config)
+    video, ids, visual, mask, instruction = model.dummy_inputs(batch=2)
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), video, ids, visual, mask, instruction)["params"]
+    params = nn.meta.unbox(params)
+
+    def loss(p):
+        out = model.apply({"params": p}, video, ids, visual, mask, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
+        return jax.numpy.mean(jax.nn.log_softmax(out["logits"])[..., 0])
+
+    grads = jax.jit(jax.grad(loss))(params)
+    assert all(bool(jax.numpy.isfinite(g).all()) for g in jax.tree.leaves(grads))
+    tx, _ = optim.make_optimizer(config.optim, params, total_steps=10, global_batch=2)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    flat = {jax.tree_util.keystr(k, simple=True, separator="/"): u
+            for k, u in jax.tree_util.tree_leaves_with_path(updates)}
+    for path, update in flat.items():
+        if path.startswith("llm/") and not path.endswith(("lora_a", "lora_b")):
+            assert not bool((update != 0).any()), path
+    assert any(bool((u != 0).any()) for p, u in flat.items() if p.startswith("vision_encoder/"))
+    assert any(bool((u != 0).any()) for p, u in flat.items() if p.endswith("lora_a"))
