@@ -74,7 +74,8 @@ def _generate(model, params, ids, embeds, mask, rng, *, max_new_tokens, temperat
         step = model.apply(variables, token[:, None], mask=slots, positions=(start + t)[:, None], cache=cache,
                            cache_index=prompt_len + t)
         rng, key = jax.random.split(rng)
-        return t + 1, next_token(step["logits"][:, 0], key, temperature, top_p), step["cache"], done, buffer, lengths, rng
+        token = next_token(step["logits"][:, 0], key, temperature, top_p)
+        return t + 1, token, step["cache"], done, buffer, lengths, rng
 
     def running(state):
         t, _, _, done, *_ = state

@@ -183,8 +183,8 @@ class CausalLM(nn.Module):
             self.blocks = layer_cls(**layer, name="blocks")
         else:
             self.blocks = [layer_cls(**layer, name=f"blocks_{i}") for i in range(self.depth)]
-        self.embed_tokens = nn.Embed(self.vocab_size, self.width, embedding_init=logical(embed_init, ("vocab", "embed")),
-                                     dtype=self.dtype, param_dtype=self.param_dtype)
+        self.embed_tokens = nn.Embed(self.vocab_size, self.width, dtype=self.dtype, param_dtype=self.param_dtype,
+                                     embedding_init=logical(embed_init, ("vocab", "embed")))
         self.norm = layers.Norm("rmsnorm", self.norm_eps, self.param_dtype)
         if not self.tie_embeddings:
             rank = self.lora_rank if re.search(self.lora_targets, "lm_head") else 0
