@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from invideo_jax.models import layers
+from invideo_jax.models import attention, layers
 from invideo_jax.models.layers import logical
 from invideo_jax.models.lora import LoraDense
 
@@ -101,8 +101,8 @@ class Attention(_Projections):
             k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, cache_index, 0, 0))
             v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, cache_index, 0, 0))
             cache = (k, v)
-        y = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask,
-                                         scale=self.head_dim ** -0.5, implementation=self.attn_impl)
+        y = attention.attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask, scale=self.head_dim ** -0.5,
+                                impl=self.attn_impl)
         return self.dense((width,), ("heads", "kv", "embed"), "o_proj", in_dims=2)(y, deterministic), cache
 
 
@@ -171,9 +171,9 @@ class CausalLM(nn.Module):
             raise ValueError(f"unknown remat policy {self.remat!r}; expected one of {sorted(layers.REMAT_POLICIES)}")
         kw = dict(lora_rank=self.lora_rank, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
                   lora_targets=self.lora_targets, dtype=self.dtype, param_dtype=self.param_dtype)
-        attention = dict(num_heads=self.num_heads, num_kv_heads=self.num_kv_heads, head_dim=self.kv_head_dim,
-                         rope_theta=self.rope_theta, attn_impl=self.attn_impl, **kw)
-        layer = dict(attention=attention, mlp=dict(mlp_dim=self.mlp_dim, **kw), norm_eps=self.norm_eps,
+        attn_kwargs = dict(num_heads=self.num_heads, num_kv_heads=self.num_kv_heads, head_dim=self.kv_head_dim,
+                           rope_theta=self.rope_theta, attn_impl=self.attn_impl, **kw)
+        layer = dict(attention=attn_kwargs, mlp=dict(mlp_dim=self.mlp_dim, **kw), norm_eps=self.norm_eps,
                      param_dtype=self.param_dtype)
         layer_cls = DecoderLayer
         if self.remat != "none":
