@@ -110,7 +110,7 @@ def test_command_line_generates_from_a_saved_model_directory(tmp_path):
     expected = [t for t in expected if t != 0]
     result = subprocess.run(
         [sys.executable, "-m", "invideo_jax.generate", f"--model_dir={tmp_path}", f"--prompt={prompt}",
-         "--max_new_tokens=5"], capture_output=True, text=True, timeout=300,
+         "--max_new_tokens=5"], capture_output=True, text=True, timeout=600,
         env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == prompt + tokenizer.decode(expected)

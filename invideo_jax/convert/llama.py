@@ -121,7 +121,7 @@ def expected_params(model: CausalLM) -> dict:
 
 def load_params(state, model: CausalLM, drop=(), initial=None):
     """A state dict ({key: tensor}, HF or peft names) -> (params, common.Report) for `model`. Without adapter keys,
-    a LoRA model's `lora_a` / `lora_b` come from `initial` (params of `model`; default: its init, rank-only)."""
+    a LoRA model's `lora_a` / `lora_b` come from `initial` (params of `model`; default: `lora.fresh_adapters`)."""
     state = common.normalize_keys(state, FORMAT)
     drop = list(drop)
     if model.tie_embeddings and "lm_head.weight" in state:
