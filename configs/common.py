@@ -57,7 +57,8 @@ def vit_encoder(variant: str, **overrides) -> dict:
 def parse_arg(arg, **defaults) -> ml_collections.ConfigDict:
     """'vit_b,frames=8' style string -> ConfigDict of `defaults` updated; a bare first word sets `variant`.
 
-    Values are converted to the type of their default; an unknown key raises, naming it.
+    Values are converted to the type of their default (booleans: true or false, any case); an unknown key or a value
+    that does not convert raises, naming the key.
     """
     out = ml_collections.ConfigDict(defaults)
     for i, item in enumerate(filter(None, (arg or "").split(","))):
@@ -68,9 +69,19 @@ def parse_arg(arg, **defaults) -> ml_collections.ConfigDict:
             key, value = "variant", key
         if key not in defaults:
             raise ValueError(f"unknown config arg {key!r}; known: {sorted(defaults)}")
-        default = defaults[key]
-        out[key] = (value.lower() in ("1", "true", "yes")) if isinstance(default, bool) else type(default)(value)
+        out[key] = _convert(key, value, defaults[key])
     return out
+
+
+def _convert(key: str, value: str, default):
+    if isinstance(default, bool):
+        if value.lower() not in ("true", "false"):
+            raise ValueError(f"config arg {key}={value!r}: expected true or false")
+        return value.lower() == "true"
+    try:
+        return type(default)(value)
+    except ValueError:
+        raise ValueError(f"config arg {key}={value!r}: expected type {type(default).__name__}") from None
 
 
 def train_config(task: str, model_kwargs: dict, model_name: str = "vit") -> ml_collections.ConfigDict:
