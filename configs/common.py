@@ -15,13 +15,16 @@ VIT_SIZES = {
     "6B": dict(width=3200, depth=48, num_heads=25, mlp_dim=12800),
 }
 
-# VideoMAE pre-training decoders as in the official scripts (V2-g: depth 4).
+# VideoMAE pre-training decoders: width and heads of the official `pretrain_videomae_*` builders, MLP int(width x
+# the encoder's mlp_ratio), depth of the official pre-training scripts (`--decoder_depth`). S-H: VideoMAE (V1); g:
+# VideoMAE V2 (mlp_ratio 48/11). VideoMAE V2's own H builder differs (512 wide, 8 heads, MLP 2048) and its scripts use
+# depth 4: set the decoder_* fields for such a file. Checked by tests/test_sizes.py.
 DECODER_SIZES = {
     "S": dict(decoder_width=192, decoder_heads=3, decoder_depth=4, decoder_mlp_dim=768),
     "B": dict(decoder_width=384, decoder_heads=6, decoder_depth=4, decoder_mlp_dim=1536),
     "L": dict(decoder_width=512, decoder_heads=8, decoder_depth=12, decoder_mlp_dim=2048),
     "H": dict(decoder_width=640, decoder_heads=8, decoder_depth=12, decoder_mlp_dim=2560),
-    "g": dict(decoder_width=512, decoder_heads=8, decoder_depth=4, decoder_mlp_dim=2048),
+    "g": dict(decoder_width=512, decoder_heads=8, decoder_depth=4, decoder_mlp_dim=2234),
 }
 
 # OpenAI CLIP towers (UniFormerV2 / InternVideo-MM backbones). Text: 77-token context, 49408 BPE ids.
