@@ -127,7 +127,8 @@ def test_pretraining_parity(scan):
     assert_close(f"pretrain encoder output (scan={scan})", tokens["tokens"], enc.last_hidden_state)
     pred = jax.jit(model.apply)({"params": params}, ours_video, visible_idx, target_idx)
     assert_close(f"pretrain decoder logits (scan={scan})", pred, out.logits)
-    loss = losses.reconstruction_loss(pred, losses.pixel_targets(ours_video, tubelet=TUBELET, patch=PATCH), target_idx)
+    loss = losses.reconstruction_loss(pred, losses.pixel_targets(
+        ours_video, tubelet=TUBELET, patch=PATCH, normalization="imagenet"), target_idx)
     assert_close(f"pretrain loss (scan={scan})", loss, out.loss)
 
     official, _ = videomae.load_params(official_from_hf(ref.state_dict(), pretrain=True), model, "videomae")
