@@ -441,7 +441,8 @@ def test_stage1_file_into_a_distiller_whose_teacher_cannot_be_built():
     """The loader never builds a Distiller's teachers: with a 24-wide InternVideo2 image teacher the heads take its
     width, and the variables equal the student-only model's."""
     state = official_vision(stage1=True, **HEAD_DIMS)
-    teacher_image = dict(DISTILLER["teacher_image"], width=HEAD_DIMS["clip_dim"], clip_embed_dim=HEAD_DIMS["clip_final"])
+    teacher_image = dict(DISTILLER["teacher_image"], width=HEAD_DIMS["clip_dim"],
+                         clip_embed_dim=HEAD_DIMS["clip_final"])
     teacher_video = dict(DISTILLER["teacher_video"], width=HEAD_DIMS["mae_dim"])
     model = Distiller(**dict(DISTILLER, teacher_image=teacher_image, teacher_video=teacher_video))
     variables, report = convert.load_variables(state, model)

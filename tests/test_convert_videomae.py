@@ -185,7 +185,8 @@ def official_layer_scale_state(pretrain, seed=0):
     PretrainVisionTransformer (encoder.*, decoder.*, encoder_to_decoder, mask_token; the sin-cos tables are not
     stored). N(0, 0.2), norm weights and LayerScale gammas around 1 and 0.5, so that every term matters."""
     enc = "encoder." if pretrain else ""
-    shapes = {f"{enc}patch_embed.proj.weight": (WIDTH, 3, TUBELET, PATCH, PATCH), f"{enc}patch_embed.proj.bias": (WIDTH,)}
+    shapes = {f"{enc}patch_embed.proj.weight": (WIDTH, 3, TUBELET, PATCH, PATCH),
+              f"{enc}patch_embed.proj.bias": (WIDTH,)}
     for i in range(DEPTH):
         shapes.update(official_block_shapes(f"{enc}blocks.{i}.", WIDTH, MLP))
     if pretrain:

@@ -399,8 +399,8 @@ class Distiller(nn.Module):
             pos = self._pos_embed("clip_pos_embed", grid, width, cls=True)
             pos = jnp.concatenate([jnp.broadcast_to(pos[:, :1], (b, 1, width)), pos[0, 1:][visible]], axis=1)
             pred["image_layers"] = jnp.stack([
-                DecoderHead(dims["image_layers"], self.image_decoder, self.head_norm_eps, name=f"clip_decoder_{i}", **kw)(
-                    hidden[n_layers - self.image_layers + i] + pos.astype(hidden.dtype))
+                DecoderHead(dims["image_layers"], self.image_decoder, self.head_norm_eps, name=f"clip_decoder_{i}",
+                            **kw)(hidden[n_layers - self.image_layers + i] + pos.astype(hidden.dtype))
                 for i in range(self.image_layers)])
         if self.image_pooled:
             pred["image_pooled"] = DecoderHead(dims["image_pooled"], "linear", self.head_norm_eps,
@@ -409,8 +409,8 @@ class Distiller(nn.Module):
             pos = self._pos_embed("mae_pos_embed", grid, width, cls=False)
             pos = pos[0][visible]  # (B, M, D)
             pred["video_layers"] = jnp.stack([
-                DecoderHead(dims["video_layers"], self.video_decoder, self.head_norm_eps, name=f"mae_decoder_{i}", **kw)(
-                    hidden[n_layers - self.video_layers + i][:, 1:] + pos.astype(hidden.dtype))
+                DecoderHead(dims["video_layers"], self.video_decoder, self.head_norm_eps, name=f"mae_decoder_{i}",
+                            **kw)(hidden[n_layers - self.video_layers + i][:, 1:] + pos.astype(hidden.dtype))
                 for i in range(self.video_layers)])
         return pred, out["pooled"]
 
