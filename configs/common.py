@@ -15,13 +15,16 @@ VIT_SIZES = {
     "6B": dict(width=3200, depth=48, num_heads=25, mlp_dim=12800),
 }
 
-# VideoMAE pre-training decoders as in the official scripts (V2-g: depth 4).
+# VideoMAE pre-training decoders: width and heads of the official `pretrain_videomae_*` builders, MLP int(width x
+# the encoder's mlp_ratio), depth of the official pre-training scripts (`--decoder_depth`). S-H: VideoMAE (V1); g:
+# VideoMAE V2 (mlp_ratio 48/11). VideoMAE V2's own H builder differs (512 wide, 8 heads, MLP 2048) and its scripts use
+# depth 4: set the decoder_* fields for such a file. Checked by tests/test_sizes.py.
 DECODER_SIZES = {
     "S": dict(decoder_width=192, decoder_heads=3, decoder_depth=4, decoder_mlp_dim=768),
     "B": dict(decoder_width=384, decoder_heads=6, decoder_depth=4, decoder_mlp_dim=1536),
     "L": dict(decoder_width=512, decoder_heads=8, decoder_depth=12, decoder_mlp_dim=2048),
     "H": dict(decoder_width=640, decoder_heads=8, decoder_depth=12, decoder_mlp_dim=2560),
-    "g": dict(decoder_width=512, decoder_heads=8, decoder_depth=4, decoder_mlp_dim=2048),
+    "g": dict(decoder_width=512, decoder_heads=8, decoder_depth=4, decoder_mlp_dim=2234),
 }
 
 # OpenAI CLIP towers (UniFormerV2 / InternVideo-MM backbones). Text: 77-token context, 49408 BPE ids.
@@ -57,7 +60,8 @@ def vit_encoder(variant: str, **overrides) -> dict:
 def parse_arg(arg, **defaults) -> ml_collections.ConfigDict:
     """'vit_b,frames=8' style string -> ConfigDict of `defaults` updated; a bare first word sets `variant`.
 
-    Values are converted to the type of their default; an unknown key raises, naming it.
+    Values are converted to the type of their default (booleans: true or false, any case); an unknown key or a value
+    that does not convert raises, naming the key.
     """
     out = ml_collections.ConfigDict(defaults)
     for i, item in enumerate(filter(None, (arg or "").split(","))):
@@ -68,9 +72,19 @@ def parse_arg(arg, **defaults) -> ml_collections.ConfigDict:
             key, value = "variant", key
         if key not in defaults:
             raise ValueError(f"unknown config arg {key!r}; known: {sorted(defaults)}")
-        default = defaults[key]
-        out[key] = (value.lower() in ("1", "true", "yes")) if isinstance(default, bool) else type(default)(value)
+        out[key] = _convert(key, value, defaults[key])
     return out
+
+
+def _convert(key: str, value: str, default):
+    if isinstance(default, bool):
+        if value.lower() not in ("true", "false"):
+            raise ValueError(f"config arg {key}={value!r}: expected true or false")
+        return value.lower() == "true"
+    try:
+        return type(default)(value)
+    except ValueError:
+        raise ValueError(f"config arg {key}={value!r}: expected type {type(default).__name__}") from None
 
 
 def train_config(task: str, model_kwargs: dict, model_name: str = "vit") -> ml_collections.ConfigDict:

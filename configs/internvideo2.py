@@ -10,6 +10,11 @@ tests/test_internvideo2.py):
 
 Every frame of 224 adds 256 * D pos_embed entries (1B: 360,448; 6B: 819,200), e.g. 1B at 4 frames (the released
 stage-2 files) holds 1,019,266,816. A head on 768 features adds 2 * 768 + 769 * num_classes.
+
+MLP activation (`act`): 'gelu_tanh', the tanh-approximate GELU of flash-attn's fused MLP that every released
+checkpoint was trained with (official `use_fused_mlp=True`); 'gelu' (exact) for weights trained by the official code
+with `use_fused_mlp=False`. The checkpoint files do not record it: override it with the `act=` ARG of the distill and
+align configs, or `--config.model.kwargs[.student|.vision_config].act=gelu`.
 """
 from configs import common
 
@@ -33,7 +38,7 @@ def encoder_config(size: str, frames: int = 8, image_size: int = 224, **override
     if frames < 1 or image_size % 14:
         raise ValueError(f"frames={frames} must be >= 1 and image_size={image_size} a multiple of the patch size 14")
     cfg = dict(SIZES[size], patch_size=14, tubelet_size=1, num_frames=frames, image_size=image_size,
-               layer_scale=1e-5, norm_eps=1e-6, attn_pool_heads=16, clip_embed_dim=768)
+               layer_scale=1e-5, norm_eps=1e-6, act="gelu_tanh", attn_pool_heads=16, clip_embed_dim=768)
     cfg.update(overrides)
     return cfg
 

@@ -10,7 +10,8 @@ fusion_layer 9), frames=4, image_size=224, embed_dim=512, text_length=32, mask_r
 batch=4096 (global), train_size=1000000 (clips in the list, for the schedule: set it to yours), stage1_frames=8
 (frames of the stage-1 pos_embed, resampled on restore), scan=True, vision_remat=none, text_remat=full,
 dtype=bfloat16, audio= (none; `beats_iter3`: the 6B model's BEATs-style audio encoder over 64-bin log-mel of the clip's
-audio track, models/audio.py), audio_frozen=True.
+audio track, models/audio.py), audio_frozen=True, act=gelu_tanh (the vision MLP activation; gelu: exact, for
+weights trained with the official use_fused_mlp=False, configs/internvideo2.py).
 
 Audio (6B, `InternVideo2_Stage2_audiovisual`; its pre-training config): `audio=beats_iter3` adds the frozen audio
 encoder, the 768-wide audio-visual context (`av_concat_dim`: vision tokens through `av_concat_vision_proj`, audio
@@ -85,11 +86,12 @@ def audio_config(size: str, num_mel_bins: int = 64, scan: bool = True, dtype: st
 
 def model_config(size: str = "1B", text: str = "large", frames: int = 4, image_size: int = 224, embed_dim: int = 512,
                  scan: bool = True, vision_remat: str = "none", text_remat: str = "full",
-                 dtype: str = "bfloat16", audio: str = "", audio_frozen: bool = True) -> dict:
+                 dtype: str = "bfloat16", audio: str = "", audio_frozen: bool = True, act: str = "gelu_tanh") -> dict:
     """`VideoTextAlign` kwargs: the InternVideo2 vision encoder, the BERT text encoder, the projections, the audio
     encoder (`audio`: a row of AUDIO_SIZES, or '' for none)."""
     vision = internvideo2.encoder_config(size, frames=frames, image_size=image_size, scan=scan, remat=vision_remat,
-                                         drop_path=internvideo2.PRETRAIN_DROP_PATH.get(size, 0.0), dtype=dtype)
+                                         drop_path=internvideo2.PRETRAIN_DROP_PATH.get(size, 0.0), dtype=dtype,
+                                         act=act)
     audio_cfg = audio_config(audio, scan=scan, dtype=dtype)
     return dict(vision_config=vision, text_config=text_config(text, remat=text_remat, dtype=dtype),
                 audio_config=audio_cfg, av_concat_dim=AV_CONCAT_DIM if audio_cfg else 0, freeze_audio=audio_frozen,
@@ -133,10 +135,10 @@ def get_config(arg=None):
     arg = common.parse_arg(arg, variant="1B", text="large", frames=4, image_size=224, embed_dim=512, text_length=32,
                            mask_ratio=0.8, mlm_prob=0.5, epochs=10, batch=4096, train_size=1_000_000,
                            stage1_frames=8, scan=True, vision_remat="none", text_remat="full", dtype="bfloat16",
-                           audio="", audio_frozen=True)
+                           audio="", audio_frozen=True, act="gelu_tanh")
     model = model_config(arg.variant, arg.text, arg.frames, arg.image_size, arg.embed_dim, scan=arg.scan,
                          vision_remat=arg.vision_remat, text_remat=arg.text_remat, dtype=arg.dtype, audio=arg.audio,
-                         audio_frozen=arg.audio_frozen)
+                         audio_frozen=arg.audio_frozen, act=arg.act)
     c = align_fields(common.train_config("align", model, model_name="align"), mask_ratio=arg.mask_ratio,
                      mlm_prob=arg.mlm_prob)
     steps_per_epoch = max(arg.train_size // arg.batch, 1)

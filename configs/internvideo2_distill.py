@@ -8,7 +8,8 @@ ARG: the student size (1B, 6B; S, B, L build too) then options: frames=8 (studen
 2x as many), image_teacher=6B (InternVideo2 size row of the image teacher), video_teacher=g/14 (ViT row of the
 VideoMAE V2 teacher), image_layers=6, video_layers=4, mask_ratio=0.8, epochs=300, batch (default 4096 for 1B,
 2048 for 6B), train_size=1100000 (clips in the list, for the schedule), scan=True, remat=full, dtype=bfloat16,
-targets='' (a directory of stored teacher targets to train from, below).
+targets='' (a directory of stored teacher targets to train from, below), act=gelu_tanh (the student's MLP activation;
+gelu: exact, for a student trained with the official use_fused_mlp=False, configs/internvideo2.py).
 
 Recipe (internvideo.md 1.8, 5.4): 16-frame clips (segment sampling, flip); the VideoMAE V2-g teacher sees all 16
 (tubelet 2: 8x16x16 tokens), the student and the image teacher every 2nd frame (8 frames, tubelet 1: 8x16x16).
@@ -76,11 +77,12 @@ def init_from(teacher_image: str = "", teacher_video: str = "") -> ml_collection
 
 def model_config(size: str = "1B", frames: int = 8, image_teacher: str = "6B", video_teacher: str = "g/14",
                  image_layers: int = 6, video_layers: int = 4, mask_ratio: float = 0.8, image_size: int = 224,
-                 scan: bool = True, remat: str = "full", dtype: str = "bfloat16") -> dict:
+                 scan: bool = True, remat: str = "full", dtype: str = "bfloat16", act: str = "gelu_tanh") -> dict:
     """`Distiller` kwargs: the student, the InternViT-like image teacher (one frame), the VideoMAE V2 teacher (2x
     the student's frames, tubelet 2) and the stage-1 settings."""
     student = internvideo2.encoder_config(size, frames=frames, image_size=image_size, scan=scan, remat=remat,
-                                          dtype=dtype, drop_path=internvideo2.PRETRAIN_DROP_PATH.get(size, 0.0))
+                                          dtype=dtype, drop_path=internvideo2.PRETRAIN_DROP_PATH.get(size, 0.0),
+                                          act=act)
     teacher_image = internvideo2.encoder_config(image_teacher, frames=1, image_size=image_size, layer_scale=0.1,
                                                 scan=scan, dtype=dtype)
     teacher_video = common.vit_encoder(video_teacher, num_frames=2 * frames, image_size=image_size, tubelet_size=2,
@@ -94,9 +96,9 @@ def model_config(size: str = "1B", frames: int = 8, image_teacher: str = "6B", v
 def get_config(arg=None):
     arg = common.parse_arg(arg, variant="1B", frames=8, image_teacher="6B", video_teacher="g/14", image_layers=6,
                            video_layers=4, mask_ratio=0.8, epochs=300, batch=0, train_size=1100000, scan=True,
-                           remat="full", dtype="bfloat16", targets="")
+                           remat="full", dtype="bfloat16", targets="", act="gelu_tanh")
     model = model_config(arg.variant, arg.frames, arg.image_teacher, arg.video_teacher, arg.image_layers,
-                         arg.video_layers, arg.mask_ratio, scan=arg.scan, remat=arg.remat, dtype=arg.dtype)
+                         arg.video_layers, arg.mask_ratio, scan=arg.scan, remat=arg.remat, dtype=arg.dtype, act=arg.act)
     c = common.train_config("distill", model, model_name="distiller")
     c.batch_size = arg.batch or BATCH.get(arg.variant, 4096)
     steps_per_epoch = max(arg.train_size // c.batch_size, 1)

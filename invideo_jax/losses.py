@@ -3,16 +3,19 @@ import jax
 import jax.numpy as jnp
 import optax
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from invideo_jax.data.transforms import NORMALIZATION
 
 
-def pixel_targets(video, *, tubelet: int, patch: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, normalize=True):
-    """VideoMAE targets (B, N, tubelet*p*p*C) in (t, y, x, c) order from a normalised (B,T,H,W,C) video.
+def pixel_targets(video, *, tubelet: int, patch: int, normalization: str, normalize=True):
+    """VideoMAE targets (B, N, tubelet*p*p*C) in (t, y, x, c) order from a (B,T,H,W,C) video that the data pipeline
+    normalised with the mean/std named `normalization` (`config.data.normalize`).
 
-    De-normalise to [0, 1]; with `normalize`, each tubelet and channel is standardised by its own mean and
-    unbiased std (+1e-6), as the original.
+    De-normalise to [0, 1] with that mean/std; with `normalize`, each tubelet and channel is standardised by its own
+    mean and unbiased std (+1e-6), as the original.
     """
+    if normalization not in NORMALIZATION:
+        raise ValueError(f"normalization={normalization!r}: expected one of {sorted(NORMALIZATION)}")
+    mean, std = NORMALIZATION[normalization]
     video = jax.lax.stop_gradient(video.astype(jnp.float32))
     video = video * jnp.asarray(std) + jnp.asarray(mean)
     b, t, h, w, c = video.shape

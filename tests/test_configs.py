@@ -66,6 +66,16 @@ def test_demo_stages_build(tmp_path):
         build(stages.stage_config(config, name, str(tmp_path)))
 
 
+def test_boolean_args_are_true_or_false_only():
+    assert videomae_pretrain.get_config("vit_b,v2=TRUE,scan=false").mask.decoder_kind == "running_cell"
+    assert not videomae_pretrain.get_config("vit_b,scan=False").model.kwargs.encoder.scan
+    for bad in ("scan=flase", "scan=1", "v2=yes", "v2="):
+        with pytest.raises(ValueError, match=f"config arg {bad.split('=')[0]}=.*expected true or false"):
+            videomae_pretrain.get_config(f"vit_b,{bad}")
+    with pytest.raises(ValueError, match="config arg frames='8f': expected type int"):
+        videomae_pretrain.get_config("vit_b,frames=8f")
+
+
 def test_unknown_arg_is_named():
     with pytest.raises(ValueError, match="frmes"):
         videomae_pretrain.get_config("vit_b,frmes=8")

@@ -1,11 +1,13 @@
 """InternVideo2 converters: official-layout state dicts (random numpy arrays under the official key names and torch
 shapes, written from internvideo.md 1.7-1.9 / 2.5, not from our rules) convert into our models, whose outputs equal a
 float64 numpy forward that reads the OFFICIAL state dict directly; exact round trips (looped and scanned); stage-1
-extras dropped or (Distiller) converted; pos_embed resampling; error messages; stage 2 into VideoTextAlign; the CLI
-and the registry presets.
+extras dropped or (Distiller) converted, with the heads' widths given directly (the official `clip_teacher_embed_dim`,
+`clip_teacher_final_dim`, `mae_teacher_embed_dim`) and checked against the official PretrainInternVideo2 forward;
+both MLP activations (fused tanh GELU, exact GELU); pos_embed resampling; error messages; stage 2 into
+VideoTextAlign; the CLI and the registry presets.
 
 Tolerance: max abs error <= 1e-4 (float32 model vs float64 reference, every weight ~N(0, 0.3), norm weights around
-1; measured about 1e-6).
+1; measured about 1e-6); 1e-5 for the activation and stage-1 head checks.
 """
 import argparse
 import math
@@ -53,8 +55,9 @@ def clips(frames=FRAMES, seed=1):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def shapes_vision(classes=0, stage1=False, tokens=TOKENS):
-    """{official key: torch shape} of a single_modality InternVideo2 (fine-tune: fc_norm/head; pre-train: heads)."""
+def shapes_vision(classes=0, stage1=False, tokens=TOKENS, clip_dim=CLIP_DIM, clip_final=CLIP_FINAL, mae_dim=MAE_DIM):
+    """{official key: torch shape} of a single_modality InternVideo2 (fine-tune: fc_norm/head; pre-train: heads whose
+    widths are PretrainInternVideo2's clip_teacher_embed_dim, clip_teacher_final_dim, mae_teacher_embed_dim)."""
     s = {"patch_embed.proj.weight": (D, 3, 1, PATCH, PATCH), "patch_embed.proj.bias": (D,),
          "cls_token": (1, 1, D), "pos_embed": (1, 1 + tokens, D)}
     for i in range(DEPTH):
@@ -73,15 +76,15 @@ def shapes_vision(classes=0, stage1=False, tokens=TOKENS):
                   "head.bias": (classes,)})
     if stage1:
         for k in range(CLIP_LAYERS):
-            s.update({f"clip_decoder.{k}.head.weight": (CLIP_DIM, D), f"clip_decoder.{k}.head.bias": (CLIP_DIM,),
-                      f"clip_decoder.{k}.norm.weight": (CLIP_DIM,), f"clip_decoder.{k}.norm.bias": (CLIP_DIM,)})
-        s.update({"final_clip_decoder.head.weight": (CLIP_FINAL, POOL_OUT),
-                  "final_clip_decoder.head.bias": (CLIP_FINAL,), "final_clip_decoder.norm.weight": (CLIP_FINAL,),
-                  "final_clip_decoder.norm.bias": (CLIP_FINAL,)})
+            s.update({f"clip_decoder.{k}.head.weight": (clip_dim, D), f"clip_decoder.{k}.head.bias": (clip_dim,),
+                      f"clip_decoder.{k}.norm.weight": (clip_dim,), f"clip_decoder.{k}.norm.bias": (clip_dim,)})
+        s.update({"final_clip_decoder.head.weight": (clip_final, POOL_OUT),
+                  "final_clip_decoder.head.bias": (clip_final,), "final_clip_decoder.norm.weight": (clip_final,),
+                  "final_clip_decoder.norm.bias": (clip_final,)})
         for k in range(MAE_LAYERS):
             s.update({f"mae_decoder.{k}.head.0.weight": (D, D), f"mae_decoder.{k}.head.0.bias": (D,),
-                      f"mae_decoder.{k}.head.2.weight": (MAE_DIM, D), f"mae_decoder.{k}.head.2.bias": (MAE_DIM,),
-                      f"mae_decoder.{k}.norm.weight": (MAE_DIM,), f"mae_decoder.{k}.norm.bias": (MAE_DIM,)})
+                      f"mae_decoder.{k}.head.2.weight": (mae_dim, D), f"mae_decoder.{k}.head.2.bias": (mae_dim,),
+                      f"mae_decoder.{k}.norm.weight": (mae_dim,), f"mae_decoder.{k}.norm.bias": (mae_dim,)})
         s.update({"clip_pos_embed": (1, 1 + tokens, D), "mae_pos_embed": (1, tokens, D)})
     return s
 
@@ -126,8 +129,8 @@ def randomise(shapes, seed=0):
     return out
 
 
-def official_vision(classes=0, stage1=False, tokens=TOKENS, seed=0):
-    return randomise(shapes_vision(classes, stage1, tokens), seed)
+def official_vision(classes=0, stage1=False, tokens=TOKENS, seed=0, **head_dims):
+    return randomise(shapes_vision(classes, stage1, tokens, **head_dims), seed)
 
 
 def official_stage2(seed=0):
@@ -153,8 +156,11 @@ def official_stage2(seed=0):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def official_forward(state, video, prefix=""):
-    """-> (tokens (B, 1 + N, D), pooled (B, POOL_OUT), logits or None)."""
+def official_forward(state, video, prefix="", visible=None, exact_gelu=False):
+    """-> {'tokens' (B, 1 + N, D), 'layers' (each block's output), 'pooled' (B, POOL_OUT), 'logits' or None}.
+
+    visible (B, M): the patch tokens kept (PretrainInternVideo2: `x[~mask]` after the pos_embed, the CLS always);
+    exact_gelu: the Mlp of `use_fused_mlp=False` (nn.GELU) instead of the fused MLP's tanh approximation."""
     w = lambda k: np.asarray(state[prefix + k], np.float64)
     x = np.asarray(video, np.float64).transpose(0, 4, 1, 2, 3)  # (B, 3, T, H, W), as torch sees it
     b, c, t, hh, ww = x.shape
@@ -163,6 +169,9 @@ def official_forward(state, video, prefix=""):
     x = np.einsum("bcthiwj,dcij->bthwd", patches, w("patch_embed.proj.weight")[:, :, 0]) + w("patch_embed.proj.bias")
     x = x.reshape(b, -1, D)
     x = np.concatenate([np.broadcast_to(w("cls_token"), (b, 1, D)), x], axis=1) + w("pos_embed")
+    if visible is not None:
+        x = np.concatenate([x[:, :1], np.take_along_axis(x[:, 1:], np.asarray(visible)[..., None], axis=1)], axis=1)
+    layers = []
     for i in range(DEPTH):
         p = lambda k: w(f"blocks.{i}.{k}")
         y = rms_norm(x, p("norm1.weight"))
@@ -172,8 +181,9 @@ def official_forward(state, video, prefix=""):
         attn = multi_head(q, k, v, HEADS) @ p("attn.proj.weight").T + p("attn.proj.bias")
         x = x + p("ls1.gamma") * attn
         y = rms_norm(x, p("norm2.weight"))
-        hidden = gelu(y @ p("mlp.fc1.weight").T + p("mlp.fc1.bias"))  # tanh approximation (fused MLP)
+        hidden = gelu(y @ p("mlp.fc1.weight").T + p("mlp.fc1.bias"), exact_gelu)
         x = x + p("ls2.gamma") * (hidden @ p("mlp.fc2.weight").T + p("mlp.fc2.bias"))
+        layers.append(x)
     pool = lambda k: w(f"clip_projector.{k}")
     ln = lambda y, n: layer_norm(y, pool(f"norm1_{n}.weight"), pool(f"norm1_{n}.bias"), eps=1e-5)
     project = lambda y, n: y @ pool(f"cross_attn.{n}.weight").T + pool(f"cross_attn.{n}_bias")
@@ -184,13 +194,37 @@ def official_forward(state, video, prefix=""):
     if prefix + "head.weight" in state:
         logits = layer_norm(pooled, w("fc_norm.weight"), w("fc_norm.bias"), eps=1e-5) @ w("head.weight").T
         logits = logits + w("head.bias")
-    return x, pooled, logits
+    return {"tokens": x, "layers": layers, "pooled": pooled, "logits": logits}
 
 
-def max_err(name, ours, want):
+def official_stage1_heads(state, out, visible):
+    """PretrainInternVideo2's heads on `official_forward(..., visible)`: the last CLIP_LAYERS blocks + clip_pos_embed
+    (CLS and visible positions) -> clip_decoder.{k} (Linear_Decoder: Linear -> LayerNorm 1e-5 -> L2); the pooled
+    feature -> final_clip_decoder; the last MAE_LAYERS blocks' patch tokens + mae_pos_embed (visible positions) ->
+    mae_decoder.{k} (MLP_Decoder: Linear -> nn.GELU -> Linear -> LayerNorm -> L2)."""
+    w = lambda k: np.asarray(state[k], np.float64)
+    l2 = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+    norm = lambda x, name: layer_norm(x, w(f"{name}.norm.weight"), w(f"{name}.norm.bias"), eps=1e-5)
+    linear = lambda x, name: x @ w(f"{name}.weight").T + w(f"{name}.bias")
+    pick = lambda table: np.take_along_axis(np.broadcast_to(table, (len(visible),) + table.shape[1:]),
+                                            np.asarray(visible)[..., None], axis=1)
+    clip_pos = np.concatenate([np.broadcast_to(w("clip_pos_embed")[:, :1], (len(visible), 1, D)),
+                               pick(w("clip_pos_embed")[:, 1:])], axis=1)
+    image = [l2(norm(linear(x + clip_pos, f"clip_decoder.{k}.head"), f"clip_decoder.{k}"))
+             for k, x in enumerate(out["layers"][DEPTH - CLIP_LAYERS:])]
+    final = l2(norm(linear(out["pooled"], "final_clip_decoder.head"), "final_clip_decoder"))
+    mae_pos = pick(w("mae_pos_embed"))
+    video = []
+    for k, x in enumerate(out["layers"][DEPTH - MAE_LAYERS:]):
+        hidden = gelu(linear(x[:, 1:] + mae_pos, f"mae_decoder.{k}.head.0"), exact=True)
+        video.append(l2(norm(linear(hidden, f"mae_decoder.{k}.head.2"), f"mae_decoder.{k}")))
+    return {"image_layers": np.stack(image), "image_pooled": final, "video_layers": np.stack(video)}
+
+
+def max_err(name, ours, want, tol=TOL):
     err = float(np.max(np.abs(np.asarray(ours, np.float64) - want)))
     print(f"{name}: max abs error {err:.2e}")
-    assert err <= TOL, (name, err)
+    assert err <= tol, (name, err)
     return err
 
 
@@ -219,10 +253,32 @@ def test_finetuned_file_matches_the_official_forward(finetuned):
     state, (variables, report) = finetuned
     assert report.num_tensors == len(state) and not report.dropped and not report.at_init
     out = jax.jit(encoder(num_classes=CLASSES).apply)(variables, clips())
-    tokens, pooled, logits = official_forward(state, clips())
-    max_err("tokens", out["tokens"], tokens)
-    max_err("pooled", out["pooled"], pooled)
-    max_err("logits", out["logits"], logits)
+    want = official_forward(state, clips())
+    for name in ("tokens", "pooled", "logits"):
+        max_err(name, out[name], want[name])
+
+
+@pytest.mark.parametrize("act, exact", [("gelu", True), ("gelu_tanh", False)])
+def test_each_mlp_activation_matches_its_official_mlp(act, exact, finetuned):
+    """`act='gelu'` is the official Mlp of use_fused_mlp=False (nn.GELU), 'gelu_tanh' flash-attn's FusedMLP; the
+    converted weights are the same, the other activation is about 1e-3 off."""
+    state, (variables, _) = finetuned
+    with jax.default_matmul_precision("highest"):
+        out = jax.jit(encoder(num_classes=CLASSES, act=act).apply)(variables, clips())
+    want = official_forward(state, clips(), exact_gelu=exact)
+    for name in ("tokens", "pooled", "logits"):
+        max_err(f"{name} ({act})", out[name], want[name], tol=1e-5)
+    other = official_forward(state, clips(), exact_gelu=not exact)
+    assert np.max(np.abs(np.asarray(out["tokens"], np.float64) - other["tokens"])) > 1e-4
+
+
+def test_activation_is_a_config_field():
+    from configs import internvideo2 as sizes, internvideo2_align, internvideo2_distill
+    assert sizes.encoder_config("1B")["act"] == "gelu_tanh"  # the released checkpoints' fused MLP
+    assert internvideo2_distill.get_config("S,act=gelu").model.kwargs.student.act == "gelu"
+    assert internvideo2_align.get_config("S,act=gelu").model.kwargs.vision_config.act == "gelu"
+    with pytest.raises(ValueError, match="InternVideo2.act='relu': expected one of"):
+        encoder(act="relu").init(jax.random.PRNGKey(0), clips())
 
 
 @pytest.mark.parametrize("scan", [False, True])
@@ -348,6 +404,62 @@ def test_stage1_file_into_the_distiller_converts_the_heads():
                                   checkpoint.resample_pos_embed(four["mae_pos_embed"], (4, 3, 3), GRID))
 
 
+# Head widths of an official stage-1 file that none of our teacher configs has: clip_teacher_embed_dim 24 (an
+# InternVideo2 teacher that wide has no 3-D sin-cos table: its 18 spatial channels split into odd halves),
+# clip_teacher_final_dim 12, mae_teacher_embed_dim 20.
+HEAD_DIMS = dict(clip_dim=24, clip_final=12, mae_dim=20)
+
+
+def student_only(**overrides):
+    """The stage-1 student and its heads, sized directly (no teacher config): Distiller(parts='student')."""
+    return Distiller(**dict(dict(
+        student=dict(VISION), teacher_image={}, teacher_video={}, image_layers=CLIP_LAYERS, video_layers=MAE_LAYERS,
+        mask_ratio=0.5, frame_stride=1, parts="student", clip_teacher_embed_dim=HEAD_DIMS["clip_dim"],
+        clip_teacher_final_dim=HEAD_DIMS["clip_final"], mae_teacher_embed_dim=HEAD_DIMS["mae_dim"]), **overrides))
+
+
+def test_stage1_heads_sized_directly_match_the_official_forward():
+    state = official_vision(stage1=True, **HEAD_DIMS)
+    model = student_only()
+    variables, report = convert.load_variables({"module": state}, model)
+    assert report.num_tensors == len(state) and not report.dropped and not report.omitted
+    assert same_state(convert.to_state_dict(variables), state)
+    # per frame 9 - int(9 * 0.5) = 5 of the 9 patch tokens visible, ascending (the official `x[~mask]` order)
+    rng = np.random.default_rng(3)
+    visible = np.stack([np.concatenate([np.sort(rng.choice(9, 5, replace=False)) + 9 * t for t in range(FRAMES)])
+                        for _ in range(2)]).astype(np.int32)
+    teacher = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), model.teacher_shapes(2))
+    teacher["visible_idx"] = visible
+    with jax.default_matmul_precision("highest"):
+        pred = jax.jit(lambda v, x, t: model.apply(v, x, teacher=t))(variables, clips(), teacher)["pred"]
+    want = official_stage1_heads(state, official_forward(state, clips(), visible=visible), visible)
+    for name in ("image_layers", "image_pooled", "video_layers"):
+        max_err(f"stage-1 {name}", pred[name], want[name], tol=1e-5)
+
+
+def test_stage1_file_into_a_distiller_whose_teacher_cannot_be_built():
+    """The loader never builds a Distiller's teachers: with a 24-wide InternVideo2 image teacher the heads take its
+    width, and the variables equal the student-only model's."""
+    state = official_vision(stage1=True, **HEAD_DIMS)
+    teacher_image = dict(DISTILLER["teacher_image"], width=HEAD_DIMS["clip_dim"],
+                         clip_embed_dim=HEAD_DIMS["clip_final"])
+    teacher_video = dict(DISTILLER["teacher_video"], width=HEAD_DIMS["mae_dim"])
+    model = Distiller(**dict(DISTILLER, teacher_image=teacher_image, teacher_video=teacher_video))
+    variables, report = convert.load_variables(state, model)
+    assert report.omitted == ["params/teacher_image/", "params/teacher_video/"] and not report.dropped
+    assert same(variables, convert.load_variables(state, student_only())[0])
+    wrong = Distiller(**dict(DISTILLER, teacher_image=teacher_image, teacher_video=teacher_video,
+                             clip_teacher_embed_dim=16))
+    with pytest.raises(ValueError, match="model.kwargs.clip_teacher_embed_dim=16: expected a width >= 1 equal to "
+                                         "teacher_image's 24"):
+        convert.load_variables(state, wrong)
+    with pytest.raises(ValueError, match="model.kwargs.mae_teacher_embed_dim: the video_layers heads' width is "
+                                         "needed without teacher_video"):
+        convert.load_variables(state, student_only(mae_teacher_embed_dim=None))
+    with pytest.raises(ConversionError, match=r"Distiller\(parts='teachers'\) holds no student"):
+        convert.load_variables(state, model.clone(parts="teachers"))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Stage 2 -> VideoTextAlign
 # ----------------------------------------------------------------------------------------------------------
@@ -390,7 +502,7 @@ def test_stage2_encoders_on_the_converted_variables(stage2):
     ids = np.array([[1, 7, 9, 3, 0, 0], [1, 4, 4, 5, 6, 3]], np.int32)
     video, text = jax.jit(lambda v, x, i: (model.apply(v, x, method="encode_video"),
                                            model.apply(v, i, method="encode_text")))(variables, clips(), ids)
-    pooled = official_forward(state, clips(), "vision_encoder.")[1]
+    pooled = official_forward(state, clips(), "vision_encoder.")["pooled"]
     want = pooled @ state["vision_proj.weight"].T.astype(np.float64) + state["vision_proj.bias"]
     max_err("stage-2 video feature", video, want / np.linalg.norm(want, axis=-1, keepdims=True))
     assert text.shape == (2, EMBED) and np.allclose(np.linalg.norm(text, axis=-1), 1, atol=1e-5)
@@ -483,7 +595,7 @@ def test_clip_variant_file_replaces_the_attention_pooler(tmp_path, capsys):
     merged, _ = convert.load_variables(base, model)
     merged["params"]["clip_projector"] = variables["params"]["clip_projector"]
     pooled = jax.jit(model.apply)(merged, clips())["pooled"]
-    max_err("pooled", pooled, official_forward({**base, **pooler}, clips())[1])
+    max_err("pooled", pooled, official_forward({**base, **pooler}, clips())["pooled"])
     with pytest.raises(ConversionError, match="clip_projector.cross_attn.q.weight"):
         convert.load_variables({k: v for k, v in clip_file.items() if not k.endswith("cross_attn.q.weight")}, model,
                                "internvideo2_clip")

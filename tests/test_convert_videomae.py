@@ -1,7 +1,12 @@
-"""VideoMAE converters: parity with Hugging Face's PyTorch VideoMAE, round trips, error messages, the CLI.
+"""VideoMAE converters: parity with Hugging Face's PyTorch VideoMAE, round trips, error messages, the CLI; LayerScale
+(`gamma_1` / `gamma_2`, which Hugging Face's VideoMAE lacks) against a float64 numpy forward of the official modules.
 
-Parity tolerance: max abs error <= 1e-4 in float32 on tiny random models with every weight randomised.
+Parity tolerance: max abs error <= 1e-4 in float32 on tiny random models with every weight randomised (against the
+float64 forward: 1e-5).
 """
+import math
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -13,6 +18,7 @@ from invideo_jax import losses, masking
 from invideo_jax.convert import cli, common, videomae
 from invideo_jax.models.videomae import VideoMAE
 from invideo_jax.models.vit import VisionTransformer
+from tests.test_internvideo2 import gelu, layer_norm, multi_head
 
 TOL = 1e-4
 BATCH, FRAMES, IMAGE, PATCH, TUBELET, CLASSES, RATIO = 2, 4, 32, 8, 2, 5, 0.75
@@ -20,18 +26,19 @@ GRID = (FRAMES // TUBELET, IMAGE // PATCH, IMAGE // PATCH)
 DECODER = dict(decoder_width=32, decoder_depth=2, decoder_heads=2, decoder_mlp_dim=64)
 
 
-def encoder_kwargs(width=64, scan=False):
+def encoder_kwargs(width=64, scan=False, layer_scale=0.0):
     return sizes.vit_encoder("B/16", width=width, depth=2, num_heads=4, mlp_dim=2 * width, patch_size=PATCH,
-                             num_frames=FRAMES, image_size=IMAGE, scan=scan, return_layers=(0, 1))
+                             num_frames=FRAMES, image_size=IMAGE, scan=scan, return_layers=(0, 1),
+                             layer_scale=layer_scale)
 
 
-def classifier(mean_pool=True, scan=False, width=64):
+def classifier(mean_pool=True, scan=False, width=64, layer_scale=0.0):
     pool = dict(pool="mean", final_norm=False) if mean_pool else dict(pool="cls", final_norm=True)
-    return VisionTransformer(**encoder_kwargs(width, scan), num_classes=CLASSES, **pool)
+    return VisionTransformer(**encoder_kwargs(width, scan, layer_scale), num_classes=CLASSES, **pool)
 
 
-def pretrainer(scan=False, width=64):
-    return VideoMAE(encoder=encoder_kwargs(width, scan), **DECODER)
+def pretrainer(scan=False, width=64, layer_scale=0.0):
+    return VideoMAE(encoder=encoder_kwargs(width, scan, layer_scale), **DECODER)
 
 
 def hf_model(cls, mean_pool):
@@ -127,7 +134,8 @@ def test_pretraining_parity(scan):
     assert_close(f"pretrain encoder output (scan={scan})", tokens["tokens"], enc.last_hidden_state)
     pred = jax.jit(model.apply)({"params": params}, ours_video, visible_idx, target_idx)
     assert_close(f"pretrain decoder logits (scan={scan})", pred, out.logits)
-    loss = losses.reconstruction_loss(pred, losses.pixel_targets(ours_video, tubelet=TUBELET, patch=PATCH), target_idx)
+    loss = losses.reconstruction_loss(pred, losses.pixel_targets(
+        ours_video, tubelet=TUBELET, patch=PATCH, normalization="imagenet"), target_idx)
     assert_close(f"pretrain loss (scan={scan})", loss, out.loss)
 
     official, _ = videomae.load_params(official_from_hf(ref.state_dict(), pretrain=True), model, "videomae")
@@ -151,6 +159,134 @@ def test_classification_parity(mean_pool, scan):
 
     official, _ = videomae.load_params(official_from_hf(ref.state_dict(), pretrain=False), model, "videomae")
     assert same_tree(official, params)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# LayerScale (official init_values > 0): official-layout state dicts against a float64 forward of the official code
+# ----------------------------------------------------------------------------------------------------------
+
+WIDTH, HEADS, MLP, DEPTH = 64, 4, 128, 2
+D_DEC, DEC_HEADS, DEC_MLP, DEC_DEPTH = DECODER["decoder_width"], 2, 64, 2
+TOKENS = math.prod(GRID)
+PIXELS = 3 * TUBELET * PATCH * PATCH  # decoder_num_classes
+
+
+def official_block_shapes(prefix, d, mlp):
+    """modeling_finetune.Block with qkv_bias=True and init_values > 0: {key: torch shape}."""
+    shapes = {"norm1.weight": (d,), "norm1.bias": (d,), "attn.qkv.weight": (3 * d, d), "attn.q_bias": (d,),
+              "attn.v_bias": (d,), "attn.proj.weight": (d, d), "attn.proj.bias": (d,), "norm2.weight": (d,),
+              "norm2.bias": (d,), "mlp.fc1.weight": (mlp, d), "mlp.fc1.bias": (mlp,), "mlp.fc2.weight": (d, mlp),
+              "mlp.fc2.bias": (d,), "gamma_1": (d,), "gamma_2": (d,)}
+    return {f"{prefix}{k}": v for k, v in shapes.items()}
+
+
+def official_layer_scale_state(pretrain, seed=0):
+    """Random tensors under the official names and shapes: VisionTransformer (mean pooling: fc_norm, no norm) or
+    PretrainVisionTransformer (encoder.*, decoder.*, encoder_to_decoder, mask_token; the sin-cos tables are not
+    stored). N(0, 0.2), norm weights and LayerScale gammas around 1 and 0.5, so that every term matters."""
+    enc = "encoder." if pretrain else ""
+    shapes = {f"{enc}patch_embed.proj.weight": (WIDTH, 3, TUBELET, PATCH, PATCH),
+              f"{enc}patch_embed.proj.bias": (WIDTH,)}
+    for i in range(DEPTH):
+        shapes.update(official_block_shapes(f"{enc}blocks.{i}.", WIDTH, MLP))
+    if pretrain:
+        shapes.update({"encoder.norm.weight": (WIDTH,), "encoder.norm.bias": (WIDTH,),
+                       "encoder_to_decoder.weight": (D_DEC, WIDTH), "mask_token": (1, 1, D_DEC),
+                       "decoder.norm.weight": (D_DEC,), "decoder.norm.bias": (D_DEC,),
+                       "decoder.head.weight": (PIXELS, D_DEC), "decoder.head.bias": (PIXELS,)})
+        for i in range(DEC_DEPTH):
+            shapes.update(official_block_shapes(f"decoder.blocks.{i}.", D_DEC, DEC_MLP))
+    else:
+        shapes.update({"fc_norm.weight": (WIDTH,), "fc_norm.bias": (WIDTH,), "head.weight": (CLASSES, WIDTH),
+                       "head.bias": (CLASSES,)})
+    rng = np.random.default_rng(seed)
+    state = {}
+    for key, shape in shapes.items():
+        value = 0.2 * rng.standard_normal(shape)
+        value += 1.0 if re.search(r"norm\d?\.weight$", key) else 0.5 if re.search(r"gamma_\d$", key) else 0.0
+        state[key] = value.astype(np.float32)
+    return state
+
+
+def sinusoid_table(n, d):
+    """modeling_finetune.get_sinusoid_encoding_table: pos / 10000^(2 (j // 2) / d), sin on even j, cos on odd j."""
+    angle = np.arange(n)[:, None] / np.power(10000, 2 * (np.arange(d)[None] // 2) / d)
+    return np.where(np.arange(d) % 2 == 0, np.sin(angle), np.cos(angle))
+
+
+def official_blocks(w, prefix, x, depth, heads):
+    """Block.forward with gamma: x + gamma_1 * attn(norm1(x)), x + gamma_2 * mlp(norm2(x)); q/v bias, zero k bias."""
+    for i in range(depth):
+        p = lambda k: w(f"{prefix}blocks.{i}.{k}")
+        y = layer_norm(x, p("norm1.weight"), p("norm1.bias"), eps=1e-6)
+        bias = np.concatenate([p("attn.q_bias"), np.zeros_like(p("attn.v_bias")), p("attn.v_bias")])
+        q, k, v = np.split(y @ p("attn.qkv.weight").T + bias, 3, axis=-1)
+        x = x + p("gamma_1") * (multi_head(q, k, v, heads) @ p("attn.proj.weight").T + p("attn.proj.bias"))
+        y = layer_norm(x, p("norm2.weight"), p("norm2.bias"), eps=1e-6)
+        hidden = gelu(y @ p("mlp.fc1.weight").T + p("mlp.fc1.bias"), exact=True)
+        x = x + p("gamma_2") * (hidden @ p("mlp.fc2.weight").T + p("mlp.fc2.bias"))
+    return x
+
+
+def official_layer_scale_forward(state, video, visible=None, target=None):
+    """float64: the classifier's logits, or (visible, target given) the pre-training model's predictions."""
+    w = lambda k: np.asarray(state[k], np.float64)
+    enc = "encoder." if visible is not None else ""
+    b, t, h, wd, c = video.shape
+    x = np.asarray(video, np.float64).reshape(b, t // TUBELET, TUBELET, h // PATCH, PATCH, wd // PATCH, PATCH, c)
+    x = np.einsum("btihjwkc,dcijk->bthwd", x, w(f"{enc}patch_embed.proj.weight")) + w(f"{enc}patch_embed.proj.bias")
+    x = x.reshape(b, TOKENS, WIDTH) + sinusoid_table(TOKENS, WIDTH)
+    if visible is None:
+        x = official_blocks(w, "", x, DEPTH, HEADS)
+        pooled = layer_norm(x.mean(axis=1), w("fc_norm.weight"), w("fc_norm.bias"), eps=1e-6)
+        return pooled @ w("head.weight").T + w("head.bias")
+    x = np.take_along_axis(x, np.asarray(visible)[..., None], axis=1)
+    x = official_blocks(w, "encoder.", x, DEPTH, HEADS)
+    x = layer_norm(x, w("encoder.norm.weight"), w("encoder.norm.bias"), eps=1e-6) @ w("encoder_to_decoder.weight").T
+    table = sinusoid_table(TOKENS, D_DEC)
+    x = np.concatenate([x + table[np.asarray(visible)], w("mask_token") + table[np.asarray(target)]], axis=1)
+    x = official_blocks(w, "decoder.", x, DEC_DEPTH, DEC_HEADS)[:, -target.shape[1]:]
+    x = layer_norm(x, w("decoder.norm.weight"), w("decoder.norm.bias"), eps=1e-6)
+    return x @ w("decoder.head.weight").T + w("decoder.head.bias")
+
+
+def max_abs_error(name, ours, want):
+    err = float(np.max(np.abs(np.asarray(ours, np.float64) - want)))
+    print(f"{name}: max abs error {err:.2e}")
+    return err
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_layer_scale_classifier_matches_the_official_forward(scan):
+    state = official_layer_scale_state(pretrain=False)
+    model = classifier(scan=scan, layer_scale=0.1)
+    params, report = videomae.load_params({"module": state}, model)
+    assert report.num_tensors == len(state) and not report.dropped
+    video = inputs()[2]
+    with jax.default_matmul_precision("highest"):
+        logits = jax.jit(model.apply)({"params": params}, video)["logits"]
+    assert max_abs_error(f"LayerScale classifier logits (scan={scan})", logits,
+                         official_layer_scale_forward(state, video)) <= 1e-5
+    back = videomae.to_state_dict(params)
+    assert back.keys() == state.keys() and all(np.array_equal(back[k], state[k]) for k in state)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_layer_scale_pretraining_model_matches_the_official_forward(scan):
+    state = official_layer_scale_state(pretrain=True, seed=1)
+    model = pretrainer(scan=scan, layer_scale=0.1)
+    params, report = videomae.load_params({"model": state}, model)
+    assert report.num_tensors == len(state) and not report.dropped
+    _, _, video, visible, target = inputs()
+    with jax.default_matmul_precision("highest"):
+        pred = jax.jit(model.apply)({"params": params}, video, visible, target)
+    assert max_abs_error(f"LayerScale pre-training predictions (scan={scan})", pred,
+                         official_layer_scale_forward(state, video, visible, target)) <= 1e-5
+    back = videomae.to_state_dict(params)
+    assert back.keys() == state.keys() and all(np.array_equal(back[k], state[k]) for k in state)
+    # without LayerScale in the model, the gammas are named as unexpected
+    message = conversion_error(state, pretrainer(scan=scan))
+    assert f"{2 * (DEPTH + DEC_DEPTH)} unexpected keys" in message and "decoder.blocks.1.gamma_2 (32,)" in message
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -214,9 +214,11 @@ def normalize_keys(state: Mapping, fmt: Format) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def abstract_variables(model: nn.Module, *inputs) -> dict:
-    """The unboxed {collection: {'...': ShapeDtypeStruct}} variables `model.init` would create, without allocating."""
-    return nn.meta.unbox(jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *inputs)))
+def abstract_variables(model: nn.Module, *inputs, **kw_inputs) -> dict:
+    """The unboxed {collection: {'...': ShapeDtypeStruct}} variables `model.init` would create from `inputs` (arrays or
+    ShapeDtypeStructs), without allocating."""
+    init = lambda *args, **kwargs: model.init(jax.random.PRNGKey(0), *args, **kwargs)
+    return nn.meta.unbox(jax.eval_shape(init, *inputs, **kw_inputs))
 
 
 def abstract_params(model: nn.Module, *inputs) -> dict:

@@ -7,7 +7,10 @@ Formats:
                        the classification model `model.name=internvideo2`), or the stage-1 `Distiller`, whose
                        `student` takes the encoder and whose heads take `clip_decoder.*`, `final_clip_decoder.*`,
                        `mae_decoder.*`, `clip_pos_embed`, `mae_pos_embed` (its frozen teachers are not in these
-                       files: they are neither read nor written; restore them with `init_from`).
+                       files: they are neither read nor written, nor built: the heads' widths come from
+                       `Distiller.head_dims`, so a `parts='student'` Distiller with `clip_teacher_embed_dim`,
+                       `clip_teacher_final_dim`, `mae_teacher_embed_dim` takes any official stage-1 file; restore
+                       teachers with `init_from`).
   internvideo2_stage2  multi_modality stage-2 files (`InternVideo2-stage2_1b-224p-f4.pt`, ...) <-> `VideoTextAlign`:
                        `vision_encoder.*` (the encoder above), `text_encoder.bert.*` / `text_encoder.cls.*` (the BERT
                        rules of convert/bert.py), `vision_proj`, `text_proj`, `itm_head`, `temp`.
@@ -174,23 +177,27 @@ def vision_module(model) -> InternVideo2:
     raise TypeError(f"expected an InternVideo2, Distiller or VideoTextAlign model, got {type(model).__name__}")
 
 
-def model_inputs(model) -> tuple:
+def init_inputs(model) -> tuple:
+    """(the module, its positional inputs, its keyword inputs) whose `init` creates every param these formats hold:
+    a Distiller as parts='student' taking its teachers' outputs as shapes (its teachers are never built)."""
     vision = vision_module(model)
     frames = vision.num_frames * (model.frame_stride if isinstance(model, Distiller) else 1)
-    video = jnp.zeros((1, frames, vision.image_size, vision.image_size, 3))
-    return (video, jnp.zeros((1, 2), jnp.int32)) if isinstance(model, VideoTextAlign) else (video,)
+    video = jax.ShapeDtypeStruct((1, frames, vision.image_size, vision.image_size, 3), jnp.float32)
+    if isinstance(model, Distiller):
+        return model.clone(parts="student"), (video,), {"teacher": model.teacher_shapes(1)}
+    if isinstance(model, VideoTextAlign):
+        return model, (video, jax.ShapeDtypeStruct((1, 2), jnp.int32)), {}
+    return model, (video,), {}
 
 
 def expected_variables(model, fmt: str = "internvideo2") -> dict:
     """The abstract {'params': ...} this format converts: the whole model, except a Distiller's teachers (the
     CLIP file: the encoder's `clip_projector` only)."""
-    variables = common.abstract_variables(model, *model_inputs(model))
-    params = variables["params"]
+    module, args, kwargs = init_inputs(model)
+    variables = common.abstract_variables(module, *args, **kwargs)
     if fmt == "internvideo2_clip":
-        params = {"clip_projector": params["clip_projector"]}
-    elif isinstance(model, Distiller):
-        params = {k: v for k, v in params.items() if k not in TEACHERS}
-    return {**variables, "params": params}
+        variables = {**variables, "params": {"clip_projector": variables["params"]["clip_projector"]}}
+    return variables
 
 
 def _check_target(model, fmt: str) -> None:
@@ -200,6 +207,8 @@ def _check_target(model, fmt: str) -> None:
     if fmt == "internvideo2_clip" and not isinstance(model, InternVideo2):
         raise ConversionError(f"--format=internvideo2_clip converts the attention pooler into an InternVideo2 encoder "
                               f"(--model=1B), not a {type(model).__name__}")
+    if isinstance(model, Distiller) and model.parts == "teachers":
+        raise ConversionError("Distiller(parts='teachers') holds no student: convert into parts='all' or 'student'")
     if fmt == "internvideo2" and not isinstance(model, (InternVideo2, Distiller)):
         raise ConversionError(
             f"--format=internvideo2 converts into an InternVideo2 encoder / classifier or the stage-1 Distiller, "
@@ -245,13 +254,16 @@ def load_variables(checkpoint, model, fmt: str = "internvideo2", drop=(), initia
         if initial is not None:
             return initial
         # Only the parts left at init are returned, so the rest of the initialisation is compiled away.
-        inputs = model_inputs(model)
+        module, args, kwargs = init_inputs(model)
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (args, kwargs))
         pick = lambda v: {"params": {k: v["params"][k] for k in ("fc_norm", "head") if k in v["params"]}}
-        return jax.jit(lambda key: pick(nn.meta.unbox(model.init(key, *inputs))))(jax.random.key(0, impl="rbg"))
+        return jax.jit(lambda key: pick(nn.meta.unbox(module.init(key, *zeros[0], **zeros[1]))))(
+            jax.random.key(0, impl="rbg"))
 
     variables, report = common.convert(state, dataclasses.replace(base, at_init=at_init), expected, drop,
                                        initial_values)
-    omitted = [f"params/{k}/" for k in TEACHERS if isinstance(model, Distiller) and getattr(model, k)]
+    omitted = [f"params/{k}/" for k in TEACHERS if isinstance(model, Distiller) and model.parts == "all"
+               and getattr(model, k)]
     return variables, Report(**vars(report), resampled=resampled, omitted=omitted)
 
 

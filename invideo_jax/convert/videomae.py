@@ -1,7 +1,9 @@
 """VideoMAE / VideoMAE V2 checkpoints, official (timm-style) and Hugging Face, <-> our VisionTransformer / VideoMAE.
 
 Each format's table lists every param our models can have; the target model's params select the rules that apply
-(a fine-tuned encoder at the root, or a pre-training model with `encoder/`, `decoder/`).
+(a fine-tuned encoder at the root, or a pre-training model with `encoder/`, `decoder/`). LayerScale
+(`blocks.{i}.gamma_1` / `gamma_2`, official `init_values > 0`) loads into a model with `layer_scale` set; Hugging Face
+VideoMAE has no LayerScale.
 """
 import os
 
@@ -21,6 +23,8 @@ OFFICIAL_BLOCK = [
     *norm("norm2", "norm2"),
     *linear("mlp/fc1", "mlp.fc1"),
     *linear("mlp/fc2", "mlp.fc2"),
+    rule("ls1/gamma", "gamma_1", "vector"),  # LayerScale: in files trained with init_values > 0 only
+    rule("ls2/gamma", "gamma_2", "vector"),
 ]
 # The fine-tuned encoder; the pre-training encoder and decoder use the same names under `encoder.` / `decoder.`.
 OFFICIAL_VIT = [

@@ -50,6 +50,12 @@ teachers: the student and its heads on stored `visible_idx` and `target`, passed
 state holds no teacher weights). In training each clip's mask is drawn with its own key (`mask_keys`, or keys split
 from the 'mask' rng), so a stored mask depends on its clip's key alone.
 
+Head widths (`head_dims`), as the official student takes them: `clip_teacher_embed_dim` (clip_decoder outputs),
+`clip_teacher_final_dim` (final_clip_decoder) and `mae_teacher_embed_dim` (mae_decoder); None takes the teacher's
+(image teacher width, its pooled width, video teacher width); set and with a teacher, they must agree with it. A
+'student' Distiller needs no teacher config when they are set: the heads of any official stage-1 file can be built,
+and `teacher_shapes` gives the teachers' outputs its call takes.
+
 Differences from the official code: the teachers are configurable ViTs of our own families (InternViT-6B is
 modelled, not ported: no converter exists yet); `clip_teacher_return_interval` (every n-th teacher layer, used by
 the distilled S/B/L recipe) is not modelled: the last k layers of each are aligned.
@@ -185,6 +191,9 @@ class Distiller(nn.Module):
     image_decoder: str = "linear"
     video_decoder: str = "mlp"
     head_norm_eps: float = 1e-5
+    clip_teacher_embed_dim: Optional[int] = None  # head widths (module docstring); None: the teacher's
+    clip_teacher_final_dim: Optional[int] = None
+    mae_teacher_embed_dim: Optional[int] = None
     parts: str = "all"  # what the module holds and runs (module docstring)
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -192,6 +201,7 @@ class Distiller(nn.Module):
     # ------------------------------------------------------------------ configuration checks and shapes
     def _check(self, video_shape):
         s = dict(self.student)
+        teachers = self.parts != "student"  # a student-only model runs no teacher: its heads need widths only
         checks = (
             ("teacher_image_kind", self.teacher_image_kind in IMAGE_TEACHER_KINDS, f"one of {IMAGE_TEACHER_KINDS}"),
             ("parts", self.parts in PARTS, f"one of {PARTS}"),
@@ -202,19 +212,24 @@ class Distiller(nn.Module):
             ("mask_ratio", 0 <= self.mask_ratio < 1, "in [0, 1)"),
             ("frame_stride", self.frame_stride >= 1, ">= 1"),
             ("student.tubelet_size", s.get("tubelet_size", 1) == 1, "1 (the student's tokens are per frame)"),
-            ("image_layers", 0 <= self.image_layers <= s["depth"] and (not self.image_layers or self.teacher_image),
-             f"in [0, student depth {s['depth']}], and 0 without teacher_image"),
-            ("video_layers", 0 <= self.video_layers <= s["depth"] and (not self.video_layers or self.teacher_video),
-             f"in [0, student depth {s['depth']}], and 0 without teacher_video"),
-            ("image_pooled", not self.image_pooled or self.teacher_image, "False without teacher_image"),
-            ("mask_source", self.mask_source != "image_pool" or (self.teacher_image
-                                                                 and self.teacher_image_kind == "internvideo2"),
+            ("image_layers", 0 <= self.image_layers <= s["depth"], f"in [0, student depth {s['depth']}]"),
+            ("video_layers", 0 <= self.video_layers <= s["depth"], f"in [0, student depth {s['depth']}]"),
+            ("image_layers", not (teachers and self.image_layers and not self.teacher_image),
+             "0 without teacher_image"),
+            ("video_layers", not (teachers and self.video_layers and not self.teacher_video),
+             "0 without teacher_video"),
+            ("image_pooled", not (teachers and self.image_pooled and not self.teacher_image),
+             "False without teacher_image"),
+            ("mask_source", not teachers or self.mask_source != "image_pool" or (
+                self.teacher_image and self.teacher_image_kind == "internvideo2"),
              "'image_pool' only with an internvideo2-kind teacher_image"),
-            ("mask_source", self.mask_source != "video_mean" or self.teacher_video, "'video_mean' needs teacher_video"),
+            ("mask_source", not teachers or self.mask_source != "video_mean" or self.teacher_video,
+             "'video_mean' needs teacher_video"),
         )
         for field, ok, expected in checks:
             if not ok:
                 raise ValueError(f"model.kwargs.{field}={self._field(field)!r}: expected {expected}")
+        self.head_dims()
         frames = video_shape[1]
         if frames % self.frame_stride or frames // self.frame_stride != s["num_frames"]:
             raise ValueError(f"model.kwargs.student.num_frames={s['num_frames']}: expected the clip's {frames} "
@@ -258,6 +273,39 @@ class Distiller(nn.Module):
         _, h, w = self._student_grid()
         return num_visible(h * w, self.mask_ratio)
 
+    def head_dims(self) -> dict:
+        """{target: width} of the targets the heads predict: each head-width field, or the teacher's width."""
+        image, video = dict(self.teacher_image or {}), dict(self.teacher_video or {})
+        pooled = image.get("width")  # a vit teacher's pooled feature; an InternVideo2 one's is its attention pool's
+        if self.teacher_image_kind == "internvideo2":
+            pooled = image.get("clip_embed_dim", InternVideo2.clip_embed_dim)
+        heads = (("image_layers", self.image_layers, "clip_teacher_embed_dim", image.get("width"), "teacher_image"),
+                 ("image_pooled", self.image_pooled, "clip_teacher_final_dim", pooled if image else None,
+                  "teacher_image"),
+                 ("video_layers", self.video_layers, "mae_teacher_embed_dim", video.get("width"), "teacher_video"))
+        dims = {}
+        for target, used, field, teacher_dim, teacher in heads:
+            dim = getattr(self, field)
+            if dim is not None and (dim < 1 or (teacher_dim and dim != teacher_dim)):
+                raise ValueError(f"model.kwargs.{field}={dim!r}: expected a width >= 1"
+                                 + (f" equal to {teacher}'s {teacher_dim}" if teacher_dim else ""))
+            if used:
+                if dim is None and not teacher_dim:
+                    raise ValueError(f"model.kwargs.{field}: the {target} heads' width is needed without {teacher}")
+                dims[target] = dim or teacher_dim
+        return dims
+
+    def teacher_shapes(self, batch: int) -> dict:
+        """ShapeDtypeStructs of the teachers' {'visible_idx', 'target'} for `batch` clips: what parts='teachers'
+        returns and parts='student' takes as `teacher`."""
+        t = self._student_grid()[0]
+        visible = t * self.num_visible
+        dims = self.head_dims()
+        shapes = {"image_layers": (self.image_layers, batch, 1 + visible), "image_pooled": (batch,),
+                  "video_layers": (self.video_layers, batch, visible)}
+        target = {name: jax.ShapeDtypeStruct(shapes[name] + (dim,), jnp.float32) for name, dim in dims.items()}
+        return {"visible_idx": jax.ShapeDtypeStruct((batch, visible), jnp.int32), "target": target}
+
     # ------------------------------------------------------------------ forward
     @nn.compact
     def __call__(self, video, *, train: bool = False, mask_keys=None, teacher=None):
@@ -277,7 +325,11 @@ class Distiller(nn.Module):
             teacher = self._teach(video, frames, train, mask_keys)
         if self.parts == "teachers":
             return teacher
-        pred, pooled = self._learn(frames, teacher["visible_idx"], teacher["target"], train)
+        for name, dim in self.head_dims().items():
+            if teacher["target"][name].shape[-1] != dim:
+                raise ValueError(f"the teachers' {name} targets are {teacher['target'][name].shape[-1]} wide; the "
+                                 f"student's heads predict {dim} (Distiller.head_dims)")
+        pred, pooled = self._learn(frames, teacher["visible_idx"], train)
         return {"visible_idx": teacher["visible_idx"], "pred": pred, "target": teacher["target"], "pooled": pooled}
 
     def _teach(self, video, frames, train, mask_keys) -> dict:
@@ -328,10 +380,11 @@ class Distiller(nn.Module):
         keys = jax.random.split(self.make_rng("mask"), batch) if mask_keys is None else mask_keys
         return jax.vmap(lambda scores, key: attention_visible_idx(scores[None], keep, key)[0])(attention, keys)
 
-    def _learn(self, frames, visible, target, train):
-        """The student on the visible tokens and its heads: (pred, the student's pooled feature). The heads' widths
-        are the targets'."""
+    def _learn(self, frames, visible, train):
+        """The student on the visible tokens and its heads (`head_dims` wide): (pred, the student's pooled
+        feature)."""
         b = frames.shape[0]
+        dims = self.head_dims()
         grid = self._student_grid()
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         s = dict(self.student)
@@ -345,21 +398,19 @@ class Distiller(nn.Module):
         if self.image_layers:
             pos = self._pos_embed("clip_pos_embed", grid, width, cls=True)
             pos = jnp.concatenate([jnp.broadcast_to(pos[:, :1], (b, 1, width)), pos[0, 1:][visible]], axis=1)
-            dim = target["image_layers"].shape[-1]
             pred["image_layers"] = jnp.stack([
-                DecoderHead(dim, self.image_decoder, self.head_norm_eps, name=f"clip_decoder_{i}", **kw)(
-                    hidden[n_layers - self.image_layers + i] + pos.astype(hidden.dtype))
+                DecoderHead(dims["image_layers"], self.image_decoder, self.head_norm_eps, name=f"clip_decoder_{i}",
+                            **kw)(hidden[n_layers - self.image_layers + i] + pos.astype(hidden.dtype))
                 for i in range(self.image_layers)])
         if self.image_pooled:
-            pred["image_pooled"] = DecoderHead(target["image_pooled"].shape[-1], "linear", self.head_norm_eps,
+            pred["image_pooled"] = DecoderHead(dims["image_pooled"], "linear", self.head_norm_eps,
                                                name="final_clip_decoder", **kw)(out["pooled"])
         if self.video_layers:
             pos = self._pos_embed("mae_pos_embed", grid, width, cls=False)
             pos = pos[0][visible]  # (B, M, D)
-            dim = target["video_layers"].shape[-1]
             pred["video_layers"] = jnp.stack([
-                DecoderHead(dim, self.video_decoder, self.head_norm_eps, name=f"mae_decoder_{i}", **kw)(
-                    hidden[n_layers - self.video_layers + i][:, 1:] + pos.astype(hidden.dtype))
+                DecoderHead(dims["video_layers"], self.video_decoder, self.head_norm_eps, name=f"mae_decoder_{i}",
+                            **kw)(hidden[n_layers - self.video_layers + i][:, 1:] + pos.astype(hidden.dtype))
                 for i in range(self.video_layers)])
         return pred, out["pooled"]
 

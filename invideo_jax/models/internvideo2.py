@@ -3,8 +3,13 @@
 Input (B, T, H, W, C) channels-last; tokens (t, h, w) after a CLS token. The trunk is `VisionTransformer` with
 patch 14, tubelet 1, a CLS token, a learned `pos_embed` (1, 1 + T*h*w, D) initialised from the 3-D sin-cos table
 (CLS position zero, then the time-major grid), pre-norm RMSNorm (eps 1e-6, scale only), qkv without bias,
-QK-RMSNorm over the full width (before the head split), LayerScale, tanh-approximate GELU and no final norm.
+QK-RMSNorm over the full width (before the head split), LayerScale, the MLP activation `act` and no final norm.
 `clip_projector` pools the tokens to `clip_embed_dim` (768); a fine-tuning head adds `fc_norm` and `head`.
+
+`act`: the official MLP is flash-attn's FusedMLP (tanh-approximate GELU, 'gelu_tanh', the default) with
+`use_fused_mlp=True`, which every released checkpoint was trained with (the single_modality builders' default, the
+stage-2 and CLIP configs); with `use_fused_mlp=False` (the code path without flash-attn) it is `nn.GELU`, exact erf
+GELU: 'gelu'. The checkpoint does not record it: set `act` to how the weights were trained.
 
 Parameter tree; the official names (single_modality `InternVideo2`, stage-2 prefix `vision_encoder.`) in brackets:
 
@@ -39,6 +44,8 @@ import numpy as np
 
 from invideo_jax.models import layers
 from invideo_jax.models.vit import VisionTransformer
+
+ACTIVATIONS = ("gelu_tanh", "gelu")  # official use_fused_mlp=True (flash-attn FusedMLP) / False (nn.GELU)
 
 
 class AttentionPool(nn.Module):
@@ -83,7 +90,7 @@ class InternVideo2(nn.Module):
     image_size: int = 224
     layer_scale: float = 1e-5
     norm_eps: float = 1e-6
-    act: str = "gelu_tanh"  # the official fused MLP; InternVideo2-Chat-8B's encoder: "gelu" (exact)
+    act: str = "gelu_tanh"
     attn_pool_heads: int = 16
     clip_embed_dim: int = 768
     pool_norm_eps: float = 1e-5
@@ -119,6 +126,8 @@ class InternVideo2(nn.Module):
     @nn.compact
     def __call__(self, video, visible_idx=None, *, train: bool = False):
         """video (B, T, H, W, C); visible_idx (B, N_vis) keeps those patch tokens (the CLS token always)."""
+        if self.act not in ACTIVATIONS:
+            raise ValueError(f"InternVideo2.act={self.act!r}: expected one of {ACTIVATIONS} (module docstring)")
         out = VisionTransformer(name="encoder", **self.encoder_kwargs())(video, visible_idx, train=train)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         pooled = AttentionPool(self.attn_pool_heads, self.clip_embed_dim, self.pool_norm_eps, self.attn_impl,

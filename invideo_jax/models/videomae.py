@@ -1,7 +1,9 @@
 """VideoMAE / VideoMAE V2 masked autoencoder: encoder on visible tokens, light decoder predicting target tokens.
 
 V1: targets = the encoder-masked tokens. V2 (dual masking): targets = the decoder-kept tokens; the loss then weights
-only those that were also masked for the encoder (see `invideo_jax.losses.reconstruction_loss`).
+only those that were also masked for the encoder (see `invideo_jax.losses.reconstruction_loss`). The decoder's blocks
+take the encoder's qkv-bias style and LayerScale, as the official builders pass both `qkv_bias` and `init_values`
+to encoder and decoder.
 """
 from typing import Any
 
@@ -18,6 +20,8 @@ class Decoder(nn.Module):
     mlp_dim: int
     out_dim: int
     norm_eps: float = 1e-6
+    qkv_bias: str = "qv"
+    layer_scale: float = 0.0
     scan: bool = False
     remat: str = "none"
     attn_impl: Any = None
@@ -27,8 +31,8 @@ class Decoder(nn.Module):
     @nn.compact
     def __call__(self, x, num_targets: int, *, train: bool = False):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        block = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, norm_eps=self.norm_eps,
-                     attn_impl=self.attn_impl, **kw)
+        block = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, norm_eps=self.norm_eps, qkv_bias=self.qkv_bias,
+                     layer_scale=self.layer_scale, attn_impl=self.attn_impl, **kw)
         x, _ = layers.Transformer(self.depth, block, 0.0, self.scan, self.remat, name="transformer")(
             x, deterministic=not train)
         x = layers.Norm("layernorm", self.norm_eps, self.param_dtype, name="norm")(x[:, -num_targets:])
@@ -59,6 +63,7 @@ class VideoMAE(nn.Module):
         x = jnp.concatenate([x + pos_visible.astype(x.dtype),
                              (mask_token + pos_target).astype(x.dtype)], axis=1)
         out_dim = encoder.tubelet_size * encoder.patch_size ** 2 * video.shape[-1]
-        decoder = Decoder(self.decoder_depth, self.decoder_heads, self.decoder_mlp_dim, out_dim,
-                          encoder.norm_eps, encoder.scan, encoder.remat, encoder.attn_impl, name="decoder", **kw)
+        decoder = Decoder(self.decoder_depth, self.decoder_heads, self.decoder_mlp_dim, out_dim, encoder.norm_eps,
+                          encoder.qkv_bias, encoder.layer_scale, encoder.scan, encoder.remat, encoder.attn_impl,
+                          name="decoder", **kw)
         return decoder(x, target_idx.shape[1], train=train)

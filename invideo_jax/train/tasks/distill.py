@@ -16,8 +16,6 @@ student-only `Distiller(parts='student')`: no teacher runs, the train state and 
 weights, and nothing restores a teacher (configs/internvideo2_distill.py's `targets=DIR` sets the field, freezes
 nothing and drops the teachers' `init_from` sources).
 """
-import functools
-
 import jax
 import jax.numpy as jnp
 
@@ -28,7 +26,8 @@ from invideo_jax.train import checkpoint
 TARGETS = ("image_layers", "image_pooled", "video_layers")
 LAYER_TARGETS = ("image_layers", "video_layers")
 TEACHERS = ("teacher_image", "teacher_video")  # the teachers' params subtrees
-STUDENT_FIELDS = ("student", "image_decoder", "video_decoder", "head_norm_eps")  # Distiller fields no target depends on
+STUDENT_FIELDS = ("student", "image_decoder", "video_decoder", "head_norm_eps", "clip_teacher_embed_dim",
+                  "clip_teacher_final_dim", "mae_teacher_embed_dim")  # Distiller fields no target depends on
 
 
 def cosine_distance(pred, target, eps: float = 1e-6):
@@ -103,10 +102,8 @@ class Task:
         return self.model.init(rngs, batch["video"], teacher=self._zero_teacher_outputs(batch["video"]))
 
     def _zero_teacher_outputs(self, video):
-        """Zeros shaped like the teachers' outputs for `video` (they give the student-only model its heads' widths)."""
-        init = functools.partial(self.teachers.init_with_output, jax.random.PRNGKey(0))
-        shapes = jax.eval_shape(lambda v: init(v)[0], jax.ShapeDtypeStruct(video.shape, video.dtype))
-        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        """Zeros shaped like the teachers' outputs for `video`, what the student-only model's init takes."""
+        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self.model.teacher_shapes(video.shape[0]))
 
     def _apply(self, params, batch, **kwargs):
         teacher = stored_teacher(batch) if self.targets_dir else None

@@ -53,10 +53,14 @@ class Task:
         visible, target, weights = self.indices(mask_rng, video.shape[0])
         pred = self.model.apply({"params": params}, video, visible, target, train=True,
                                 rngs={"dropout": dropout_rng})
-        targets = losses.pixel_targets(video, tubelet=self.tubelet, patch=self.patch,
-                                       normalize=self.config.mask.normalize_target)
-        loss = losses.reconstruction_loss(pred, targets, target, weights)
+        loss = losses.reconstruction_loss(pred, self.targets(video), target, weights)
         return loss, ({"loss": loss}, model_state)
+
+    def targets(self, video):
+        """The pixel targets of every token of a batch's video, de-normalised with the data config's mean/std."""
+        return losses.pixel_targets(video, tubelet=self.tubelet, patch=self.patch,
+                                    normalization=self.config.data.normalize,
+                                    normalize=self.config.mask.normalize_target)
 
     def predict(self, params, model_state, batch):
         loss, _ = self.loss(params, model_state, batch, jax.random.PRNGKey(0))
