@@ -7,7 +7,6 @@ the encoder-to-decoder projection, decoder and heads. Norms, softmax, activation
 are not counted. A training step counts 3x its forward pass.
 """
 import importlib.util
-import math
 import os
 import platform
 import shlex
