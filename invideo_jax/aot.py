@@ -90,7 +90,7 @@ def default_grid(generation: str, chips: int) -> tuple:
         smallest = min(grid)
         grid[max(i for i, s in enumerate(grid) if s == smallest)] *= 2
     if math.prod(grid) != chips:
-        raise ValueError(f"no {generation} slice has {chips} chips; expected a power of two")
+        raise ValueError(f"--topology: no {generation} slice has {chips} chips (a power of two)")
     return tuple(grid)
 
 
