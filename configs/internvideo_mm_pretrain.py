@@ -42,7 +42,7 @@ def videotext_fields(c, caption_weight: float = 1.0, class_names=(), templates=(
 
 def get_config(arg=None):
     arg = common.parse_arg(arg, variant="B/16", epochs=10, batch=1024, train_size=10_000_000, frames=8,
-                           caption_weight=1.0, scan=True, remat="none", dtype="float32")
+                           caption_weight=1.0, scan=True, remat="none", dtype="bfloat16")
     if arg.variant not in common.CLIP_TEXT_SIZES:
         raise ValueError(f"unknown variant {arg.variant!r}; expected one of {sorted(common.CLIP_TEXT_SIZES)}")
     model = model_config(arg.variant, frames=arg.frames, scan=arg.scan, remat=arg.remat)

@@ -43,7 +43,7 @@ def model_config(variant: str, *, ssv2: bool, frames: int, **overrides) -> dict:
 
 def get_config(arg=None):
     arg = common.parse_arg(arg, variant="B/16", dataset="kinetics", classes=0, frames=0, epochs=0, batch=0,
-                           train_size=0, frozen=False, scan=True, remat="none", dtype="float32")
+                           train_size=0, frozen=False, scan=True, remat="none", dtype="bfloat16")
     if arg.variant not in common.CLIP_VISION_SIZES:
         raise ValueError(f"unknown variant {arg.variant!r}; expected one of {sorted(common.CLIP_VISION_SIZES)}")
     if arg.dataset not in DATASETS:

@@ -18,7 +18,7 @@ from configs.videomae_pretrain import VARIANTS
 
 def get_config(arg=None):
     arg = common.parse_arg(arg, variant="vit_b", classes=400, epochs=75, batch=384, train_size=240436, frames=16,
-                           flip=True, scan=True, remat="none", dtype="float32")
+                           flip=True, scan=True, remat="none", dtype="bfloat16")
     if arg.variant not in VARIANTS:
         raise ValueError(f"unknown variant {arg.variant!r}; expected one of {sorted(VARIANTS)}")
     model = common.vit_encoder(VARIANTS[arg.variant], num_frames=arg.frames, final_norm=False, pool="mean",

@@ -19,7 +19,7 @@ VARIANTS = {"vit_s": "S/16", "vit_b": "B/16", "vit_l": "L/16", "vit_h": "H/16", 
 
 def get_config(arg=None):
     arg = common.parse_arg(arg, variant="vit_b", v2=False, epochs=800, batch=256, train_size=240436, frames=16,
-                           scan=True, remat="none", dtype="float32")
+                           scan=True, remat="none", dtype="bfloat16")
     if arg.variant not in VARIANTS:
         raise ValueError(f"unknown variant {arg.variant!r}; expected one of {sorted(VARIANTS)}")
     size, _ = common.decode_variant(VARIANTS[arg.variant])
