@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from invideo_jax.models import layers
+from invideo_jax.models.attention import attention
 
 # Encoder sizes (the config rows). beats_iter3: BEATsConfig of BEATs_iter3 / iter3+ (AS2M), the encoder
 # InternVideo2-6B loads from `beats.pth` (d_model 768); internvideo.md 1.9.
@@ -99,7 +100,7 @@ class PostNormBlock(nn.Module):
                                 **kw)(x)
 
         q, k, v = project("q", xavier), project("k", xavier), project("v", scaled)
-        y = jax.nn.dot_product_attention(q, k, v, scale=head_dim ** -0.5, implementation=self.attn_impl)
+        y = attention(q, k, v, scale=head_dim ** -0.5, impl=self.attn_impl)
         y = layers.dense(width, ("heads", "kv", "embed"), name="out", in_dims=2, kernel_init=scaled, **kw)(y)
         x = self._residual(x, y, rate, deterministic, "norm1")
         y = layers.dense(self.mlp_dim, ("embed", "mlp"), name="fc1", kernel_init=scaled, **kw)(x)

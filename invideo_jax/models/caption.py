@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from invideo_jax.models import layers
+from invideo_jax.models.attention import attention
 
 ROTARY_BASE = 10000.0
 init_linear = nn.initializers.normal(0.02)
@@ -67,8 +68,7 @@ def rotary(x):
 
 def multi_query_attention(q, k, v, *, is_causal: bool, impl=None):
     """q (B, L, H, D); k, v (B, S, D): one key/value head shared by all query heads."""
-    return jax.nn.dot_product_attention(q, k[:, :, None], v[:, :, None], is_causal=is_causal,
-                                        scale=q.shape[-1] ** -0.5, implementation=impl)
+    return attention(q, k[:, :, None], v[:, :, None], is_causal=is_causal, scale=q.shape[-1] ** -0.5, impl=impl)
 
 
 def swiglu(value, gate):

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from invideo_jax.models.attention import attention
+
 Dtype = Any
 ACT_NAMES = ("act_batch", "act_len", "act_embed")
 
@@ -195,7 +197,7 @@ class PatchEmbed(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head attention through `jax.nn.dot_product_attention`.
+    """Multi-head attention (the kernel: `attention.attention`, chosen by `attn_impl`).
 
     qkv_bias: 'qv' (VideoMAE: q and v biases, k bias zero), 'qkv' (CLIP fused in_proj bias) or 'none'.
     qk_norm: RMSNorm on q and k over the full width (InternVideo2).
@@ -244,8 +246,7 @@ class Attention(nn.Module):
         if self.qk_norm:
             q = self._full_width_norm(q, "q_norm")
             k = self._full_width_norm(k, "k_norm")
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, scale=head_dim ** -0.5,
-                                           implementation=self.attn_impl)
+        out = attention(q, k, v, mask=mask, is_causal=is_causal, scale=head_dim ** -0.5, impl=self.attn_impl)
         return dense(self.out_features or width, ("heads", "kv", "embed"), name="proj", use_bias=self.proj_bias,
                      dtype=self.dtype, param_dtype=self.param_dtype, in_dims=2, kernel_init=self.proj_init)(out)
 

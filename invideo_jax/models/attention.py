@@ -1,0 +1,57 @@
+"""Scaled dot-product attention, the one entry point every model calls.
+
+`attention(q, k, v, ...)` computes softmax(q kᵀ · scale, masked) v on arrays in layout [batch, length, heads,
+head_dim]. Keys and values may be longer or shorter than the queries (cross-attention) and may have fewer heads
+(grouped-query attention: the query heads divide evenly among the key/value heads).
+
+`impl` names the kernel, a row of `KERNELS`:
+  None or 'auto'  the default of the backend the program is traced on (`BACKEND_DEFAULTS`; otherwise jax's own
+                  choice, `jax.nn.dot_product_attention(implementation=None)`)
+  'xla'           `jax.nn.dot_product_attention(implementation='xla')`
+  'cudnn'         `jax.nn.dot_product_attention(implementation='cudnn')` (GPU only)
+A kernel in another module joins the table with `register(name, fn)`; `fn(q, k, v, *, mask, is_causal, scale)`
+gets a boolean `mask` broadcastable to [batch, heads, q_length, kv_length] (True = attend) or None.
+"""
+import functools
+from typing import Callable, Optional
+
+import jax
+
+
+def _jax_attention(q, k, v, *, mask, is_causal, scale, implementation):
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, scale=scale,
+                                        implementation=implementation)
+
+
+KERNELS: dict = {name: functools.partial(_jax_attention, implementation=implementation)
+                 for name, implementation in (("jax", None), ("xla", "xla"), ("cudnn", "cudnn"))}
+BACKEND_DEFAULTS: dict = {}  # jax.default_backend() -> kernel name; backends not listed use "jax"
+
+
+def register(name: str, fn: Callable) -> None:
+    """Adds kernel `fn(q, k, v, *, mask, is_causal, scale)` to the table under `name`."""
+    KERNELS[name] = fn
+
+
+def resolve(impl: Optional[str]) -> str:
+    """The kernel name that `impl` selects on the current backend."""
+    if impl in (None, "auto"):
+        return BACKEND_DEFAULTS.get(jax.default_backend(), "jax")
+    if impl not in KERNELS:
+        raise ValueError(f"attention impl must be None, 'auto' or one of {sorted(KERNELS)}, got {impl!r}")
+    return impl
+
+
+def attention(q, k, v, *, mask=None, is_causal: bool = False, scale: Optional[float] = None,
+              impl: Optional[str] = None):
+    """softmax(q kᵀ · scale) v. q [B, T, N, H], k and v [B, S, K, H] with N % K == 0; `mask` boolean, broadcastable
+    to [B, N, T, S], True where a query may attend; `is_causal` lets query i see keys 0..i; `scale` defaults to
+    H ** -0.5. Returns [B, T, N, H]."""
+    if q.ndim != 4 or k.shape != v.shape or k.ndim != 4:
+        raise ValueError(f"attention wants q [B, T, N, H] and k, v of one shape [B, S, K, H]; got q {q.shape}, "
+                         f"k {k.shape}, v {v.shape}")
+    if q.shape[-1] != k.shape[-1] or q.shape[2] % k.shape[2]:
+        raise ValueError(f"attention: q heads {q.shape[2]} must be a multiple of the key/value heads {k.shape[2]} "
+                         f"and head dims must agree; got q {q.shape}, k {k.shape}")
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return KERNELS[resolve(impl)](q, k, v, mask=mask, is_causal=is_causal, scale=scale)

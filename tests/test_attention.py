@@ -1,0 +1,93 @@
+"""Every attention kernel on this backend against a float64 numpy softmax attention, forward and backward."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from invideo_jax.models import attention
+
+CPU_KERNELS = sorted(name for name in attention.KERNELS if name != "cudnn")
+
+
+def numpy_attention(q, k, v, mask, is_causal, scale, d_out):
+    """(output, (dq, dk, dv)) in float64: softmax attention and its vector-Jacobian product for cotangent d_out,
+    from the formulas (dS = P ∘ (dP − rowsum(dP ∘ P)), dP = dO vᵀ)."""
+    q, k, v, d_out = (np.asarray(a, np.float64) for a in (q, k, v, d_out))
+    group = q.shape[2] // k.shape[2]
+    k_rep, v_rep = np.repeat(k, group, axis=2), np.repeat(v, group, axis=2)
+    scores = np.einsum("btnh,bsnh->bnts", q, k_rep) * scale
+    allowed = np.ones(scores.shape, bool)
+    if mask is not None:
+        allowed &= np.asarray(mask)
+    if is_causal:
+        allowed &= np.tril(np.ones(scores.shape[-2:], bool))
+    scores = np.where(allowed, scores, -np.inf)
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    out = np.einsum("bnts,bsnh->btnh", p, v_rep)
+    dp = np.einsum("btnh,bsnh->bnts", d_out, v_rep)
+    ds = p * (dp - (dp * p).sum(-1, keepdims=True))
+    dq = np.einsum("bnts,bsnh->btnh", ds, k_rep) * scale
+    dk = np.einsum("bnts,btnh->bsnh", ds, q) * scale
+    dv = np.einsum("bnts,btnh->bsnh", p, d_out)
+
+    def per_kv_head(g):
+        return g.reshape(g.shape[:2] + (k.shape[2], group) + g.shape[3:]).sum(3)
+
+    return out, (dq, per_kv_head(dk), per_kv_head(dv))
+
+
+CASES = {  # name: (T, S, N, K, masked, is_causal)
+    "self": (24, 24, 4, 4, False, False),
+    "cross": (10, 37, 4, 4, False, False),
+    "padding_mask": (16, 29, 4, 4, True, False),
+    "causal": (21, 21, 4, 4, False, True),
+    "causal_and_mask": (21, 21, 4, 4, True, True),
+    "multi_query": (13, 30, 4, 1, False, False),
+    "grouped_query_causal": (19, 19, 4, 2, False, True),
+}
+
+
+def case_arrays(t, s, n, kv_heads, masked, head_dim=8, batch=2, seed=0):
+    rng = np.random.default_rng(seed)
+    q = rng.normal(size=(batch, t, n, head_dim)).astype(np.float32)
+    k, v = (rng.normal(size=(batch, s, kv_heads, head_dim)).astype(np.float32) for _ in range(2))
+    d_out = rng.normal(size=q.shape).astype(np.float32)
+    mask = None
+    if masked:  # per-example key padding, key 0 always kept so that no query row is empty
+        lengths = rng.integers(1, s + 1, size=batch)
+        mask = (np.arange(s)[None] < lengths[:, None])[:, None, None, :]
+    return q, k, v, mask, d_out
+
+
+@pytest.mark.parametrize("impl", CPU_KERNELS + [None, "auto"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_kernel_matches_float64_softmax_attention(impl, case):
+    t, s, n, kv_heads, masked, is_causal = CASES[case]
+    q, k, v, mask, d_out = case_arrays(t, s, n, kv_heads, masked)
+    scale = 0.3
+    want, want_grads = numpy_attention(q, k, v, mask, is_causal, scale, d_out)
+
+    def run(q, k, v):
+        return attention.attention(q, k, v, mask=mask, is_causal=is_causal, scale=scale, impl=impl)
+
+    got, vjp = jax.vjp(jax.jit(run), jnp.asarray(q), jnp.asarray(k), jnp.asarray(v))
+    np.testing.assert_allclose(got, want, atol=2e-6, rtol=2e-5)
+    for name, g, w in zip("qkv", vjp(jnp.asarray(d_out)), want_grads):
+        np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-4, err_msg=f"d{name}")
+
+
+def test_scale_defaults_to_inverse_sqrt_head_dim():
+    q, k, v, _, _ = case_arrays(8, 8, 2, 2, False)
+    np.testing.assert_allclose(attention.attention(q, k, v), attention.attention(q, k, v, scale=8 ** -0.5),
+                               atol=0)
+
+
+def test_unknown_impl_and_bad_shapes_are_named():
+    q, k, v, _, _ = case_arrays(8, 8, 4, 4, False)
+    with pytest.raises(ValueError, match="impl"):
+        attention.attention(q, k, v, impl="flash9")
+    with pytest.raises(ValueError, match="multiple of the key/value heads"):
+        attention.attention(q, k[:, :, :3], v[:, :, :3])
+    with pytest.raises(ValueError, match=r"q \[B, T, N, H\]"):
+        attention.attention(q[0], k, v)
