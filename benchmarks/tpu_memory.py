@@ -1,12 +1,13 @@
 """The real-TPU table of docs/scale.md: every paper-scale recipe at its paper global batch, compiled for a TPU slice by
 `python -m invideo_jax.aot` (libtpu's deviceless AOT: no TPU needed), one subprocess per compile.
 
-    python benchmarks/tpu_memory.py [--rows=NAME,...] [--out=tpu_memory.jsonl] [--timeout=1800]
+    python benchmarks/tpu_memory.py [--rows="NAME;..."] [--smaller] [--out=tpu_memory.jsonl] [--timeout=1800]
 
 Each row starts from a slice, FSDP over all of its chips, a remat policy and an accumulation count. While the step
 does not fit (peak > (1 - aot.FIT_MARGIN) x HBM), the accumulation doubles (halving the clips per chip in a
-microbatch) down to one clip per chip, then the slice doubles. A row that fits at its first attempt is compiled once
-more on half the slice, so the slice it names is the smallest that fits with that remat and microbatch. Every attempt
+microbatch) down to one clip per chip, then the slice doubles. With --smaller, a row that fits at its first attempt
+is compiled once more on half the slice (same clips per chip), so the slice it names is the smallest that fits with
+that remat and microbatch. Every attempt
 goes to --out as a JSON line (the aot row plus `row` and `command`) as soon as it finishes; at the end a Markdown table
 of each row's smallest fitting attempt.
 """
@@ -45,11 +46,11 @@ PAPER = [
     Row("InternVideo-MM L/14", "configs/internvideo_mm_pretrain.py:L/14,batch=1024,remat=full", "v5e-32", 1),
     Row("Fusion H + L", "configs/internvideo_fusion.py:batch=256", "v5e-16", 1),
     Row("InternVideo2-1B stage 1", "configs/internvideo2_distill.py:1B,batch=4096", "v5p-64", 4),
-    Row("InternVideo2-1B stage 1, stored targets", "configs/internvideo2_distill.py:1B,batch=4096,targets=stored",
+    Row("InternVideo2-1B stage 1 from stored targets", "configs/internvideo2_distill.py:1B,batch=4096,targets=stored",
         "v5p-64", 2),
     Row("InternVideo2-1B stage 2", "configs/internvideo2_align.py:1B,batch=4096,vision_remat=full", "v5p-64", 4),
     Row("InternVideo2-6B stage 2", "configs/internvideo2_align.py:6B,batch=4096,vision_remat=full", "v5p-128", 4),
-    Row("InternVideo2-6B stage 2, audio", "configs/internvideo2_align.py:6B,batch=4096,vision_remat=full,"
+    Row("InternVideo2-6B stage 2 with audio", "configs/internvideo2_align.py:6B,batch=4096,vision_remat=full,"
         "audio=beats_iter3,embed_dim=768,text_length=40", "v5p-128", 4),
 ]
 FSDP = ("--config.mesh.data=1", "--config.mesh.fsdp=-1", "--config.sharding_rules=fsdp")
@@ -84,15 +85,15 @@ def compile_row(row: Row, topology: str, k: int, timeout: int) -> dict:
     return result
 
 
-def smallest_fit(row: Row, log, timeout: int) -> dict:
-    """Escalates accumulation, then the slice, until the step fits; then tries half the slice once."""
+def smallest_fit(row: Row, log, timeout: int, smaller: bool) -> dict:
+    """Escalates accumulation, then the slice, until the step fits; then (`smaller`) tries half the slice once."""
     batch = int(row.config.split("batch=")[1].split(",")[0])
     topology, k, first = row.topology, row.grad_accum_steps, True
     for _ in range(8):
         result = compile_row(row, topology, k, timeout)
         log(result)
         if result.get("fits"):
-            if not first or chips(topology) <= 4:
+            if not smaller or not first or chips(topology) <= 4:
                 return result
             smaller = compile_row(row, resized(topology, 0.5), 2 * k, timeout)  # the same clips per chip
             log(smaller)
@@ -128,19 +129,24 @@ def markdown(results) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", default="", help="Comma-separated row names (default: all).")
+    parser.add_argument("--rows", default="", help="Row names separated by ; (default: all).")
     parser.add_argument("--out", default="tpu_memory.jsonl")
     parser.add_argument("--timeout", type=int, default=1800, help="Seconds per compile.")
+    parser.add_argument("--smaller", action="store_true", help="Try half the slice of a row that fits at once.")
     args = parser.parse_args()
-    wanted = [name.strip() for name in args.rows.split(",") if name.strip()]
-    rows = [row for row in PAPER if not wanted or row.name in wanted]
+    wanted = [name.strip() for name in args.rows.split(";") if name.strip()]
+    by_name = {row.name: row for row in PAPER}
+    unknown = sorted(set(wanted) - set(by_name))
+    if unknown:
+        parser.error(f"unknown rows {unknown}; rows: {sorted(by_name)}")
+    rows = [by_name[name] for name in wanted] if wanted else PAPER
     with open(args.out, "a") as f:
         def log(result):
             f.write(json.dumps(result) + "\n")
             f.flush()
             print(json.dumps({k: result.get(k) for k in ("row", "topology_asked", "grad_accum_steps", "fits",
                                                           "per_device", "compile_s", "error")}), flush=True)
-        results = [smallest_fit(row, log, args.timeout) for row in rows]
+        results = [smallest_fit(row, log, args.timeout, args.smaller) for row in rows]
     print(markdown(results))
 
 
