@@ -132,15 +132,17 @@ def align_fields(c, *, mask_ratio: float = 0.8, mlm_prob: float = 0.5, rerank_k:
 def get_config(arg=None):
     arg = common.parse_arg(arg, variant="1B", text="large", frames=4, image_size=224, embed_dim=512, text_length=32,
                            mask_ratio=0.8, mlm_prob=0.5, epochs=10, batch=4096, train_size=1_000_000,
-                           stage1_frames=8, scan=True, vision_remat="none", text_remat="full", dtype="bfloat16",
-                           audio="", audio_frozen=True)
+                           stage1_frames=8, scan=True, vision_remat="full", text_remat="full", dtype="bfloat16",
+                           audio="", audio_frozen=True, attn="auto")
     model = model_config(arg.variant, arg.text, arg.frames, arg.image_size, arg.embed_dim, scan=arg.scan,
                          vision_remat=arg.vision_remat, text_remat=arg.text_remat, dtype=arg.dtype, audio=arg.audio,
                          audio_frozen=arg.audio_frozen)
+    model["vision_config"]["attn_impl"] = arg.attn
     c = align_fields(common.train_config("align", model, model_name="align"), mask_ratio=arg.mask_ratio,
                      mlm_prob=arg.mlm_prob)
     steps_per_epoch = max(arg.train_size // arg.batch, 1)
     c.batch_size = arg.batch
+    c.mesh.update(dict(data=1, fsdp=-1))  # FSDP over every chip (docs/scale.md)
     c.total_steps = arg.epochs * steps_per_epoch
     c.checkpoint_every = steps_per_epoch // 10 or 1
     c.data.update(dict(format="json", num_frames=arg.frames, sampling="segment", crop_size=arg.image_size,

@@ -94,11 +94,14 @@ def model_config(size: str = "1B", frames: int = 8, image_teacher: str = "6B", v
 def get_config(arg=None):
     arg = common.parse_arg(arg, variant="1B", frames=8, image_teacher="6B", video_teacher="g/14", image_layers=6,
                            video_layers=4, mask_ratio=0.8, epochs=300, batch=0, train_size=1100000, scan=True,
-                           remat="full", dtype="bfloat16", targets="")
+                           remat="full", dtype="bfloat16", targets="", attn="auto")
     model = model_config(arg.variant, arg.frames, arg.image_teacher, arg.video_teacher, arg.image_layers,
                          arg.video_layers, arg.mask_ratio, scan=arg.scan, remat=arg.remat, dtype=arg.dtype)
+    for part in ("student", "teacher_image", "teacher_video"):
+        model[part]["attn_impl"] = arg.attn
     c = common.train_config("distill", model, model_name="distiller")
     c.batch_size = arg.batch or BATCH.get(arg.variant, 4096)
+    c.mesh.update(dict(data=1, fsdp=-1))  # FSDP over every chip (docs/scale.md)
     steps_per_epoch = max(arg.train_size // c.batch_size, 1)
     c.total_steps = arg.epochs * steps_per_epoch
     c.checkpoint_every = 5 * steps_per_epoch

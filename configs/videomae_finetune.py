@@ -18,15 +18,16 @@ from configs.videomae_pretrain import VARIANTS
 
 def get_config(arg=None):
     arg = common.parse_arg(arg, variant="vit_b", classes=400, epochs=75, batch=384, train_size=240436, frames=16,
-                           flip=True, scan=True, remat="none", dtype="bfloat16")
+                           flip=True, scan=True, remat="full", dtype="bfloat16", attn="auto")
     if arg.variant not in VARIANTS:
         raise ValueError(f"unknown variant {arg.variant!r}; expected one of {sorted(VARIANTS)}")
     model = common.vit_encoder(VARIANTS[arg.variant], num_frames=arg.frames, final_norm=False, pool="mean",
                                num_classes=arg.classes, drop_path=0.1, scan=arg.scan, remat=arg.remat,
-                               dtype=arg.dtype)
+                               dtype=arg.dtype, attn_impl=arg.attn)
     c = common.train_config("classification", model)
     steps_per_epoch = max(arg.train_size // arg.batch, 1)
     c.batch_size = arg.batch
+    c.mesh.update(dict(data=1, fsdp=-1))  # FSDP over every chip (docs/scale.md)
     c.total_steps = arg.epochs * steps_per_epoch
     c.checkpoint_every = steps_per_epoch
     c.data.update(dict(num_frames=arg.frames, sampling_rate=4, crop_size=224, short_side=224, train_crop="rrc",

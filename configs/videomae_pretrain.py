@@ -19,16 +19,17 @@ VARIANTS = {"vit_s": "S/16", "vit_b": "B/16", "vit_l": "L/16", "vit_h": "H/16", 
 
 def get_config(arg=None):
     arg = common.parse_arg(arg, variant="vit_b", v2=False, epochs=800, batch=256, train_size=240436, frames=16,
-                           scan=True, remat="none", dtype="bfloat16")
+                           scan=True, remat="full", dtype="bfloat16", attn="auto")
     if arg.variant not in VARIANTS:
         raise ValueError(f"unknown variant {arg.variant!r}; expected one of {sorted(VARIANTS)}")
     size, _ = common.decode_variant(VARIANTS[arg.variant])
     encoder = common.vit_encoder(VARIANTS[arg.variant], num_frames=arg.frames, scan=arg.scan, remat=arg.remat,
-                                 dtype=arg.dtype)
+                                 dtype=arg.dtype, attn_impl=arg.attn)
     c = common.train_config("videomae_pretrain", dict(encoder=encoder, **common.DECODER_SIZES[size]))
     c.mask = common.mask_config(v2=arg.v2)
     steps_per_epoch = max(arg.train_size // arg.batch, 1)
     c.batch_size = arg.batch
+    c.mesh.update(dict(data=1, fsdp=-1))  # FSDP over every chip (docs/scale.md)
     c.total_steps = arg.epochs * steps_per_epoch
     c.checkpoint_every = 5 * steps_per_epoch
     c.data.update(dict(num_frames=arg.frames, sampling_rate=4, crop_size=224, short_side=224, train_crop="multiscale",

@@ -42,19 +42,21 @@ def check_memory(row, hbm):
 def test_tiny_recipe_compiles_for_a_v5e_2x2_slice():
     row = run_aot(f"--config={RECIPE},batch=8", "--config.eval_batch_size=8", "--topology=v5e:2x2")
     assert row["device_kind"] == "TPU v5 lite" and row["num_devices"] == 4 and row["topology"] == "v5e:2x2"
-    assert row["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1} and row["hbm_per_device"] == 16
+    assert row["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1} and row["hbm_per_device"] == 16  # the recipe's FSDP
     check_memory(row, 16)
     check_memory(row["predict"], 16)
     assert row["per_device"]["generated_code"] > 0  # the TPU compiler's own figure (the CPU backend reports 0)
-    assert row["flops_per_step"] > 0 and row["batch"] == 8 and row["dtype"] == ["float32"]
+    assert row["flops_per_step"] > 0 and row["batch"] == 8 and row["dtype"] == ["bfloat16"]
 
 
 @needs_libtpu
-def test_two_slices_get_a_dcn_data_axis():
-    row = run_aot(f"--config={RECIPE},batch=16", "--config.eval_batch_size=16", "--topology=v5e-4",
+def test_two_slices_get_a_dcn_data_axis_with_accumulation_and_the_flash_kernel():
+    row = run_aot(f"--config={RECIPE},batch=16,attn=tpu_flash", "--config.eval_batch_size=16", "--topology=v5e-4",
                   "--num_slices=2", "--predict=false", "--config.grad_accum_steps=2")
     assert row["device_kind"] == "TPU v5 lite" and row["num_devices"] == 8 and row["num_slices"] == 2
-    assert row["mesh"]["data"] == 8 and row["dcn"] == {"dcn_data": 2} and row["grad_accum_steps"] == 2
+    assert row["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1} and row["dcn"] == {"dcn_data": 2}
+    assert row["grad_accum_steps"] == 2
+    assert row["attn_impl"] == ["tpu_flash"]  # the Pallas kernel, inside shard_map, compiled by the TPU compiler
     check_memory(row, 16)
     assert "predict" not in row
 
@@ -77,7 +79,7 @@ def test_cpu_topology_keeps_the_simulated_device_path():
     config = _tiny_config(batch=8)
     row = aot.compile_report(config, "cpu:4", predict=False)
     assert row["device_kind"] == "cpu" and row["num_devices"] == 4 and row["fits"] is None
-    assert row["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1} and row["per_device"]["peak"] >= 0
+    assert row["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1} and row["per_device"]["peak"] >= 0
     with pytest.raises(ValueError, match="CPU devices"):
         aot.compile_report(config, "cpu:64")
 
