@@ -297,6 +297,8 @@ def model_settings(config, name: str) -> list:
 
 def compile_report(config, topology: str, num_slices: int = 1, predict: bool = True) -> dict:
     """The JSON row of `python -m invideo_jax.aot`: compiles the train step (and the predict step) of `config`."""
+    if "stages" in config:
+        raise ValueError("--config is a pipeline (config.stages): compile one stage's config file instead")
     devices, tpu = topology_devices(topology, num_slices)
     config = with_slices(config, num_slices)
     hbm = HBM_GIB[tpu.generation] if tpu else None
