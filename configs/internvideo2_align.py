@@ -8,10 +8,11 @@
 ARG: the vision size (1B, 6B; S, B, L build too) then options: text=large (BERT-large, fusion_layer 19; base: BERT-base,
 fusion_layer 9), frames=4, image_size=224, embed_dim=512, text_length=32, mask_ratio=0.8, mlm_prob=0.5, epochs=10,
 batch=4096 (global), train_size=1000000 (clips in the list, for the schedule: set it to yours), stage1_frames=8
-(frames of the stage-1 pos_embed, resampled on restore), scan=True, vision_remat=none, text_remat=full,
-dtype=bfloat16, audio= (none; `beats_iter3`: the 6B model's BEATs-style audio encoder over 64-bin log-mel of the clip's
-audio track, models/audio.py), audio_frozen=True, act=gelu_tanh (the vision MLP activation; gelu: exact, for
-weights trained with the official use_fused_mlp=False, configs/internvideo2.py).
+(frames of the stage-1 pos_embed, resampled on restore), scan=True, vision_remat=full, text_remat=full,
+dtype=bfloat16, attn=auto (the vision encoder's attention kernel: xla, tpu_flash, ...), audio= (none; `beats_iter3`:
+the 6B model's BEATs-style audio encoder over 64-bin log-mel of the clip's audio track, models/audio.py),
+audio_frozen=True, act=gelu_tanh (the vision MLP activation; gelu: exact, for weights trained with the official
+use_fused_mlp=False, configs/internvideo2.py).
 
 Audio (6B, `InternVideo2_Stage2_audiovisual`; its pre-training config): `audio=beats_iter3` adds the frozen audio
 encoder, the 768-wide audio-visual context (`av_concat_dim`: vision tokens through `av_concat_vision_proj`, audio
@@ -31,7 +32,7 @@ most 32 WordPiece tokens, `vision_proj` 768 -> 512 and `text_proj` 1024 -> 512, 
 temperature 0.07 clamped to [0.001, 0.5]; losses VTC, VTM (hard negatives), MLM (mask probability 0.5), weight 1 each.
 AdamW (0.9, 0.98), lr 5e-5 (not batch-scaled), wd 0.05, gradient clip 3, cosine over 10 epochs with 1 warm-up epoch
 to min lr 0.01 x lr, global batch 64 x 64 GPUs = 4096, bf16, gradient checkpointing of the text encoder (the
-official does not checkpoint the 1B vision encoder; `vision_remat=full` if memory needs it); vision drop_path 0.25
+official does not checkpoint the 1B vision encoder; `vision_remat=none` where memory allows); vision drop_path 0.25
 (1B) / 0.3 (6B), hard-coded in the official builders. The 6B run differs by 5 epochs, text length 40, contrastive
 dim 768 and audio (`audio=beats_iter3`, above). Expected (released s2-1B, 4 frames, zero-shot retrieval R@1 t2v / v2t):
 MSR-VTT 51.9 / 50.9, DiDeMo 57.0 / 54.3, ActivityNet 60.4 / 54.8 (the official numbers re-rank each query's top 128
@@ -134,15 +135,17 @@ def align_fields(c, *, mask_ratio: float = 0.8, mlm_prob: float = 0.5, rerank_k:
 def get_config(arg=None):
     arg = common.parse_arg(arg, variant="1B", text="large", frames=4, image_size=224, embed_dim=512, text_length=32,
                            mask_ratio=0.8, mlm_prob=0.5, epochs=10, batch=4096, train_size=1_000_000,
-                           stage1_frames=8, scan=True, vision_remat="none", text_remat="full", dtype="bfloat16",
-                           audio="", audio_frozen=True, act="gelu_tanh")
+                           stage1_frames=8, scan=True, vision_remat="full", text_remat="full", dtype="bfloat16",
+                           audio="", audio_frozen=True, attn="auto", act="gelu_tanh")
     model = model_config(arg.variant, arg.text, arg.frames, arg.image_size, arg.embed_dim, scan=arg.scan,
                          vision_remat=arg.vision_remat, text_remat=arg.text_remat, dtype=arg.dtype, audio=arg.audio,
                          audio_frozen=arg.audio_frozen, act=arg.act)
+    model["vision_config"]["attn_impl"] = arg.attn
     c = align_fields(common.train_config("align", model, model_name="align"), mask_ratio=arg.mask_ratio,
                      mlm_prob=arg.mlm_prob)
     steps_per_epoch = max(arg.train_size // arg.batch, 1)
     c.batch_size = arg.batch
+    c.mesh.update(dict(data=1, fsdp=-1))  # FSDP over every chip (docs/scale.md)
     c.total_steps = arg.epochs * steps_per_epoch
     c.checkpoint_every = steps_per_epoch // 10 or 1
     c.data.update(dict(format="json", num_frames=arg.frames, sampling="segment", crop_size=arg.image_size,

@@ -8,8 +8,9 @@ ARG: the student size (1B, 6B; S, B, L build too) then options: frames=8 (studen
 2x as many), image_teacher=6B (InternVideo2 size row of the image teacher), video_teacher=g/14 (ViT row of the
 VideoMAE V2 teacher), image_layers=6, video_layers=4, mask_ratio=0.8, epochs=300, batch (default 4096 for 1B,
 2048 for 6B), train_size=1100000 (clips in the list, for the schedule), scan=True, remat=full, dtype=bfloat16,
-targets='' (a directory of stored teacher targets to train from, below), act=gelu_tanh (the student's MLP activation;
-gelu: exact, for a student trained with the official use_fused_mlp=False, configs/internvideo2.py).
+attn=auto (the attention kernel of the student and both teachers: xla, tpu_flash, ...), targets='' (a directory
+of stored teacher targets to train from, below), act=gelu_tanh (the student's MLP activation; gelu: exact, for a
+student trained with the official use_fused_mlp=False, configs/internvideo2.py).
 
 Recipe (internvideo.md 1.8, 5.4): 16-frame clips (segment sampling, flip); the VideoMAE V2-g teacher sees all 16
 (tubelet 2: 8x16x16 tokens), the student and the image teacher every 2nd frame (8 frames, tubelet 1: 8x16x16).
@@ -59,6 +60,10 @@ over all epochs. The cache must match the run's data config, teacher settings an
 Parameter counts (jax.eval_shape; tests/test_distill.py), 1B student at 8 frames of 224:
   student 1,020,708,608; heads 43,565,568 and their position embeddings 5,768,576; image teacher
   5,936,000,768; video teacher 1,011,610,752; total 8,017,654,272, trainable 1,070,042,752 (student and heads).
+
+Fits (TPU compiler via `python -m invideo_jax.aot`, docs/scale.md): 1B with its teachers at batch 4096 on v5p-64
+(32 chips) with `--config.grad_accum_steps=4` (32 clips per chip per microbatch): peak 54.8 of 95 GiB per chip
+(defaults: bf16, remat=full, FSDP over every chip). From stored targets and 6B: not compiled at paper scale.
 """
 import ml_collections
 
@@ -96,11 +101,14 @@ def model_config(size: str = "1B", frames: int = 8, image_teacher: str = "6B", v
 def get_config(arg=None):
     arg = common.parse_arg(arg, variant="1B", frames=8, image_teacher="6B", video_teacher="g/14", image_layers=6,
                            video_layers=4, mask_ratio=0.8, epochs=300, batch=0, train_size=1100000, scan=True,
-                           remat="full", dtype="bfloat16", targets="", act="gelu_tanh")
+                           remat="full", dtype="bfloat16", targets="", attn="auto", act="gelu_tanh")
     model = model_config(arg.variant, arg.frames, arg.image_teacher, arg.video_teacher, arg.image_layers,
                          arg.video_layers, arg.mask_ratio, scan=arg.scan, remat=arg.remat, dtype=arg.dtype, act=arg.act)
+    for part in ("student", "teacher_image", "teacher_video"):
+        model[part]["attn_impl"] = arg.attn
     c = common.train_config("distill", model, model_name="distiller")
     c.batch_size = arg.batch or BATCH.get(arg.variant, 4096)
+    c.mesh.update(dict(data=1, fsdp=-1))  # FSDP over every chip (docs/scale.md)
     steps_per_epoch = max(arg.train_size // c.batch_size, 1)
     c.total_steps = arg.epochs * steps_per_epoch
     c.checkpoint_every = 5 * steps_per_epoch

@@ -50,6 +50,7 @@ def get_config(arg=None):
     c = common.train_config("classification", model, model_name="fusion")
     steps_per_epoch = max(arg.train_size // arg.batch, 1)
     c.batch_size = arg.batch
+    c.mesh.update(dict(data=1, fsdp=-1))  # FSDP over every chip (docs/scale.md)
     c.total_steps = arg.epochs * steps_per_epoch
     c.checkpoint_every = steps_per_epoch
     c.data.update(dict(num_frames=arg.frames, sampling="dense", sampling_rate=4, crop_size=224, short_side=224,

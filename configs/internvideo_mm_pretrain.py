@@ -42,13 +42,14 @@ def videotext_fields(c, caption_weight: float = 1.0, class_names=(), templates=(
 
 def get_config(arg=None):
     arg = common.parse_arg(arg, variant="B/16", epochs=10, batch=1024, train_size=10_000_000, frames=8,
-                           caption_weight=1.0, scan=True, remat="none", dtype="float32")
+                           caption_weight=1.0, scan=True, remat="full", dtype="bfloat16")
     if arg.variant not in common.CLIP_TEXT_SIZES:
         raise ValueError(f"unknown variant {arg.variant!r}; expected one of {sorted(common.CLIP_TEXT_SIZES)}")
     model = model_config(arg.variant, frames=arg.frames, scan=arg.scan, remat=arg.remat)
     c = videotext_fields(common.train_config("videotext", dict(model, dtype=arg.dtype)), arg.caption_weight)
     steps_per_epoch = max(arg.train_size // arg.batch, 1)
     c.batch_size = arg.batch
+    c.mesh.update(dict(data=1, fsdp=-1))  # FSDP over every chip (docs/scale.md)
     c.total_steps = arg.epochs * steps_per_epoch
     c.checkpoint_every = steps_per_epoch // 10 or 1
     c.data.update(dict(format="json", num_frames=arg.frames, sampling="segment", crop_size=224, short_side=224,

@@ -43,7 +43,7 @@ def model_config(variant: str, *, ssv2: bool, frames: int, **overrides) -> dict:
 
 def get_config(arg=None):
     arg = common.parse_arg(arg, variant="B/16", dataset="kinetics", classes=0, frames=0, epochs=0, batch=0,
-                           train_size=0, frozen=False, scan=True, remat="none", dtype="float32")
+                           train_size=0, frozen=False, scan=True, remat="full", dtype="bfloat16")
     if arg.variant not in common.CLIP_VISION_SIZES:
         raise ValueError(f"unknown variant {arg.variant!r}; expected one of {sorted(common.CLIP_VISION_SIZES)}")
     if arg.dataset not in DATASETS:
@@ -57,6 +57,7 @@ def get_config(arg=None):
     c = common.train_config("classification", model, model_name="uniformerv2")
     steps_per_epoch = max(arg.train_size // arg.batch, 1)
     c.batch_size = arg.batch
+    c.mesh.update(dict(data=1, fsdp=-1))  # FSDP over every chip (docs/scale.md)
     c.total_steps = arg.epochs * steps_per_epoch
     c.checkpoint_every = steps_per_epoch
     c.data.update(dict(num_frames=arg.frames, sampling="segment", crop_size=size["image_size"],

@@ -37,7 +37,7 @@ def tiny_config(root, steps=3, batch=4):
     c.mask.ratio = 0.5
     c.batch_size = c.eval_batch_size = batch
     c.total_steps, c.log_every, c.checkpoint_every = steps, 1, steps
-    c.mesh.data = 1
+    c.mesh.update(dict(data=1, fsdp=1))  # one device (the recipe shards over all of them)
     c.optim.update(dict(base_lr=1e-3, warmup_steps=1, min_lr=1e-5))
     c.init_from = ml_collections.ConfigDict(dict(checkpoint="", mapping={}, pos_embed_grid_src=(),
                                                  pos_embed_grid_dst=()))

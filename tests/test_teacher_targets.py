@@ -214,6 +214,8 @@ def test_the_cache_iterator_yields_stored_fields_and_resumes_from_its_state(setu
     batch = next(first)
     assert batch["video"].shape == (2, 4, 32, 32, 3)
     assert batch["teacher/visible_idx"].shape == (2, 8) and batch["teacher/image_layers"].shape == (2, 2, 9, 16)
+    stored = {key: (value.shape, value.dtype) for key, value in batch.items() if key.startswith("teacher/")}
+    assert {key: (s.shape, s.dtype) for key, s in task.stored_batch_shapes(2).items()} == stored  # for AOT compiles
     state = first.get_state()
     expect = [next(first) for _ in range(4)]  # into the second pass over the 8 entries
     resumed = task.train_iterator(seed=0, batch_size=2)

@@ -9,6 +9,7 @@ head_dim]. Keys and values may be longer or shorter than the queries (cross-atte
                   choice, `jax.nn.dot_product_attention(implementation=None)`)
   'xla'           `jax.nn.dot_product_attention(implementation='xla')`
   'cudnn'         `jax.nn.dot_product_attention(implementation='cudnn')` (GPU only)
+  'tpu_flash'     the Pallas TPU flash attention kernel, shard_map-wrapped, any length (models/attention_tpu.py)
 A kernel in another module joins the table with `register(name, fn)`; `fn(q, k, v, *, mask, is_causal, scale)`
 gets a boolean `mask` broadcastable to [batch, heads, q_length, kv_length] (True = attend) or None.
 """
@@ -55,3 +56,6 @@ def attention(q, k, v, *, mask=None, is_causal: bool = False, scale: Optional[fl
                          f"and head dims must agree; got q {q.shape}, k {k.shape}")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     return KERNELS[resolve(impl)](q, k, v, mask=mask, is_causal=is_causal, scale=scale)
+
+
+from invideo_jax.models import attention_tpu  # noqa: E402,F401  registers 'tpu_flash' (Pallas TPU flash attention)

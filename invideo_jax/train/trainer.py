@@ -20,6 +20,7 @@ import numpy as np
 import optax
 from absl import logging
 from jax.experimental import multihost_utils
+from jax.sharding import PartitionSpec as P
 
 from invideo_jax import distributed, sharding
 from invideo_jax.data import pipeline
@@ -84,13 +85,44 @@ def state_shardings(boxed, tx, mesh, rule_table):
     return abstract, shardings
 
 
-def make_train_step(task, tx, schedule):
-    """A pure step: new state and metrics. A non-finite loss or gradient leaves params and optimiser untouched."""
+def make_train_step(task, tx, schedule, grad_accum_steps: int = 1):
+    """A pure step: new state and metrics. A non-finite loss or gradient leaves params and optimiser untouched.
+
+    `grad_accum_steps` = k > 1 splits the global batch into k microbatches (example i goes to microbatch i mod k, so
+    each stays spread over the batch shards) and scans over them inside the step: the gradient, loss and metrics are
+    the microbatches' means, which for a loss that is a mean over examples equal the whole batch's; one optimiser
+    update follows. Each microbatch gets its own dropout / masking key. What does not decompose over examples sees
+    the microbatch only: in-batch negatives of contrastive losses, and BatchNorm, which normalises with the
+    microbatch's statistics; every microbatch starts from the same running statistics and the step keeps their mean
+    update, so the running mean moves as after the whole batch and the running variance by the mean of the
+    microbatches' variances (docs/scale.md).
+    """
+    if not isinstance(grad_accum_steps, int) or grad_accum_steps < 1:
+        raise ValueError(f"config.grad_accum_steps must be a positive integer, got {grad_accum_steps!r}")
+    grad_fn = jax.value_and_grad(task.loss, has_aux=True)
+
+    def accumulated_grads(state: TrainState, batch, step_rng):
+        micro = microbatches(batch, grad_accum_steps)
+
+        def body(carry, inputs):
+            micro_batch, rng = inputs
+            (loss, (metrics, batch_stats)), grads = grad_fn(state.params, state.batch_stats, micro_batch, rng)
+            carry = jax.tree.map(jnp.add, carry, (grads, batch_stats))
+            return carry, (loss, metrics)
+
+        zeros = jax.tree.map(jnp.zeros_like, (state.params, state.batch_stats))
+        rngs = jax.random.split(step_rng, grad_accum_steps)
+        (grads, batch_stats), (loss, metrics) = jax.lax.scan(body, zeros, (micro, rngs))
+        mean_of_sums = lambda tree: jax.tree.map(lambda x: x / grad_accum_steps, tree)
+        metrics = jax.tree.map(lambda x: x.mean(0), metrics)
+        return (loss.mean(), (metrics, mean_of_sums(batch_stats))), mean_of_sums(grads)
 
     def train_step(state: TrainState, batch):
         rng, step_rng = jax.random.split(state.rng)
-        grad_fn = jax.value_and_grad(task.loss, has_aux=True)
-        (loss, (metrics, batch_stats)), grads = grad_fn(state.params, state.batch_stats, batch, step_rng)
+        if grad_accum_steps == 1:
+            (loss, (metrics, batch_stats)), grads = grad_fn(state.params, state.batch_stats, batch, step_rng)
+        else:
+            (loss, (metrics, batch_stats)), grads = accumulated_grads(state, batch, step_rng)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         grad_norm = optax.global_norm(grads)
@@ -105,6 +137,25 @@ def make_train_step(task, tx, schedule):
         return new_state, metrics
 
     return train_step
+
+
+def microbatches(batch: dict, k: int) -> dict:
+    """(B, ...) arrays -> (k, B/k, ...): microbatch j holds examples j, j + k, ..., so that a batch sharded over the
+    mesh's batch axes gives every microbatch an equal share of each device's examples (no data moves)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    shards = int(np.prod([mesh.shape[a] for a in sharding.BATCH_AXES if a in mesh.shape]))
+    size = len(next(iter(batch.values())))
+    if size % (k * shards):
+        raise ValueError(f"config.grad_accum_steps={k}: the batch of {size} does not split into {k} microbatches "
+                         f"spread over the {shards} batch shards (batch_size must divide by {k * shards})")
+
+    def split(x):
+        x = x.reshape((size // k, k) + x.shape[1:]).swapaxes(0, 1)
+        if mesh.empty:
+            return x
+        return jax.lax.with_sharding_constraint(x, P(None, sharding.BATCH_AXES))
+
+    return jax.tree.map(split, batch)
 
 
 class StopOnSigterm:
@@ -194,8 +245,9 @@ def train(config, workdir: str, stop_after: int = 0):
             start_step = 0
 
         # ------------------------------------------------------------ steps
-        train_step = jax.jit(make_train_step(task, tx, schedule), in_shardings=(shardings, batch_sh),
-                             out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+        train_step = jax.jit(make_train_step(task, tx, schedule, config.get("grad_accum_steps", 1)),
+                             in_shardings=(shardings, batch_sh), out_shardings=(shardings, sharding.replicated(mesh)),
+                             donate_argnums=(0,))
         predict = jax.jit(task.predict, in_shardings=(shardings.params, shardings.batch_stats, batch_sh))
         evaluate = getattr(task, "evaluate", None)  # a task without one is evaluated by its training loss only
 

@@ -95,6 +95,23 @@ class Task:
             return pipeline.train_iterator(self.config.data, **kwargs)
         return target_cache.train_iterator(self.targets_dir, self.config.data, self.targets_fingerprint(), **kwargs)
 
+    def stored_batch_shapes(self, batch_size: int) -> dict:
+        """ShapeDtypeStructs of the stored-target fields a training batch carries with `config.teacher_targets` ({}
+        without): the teachers' visible tokens and targets as `precompute_targets` stores them (for AOT compiles)."""
+        if not self.targets_dir:
+            return {}
+        d = self.config.data
+        video = jax.ShapeDtypeStruct((batch_size, d.num_frames, d.crop_size, d.crop_size, 3), jnp.float32)
+        dtype = jnp.dtype(self.config.teacher_targets_dtype)
+
+        def stored(key, video):
+            params = self.teachers.init(key, video)["params"]
+            out = self.teachers.apply({"params": params}, video, train=True, rngs=self._rngs(key))
+            target = {name: x.astype(dtype) for name, x in swap_layer_axis(out["target"]).items()}
+            return {target_cache.BATCH_PREFIX + k: v for k, v in dict(target, visible_idx=out["visible_idx"]).items()}
+
+        return jax.eval_shape(stored, jax.eval_shape(lambda: jax.random.PRNGKey(0)), video)
+
     def init_variables(self, rng, batch):
         rngs = dict(self._rngs(rng), params=rng)
         if not self.targets_dir:
