@@ -6,7 +6,7 @@ import pytest
 
 from invideo_jax.models import attention
 
-CPU_KERNELS = sorted(name for name in attention.KERNELS if name != "cudnn")
+CPU_KERNELS = attention.kernels_for("cpu")
 
 
 def numpy_attention(q, k, v, mask, is_causal, scale, d_out):

@@ -27,11 +27,20 @@ def _jax_attention(q, k, v, *, mask, is_causal, scale, implementation):
 KERNELS: dict = {name: functools.partial(_jax_attention, implementation=implementation)
                  for name, implementation in (("jax", None), ("xla", "xla"), ("cudnn", "cudnn"))}
 BACKEND_DEFAULTS: dict = {}  # jax.default_backend() -> kernel name; backends not listed use "jax"
+PLATFORMS: dict = {"cudnn": "gpu"}  # kernel name -> the only platform it lowers for; kernels not listed run anywhere
 
 
-def register(name: str, fn: Callable) -> None:
-    """Adds kernel `fn(q, k, v, *, mask, is_causal, scale)` to the table under `name`."""
+def register(name: str, fn: Callable, platform: Optional[str] = None) -> None:
+    """Adds kernel `fn(q, k, v, *, mask, is_causal, scale)` to the table under `name`; `platform` names the only
+    platform it lowers for, if it has one."""
     KERNELS[name] = fn
+    if platform is not None:
+        PLATFORMS[name] = platform
+
+
+def kernels_for(platform: str) -> list:
+    """The names of the kernels that lower for `platform` ('cpu', 'gpu', 'tpu')."""
+    return sorted(name for name in KERNELS if PLATFORMS.get(name, platform) == platform)
 
 
 def resolve(impl: Optional[str]) -> str:

@@ -77,4 +77,4 @@ def flash_attention(q, k, v, *, mask=None, is_causal: bool = False, scale: float
     return out.transpose(0, 2, 1, 3)[:, :t]
 
 
-attention.register("tpu_flash", flash_attention)
+attention.register("tpu_flash", flash_attention, platform="tpu")
