@@ -7,7 +7,7 @@ WORKDIR ?= runs/demo
 # pytest-xdist processes (each with 8 simulated devices and up to ~4.5 GB of memory)
 TEST_WORKERS ?= 2
 
-.PHONY: demo test venv clean
+.PHONY: demo demo-smoke test venv clean
 
 venv: $(VENV)/.installed
 
@@ -21,6 +21,11 @@ $(VENV)/.installed: setup.py
 
 demo: venv
 	$(BIN)/python -m invideo_jax.main --config=configs/demo.py --workdir=$(WORKDIR)
+
+# CI guard: the demo's command as a user types it (relative workdir), every stage for a few steps.
+demo-smoke: venv
+	rm -rf runs/demo-smoke
+	$(BIN)/python -m invideo_jax.main --config=configs/demo.py:smoke --workdir=runs/demo-smoke
 
 test: venv
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not slow" tests

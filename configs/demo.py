@@ -29,6 +29,10 @@ results tables and plots. Re-running skips finished stages.
 ARG options: train=1280, val=160 (videos), pretrain_steps, finetune_steps, multimodal_steps,
 multimodal_finetune_steps, fusion_steps, iv2_distill_steps, iv2_align_steps, iv2_finetune_steps, batch=32, workers=0.
 Chance is 12.5% for classification and 1/val for retrieval R@1.
+
+ARG `smoke` (CI: `make demo-smoke`): every stage for 4 steps of batch 8 on 24 + 8 videos, checkpoints, evaluation
+and the report as in the demo, in a few minutes; its numbers are near chance. Later options override it
+(`smoke,batch=4`).
 """
 import ml_collections
 
@@ -151,7 +155,13 @@ def _iv2_finetune(arg):
     return c
 
 
+SMOKE = ("train=24,val=8,pretrain_steps=4,finetune_steps=4,multimodal_steps=4,multimodal_finetune_steps=4,"
+         "fusion_steps=4,iv2_distill_steps=4,iv2_align_steps=4,iv2_finetune_steps=4,batch=8")
+
+
 def get_config(arg=None):
+    if arg and arg.split(",")[0] == "smoke":
+        arg = SMOKE + arg[len("smoke"):]
     arg = common.parse_arg(arg, train=1280, val=160, pretrain_steps=300, finetune_steps=700, multimodal_steps=600,
                            multimodal_finetune_steps=400, fusion_steps=300, iv2_distill_steps=300,
                            iv2_align_steps=400, iv2_finetune_steps=400, batch=32, workers=0)

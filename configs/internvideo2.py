@@ -16,31 +16,13 @@ checkpoint was trained with (official `use_fused_mlp=True`); 'gelu' (exact) for 
 with `use_fused_mlp=False`. The checkpoint files do not record it: override it with the `act=` ARG of the distill and
 align configs, or `--config.model.kwargs[.student|.vision_config].act=gelu`.
 """
-from configs import common
+from invideo_jax import sizes
 
-SIZES = {
-    "S": common.VIT_SIZES["S"],  # 384 / 12 / 6 / 1536
-    "B": common.VIT_SIZES["B"],  # 768 / 12 / 12 / 3072
-    "L": common.VIT_SIZES["L"],  # 1024 / 24 / 16 / 4096
-    "1B": common.VIT_SIZES["g"],  # 1408 / 40 / 16 / 6144 (mlp_ratio 48/11)
-    "6B": common.VIT_SIZES["6B"],  # 3200 / 48 / 25 / 12800
-}
+# The table and the encoder recipe live in the package (the converter needs them without configs/).
+SIZES, encoder_config = sizes.INTERNVIDEO2_SIZES, sizes.internvideo2_encoder
 
 # Stochastic depth of the official pre-training recipes (internvideo.md 5.4): distillation of S/B/L, stage 1 of 1B/6B.
 PRETRAIN_DROP_PATH = {"S": 0.05, "B": 0.05, "L": 0.05, "1B": 0.25, "6B": 0.3}
-
-
-def encoder_config(size: str, frames: int = 8, image_size: int = 224, **overrides) -> dict:
-    """InternVideo2 kwargs for `size` at `frames` x `image_size`; `overrides` set any other field (scan, remat,
-    dtype, num_classes, drop_path, ...)."""
-    if size not in SIZES:
-        raise ValueError(f"unknown InternVideo2 size {size!r}; expected one of {sorted(SIZES)}")
-    if frames < 1 or image_size % 14:
-        raise ValueError(f"frames={frames} must be >= 1 and image_size={image_size} a multiple of the patch size 14")
-    cfg = dict(SIZES[size], patch_size=14, tubelet_size=1, num_frames=frames, image_size=image_size,
-               layer_scale=1e-5, norm_eps=1e-6, act="gelu_tanh", attn_pool_heads=16, clip_embed_dim=768)
-    cfg.update(overrides)
-    return cfg
 
 
 def pos_embed_grid(frames: int, image_size: int = 224, patch_size: int = 14, tubelet_size: int = 1) -> tuple:

@@ -16,6 +16,7 @@ indices and each target on them, in `config.teacher_targets_dtype` (float16 or f
 directory written with other settings, naming them. Processes share the shards, each writing its own.
 """
 import functools
+import sys
 import time
 
 import flax.linen as nn
@@ -29,7 +30,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 
-from invideo_jax import distributed, sharding
+from invideo_jax import config_files, distributed, paths, sharding
 from invideo_jax import main as entry  # its --config (file, :ARG, --config.field overrides) and --workdir flags
 from invideo_jax.data import pipeline, target_cache
 from invideo_jax.train import checkpoint
@@ -178,8 +179,9 @@ def _batches(plan, replay, cfg, batch_size):
 def main(argv):
     del argv
     distributed.initialize()
-    precompute(entry.CONFIG.value, entry.WORKDIR.value, _VIEWS.value, _SHARD_SIZE.value)
+    precompute(paths.resolve_config(entry.CONFIG.value), paths.resolve(entry.WORKDIR.value), _VIEWS.value,
+               _SHARD_SIZE.value)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, argv=config_files.resolve_flag(sys.argv))

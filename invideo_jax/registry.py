@@ -26,8 +26,6 @@ import argparse
 import copy
 import dataclasses
 import fnmatch
-import importlib
-import importlib.util
 import math
 import os
 import sys
@@ -39,7 +37,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from invideo_jax import sharding, stages
+from invideo_jax import config_files, sharding, stages
 from invideo_jax.convert import cli, common
 from invideo_jax.train import checkpoint as ckpt, trainer
 from invideo_jax.train.tasks import get_task
@@ -173,21 +171,9 @@ def get(name: str) -> Preset:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _get_config(spec: str):
-    """'configs/X.py[:ARG]' is imported as module `configs.X` (recipes import `configs.common`); any other file by
-    path, as the converter CLI does."""
-    path, _, arg = spec.partition(":")
-    if os.path.dirname(os.path.normpath(path)) != "configs":
-        return cli.load_config(spec)
-    if importlib.util.find_spec("configs") is None:  # run from outside the checkout
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    module = importlib.import_module("configs." + os.path.splitext(os.path.basename(path))[0])
-    return module.get_config(arg) if arg else module.get_config()
-
-
 def build_config(preset: Preset, workdir: str = "{workdir}", overrides=None) -> ml_collections.ConfigDict:
     """The preset's (stage) config with its overrides, then `overrides`; `{workdir}` of a pipeline stage filled."""
-    config = _get_config(preset.config)
+    config = config_files.load(preset.config)
     if "stages" in config:
         if not preset.stage:
             raise ValueError(f"{preset.config} is a pipeline of stages {tuple(config.stage_order)}: name one")

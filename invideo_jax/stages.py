@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from invideo_jax import distributed, report, sharding
+from invideo_jax import console, distributed, paths, report, sharding
 from invideo_jax.evaluate import multiview
 from invideo_jax.train import checkpoint, trainer
 from invideo_jax.train.tasks import get_task
@@ -37,7 +37,7 @@ def stage_config(pipeline, name: str, workdir: str):
         if source.checkpoint in pipeline.stages:
             source.checkpoint = os.path.join(workdir, source.checkpoint, "checkpoints")
     config.lock()
-    return config
+    return paths.resolve_config(config)
 
 
 def check_init_from(pipeline, workdir: str) -> None:
@@ -106,9 +106,10 @@ def run_pipeline(config, workdir: str) -> dict:
     for name in config.stage_order:
         stage_dir = os.path.join(workdir, name)
         if finished(stage_dir) and not upstream_ran:
-            logging.info("stage %s: finished earlier, skipped", name)
             with open(os.path.join(stage_dir, trainer.SUMMARY)) as f:
                 results[name] = json.load(f)
+            if distributed.is_main():
+                print(f"stage {name}: finished earlier, skipped ({console.headline(results[name])})", flush=True)
             continue
         if upstream_ran and existed[name]:
             stale = f"{stage_dir}.stale-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -119,10 +120,14 @@ def run_pipeline(config, workdir: str) -> dict:
         if distributed.is_main():
             print(f"=== stage {name}", flush=True)
         results[name] = run_stage(stage_config(config, name, workdir), stage_dir)
+        if distributed.is_main():
+            print(f"    {name}: {console.headline(results[name])}", flush=True)
         upstream_ran = True
     for name, members in ensembles.items():
         results[name] = {"eval": multiview.ensemble([_predictions(workdir, m) for m in members]),
                          "members": list(members)}
     if distributed.is_main():
-        print(f"report: {report.write(workdir, config, results)}", flush=True)
+        path = report.write(workdir, config, results)
+        print("results:\n" + "\n".join(f"  {name}: {console.headline(r)}" for name, r in results.items())
+              + f"\nreport: {path}", flush=True)
     return results

@@ -32,6 +32,7 @@ import sys
 import numpy as np
 from absl import logging
 
+from invideo_jax import paths
 from invideo_jax.data import pipeline
 from invideo_jax.data.video import BadVideo, decode_frames
 from invideo_jax.evaluate import zero_shot
@@ -187,6 +188,8 @@ def parse_args(argv):
 
 def main(argv) -> int:
     args = parse_args(argv)
+    args.videos, args.root, args.checkpoint, args.tokenizer_path = map(paths.resolve, (
+        args.videos, args.root, args.checkpoint, args.tokenizer_path))
     from invideo_jax import registry  # after parsing: `--help` stays fast
     try:
         templates = read_templates(args.templates)

@@ -17,10 +17,10 @@ cross-attention starts at init). The output is step 0 of
 with local UniBlocks).
 """
 import argparse
-import importlib.util
 import os
 import sys
 
+from invideo_jax import config_files, paths, sizes
 from invideo_jax.convert import bert, clip, common, internvideo2, videomae
 from invideo_jax.models.align import VideoTextAlign
 from invideo_jax.models.bert import Bert
@@ -54,19 +54,10 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def load_config(spec: str):
-    """'path/to/config.py[:arg]' -> the ConfigDict its get_config returns."""
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("convert_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
-
-
 def build_model(args):
     if args.model.partition(":")[0].endswith(".py"):
         from invideo_jax.train.tasks import get_task
-        model = get_task(load_config(args.model)).model
+        model = get_task(config_files.load(args.model)).model
         return text_encoder(model) if args.format in BERT_FORMATS else model
     if args.format in (*clip.FORMATS, *BERT_FORMATS, "internvideo2_stage2"):
         raise ValueError(f"--format={args.format} needs a config file --model=PATH[:ARG], e.g. "
@@ -74,10 +65,8 @@ def build_model(args):
                          "configs/internvideo2_align.py:1B")
     frames = args.num_frames or DEFAULT_FRAMES.get(args.format, 16)
     if args.format in ("internvideo2", "internvideo2_clip"):
-        from configs import internvideo2 as iv2_sizes
-        return InternVideo2(**iv2_sizes.encoder_config(args.model, frames=frames, image_size=args.image_size,
-                                                       scan=args.scan, num_classes=args.num_classes))
-    from configs import common as sizes  # the size tables live beside the recipes
+        return InternVideo2(**sizes.internvideo2_encoder(args.model, frames=frames, image_size=args.image_size,
+                                                         scan=args.scan, num_classes=args.num_classes))
     encoder = sizes.vit_encoder(args.model, num_frames=frames, image_size=args.image_size, scan=args.scan)
     if args.kind == "pretrain":
         size = sizes.decode_variant(args.model)[0]
@@ -114,7 +103,7 @@ def convert(args, model):
 
 def save(variables, output_dir: str) -> str:
     import orbax.checkpoint as ocp
-    output_dir = os.path.abspath(output_dir)
+    output_dir = paths.resolve(output_dir)
     manager = ocp.CheckpointManager(output_dir, item_names=("state",))
     manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave(variables)))
     manager.wait_until_finished()
@@ -124,6 +113,7 @@ def save(variables, output_dir: str) -> str:
 
 def main(argv) -> int:
     args = parse_args(argv)
+    args.input, args.output = paths.resolve(args.input), paths.resolve(args.output)
     try:
         model = build_model(args)
     except ValueError as err:

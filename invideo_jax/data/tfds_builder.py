@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import app, flags, logging
 
+from invideo_jax import paths
 from invideo_jax.data.annotations import VideoRecord, is_image_path, read_annotations
 from invideo_jax.data.video import BadVideo
 
@@ -126,7 +127,8 @@ class TfdsVideoSource:
 def main(argv):
     del argv
     FLAGS = flags.FLAGS
-    print(pack(FLAGS.annotations, FLAGS.root, FLAGS.out_dir, FLAGS.name, FLAGS.split,
+    print(pack(paths.resolve(FLAGS.annotations), paths.resolve(FLAGS.root), paths.resolve(FLAGS.out_dir), FLAGS.name,
+               FLAGS.split,
                format=FLAGS.format))
 
 

@@ -76,7 +76,7 @@ class AttentionPool(nn.Module):
 class InternVideo2(nn.Module):
     """Patch embed -> +pos -> [gather visible] -> [+cls] -> blocks -> clip_projector -> [fc_norm -> head].
 
-    Sizes are rows of `configs.internvideo2.SIZES`; `configs.internvideo2.encoder_config` gives the kwargs.
+    Sizes are rows of `invideo_jax.sizes.INTERNVIDEO2_SIZES`; `invideo_jax.sizes.internvideo2_encoder` gives the kwargs.
     `init` applies the official depth scaling of the output projections (`depth_scaled_init`).
     """
 

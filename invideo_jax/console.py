@@ -1,0 +1,43 @@
+"""What the terminal shows: our own lines (stages, progress bar, results) and library warnings; INFO logs go to a file.
+
+Orbax, grain and absl log every checkpoint step at INFO. `setup(workdir)` keeps the terminal (absl's stderr handler)
+at WARNING and writes every log line at the absl verbosity (INFO by default) to `workdir/log.txt` (process i > 0:
+`log.i.txt`). absl's `--alsologtostderr` (or `--logtostderr`) brings the INFO lines back to the terminal.
+"""
+import logging as py_logging
+import os
+
+import jax
+from absl import flags, logging
+
+LOG_FILE = "log.txt"
+
+
+def setup(workdir: str) -> str:
+    """Routes log lines as above; returns the log file's path."""
+    os.makedirs(workdir, exist_ok=True)
+    index = jax.process_index()
+    path = os.path.join(workdir, LOG_FILE if index == 0 else f"log.{index}.txt")
+    handler = py_logging.FileHandler(path)
+    handler.setFormatter(logging.PythonFormatter())
+    py_logging.getLogger().addHandler(handler)
+    if not (flags.FLAGS.alsologtostderr or flags.FLAGS.logtostderr):
+        logging.get_absl_handler().setLevel(py_logging.WARNING)
+    return path
+
+
+def summary(config) -> str:
+    """A pipeline's stages, or a stage's task, model, steps and batch."""
+    if "stages" in config:
+        return f"{len(config.stage_order)} stages: {', '.join(config.stage_order)}"
+    return (f"task {config.task}, model {config.model.name}, {config.total_steps} steps of batch {config.batch_size}")
+
+
+def headline(result: dict) -> str:
+    """One line of a stage's (or ensemble's) results: evaluation numbers, else the final training loss."""
+    ev, train = result.get("eval", {}), result.get("train", {})
+    keys = {"top1": "top-1", "zero_shot/top1": "zero-shot top-1", "retrieval/t2v_r1": "t2v R@1 %"}
+    shown = [f"{label} {ev[key]:.3f}" for key, label in keys.items() if key in ev]
+    if not shown and "loss" in train:
+        shown = [f"train loss {train['loss']:.4f}"]
+    return ", ".join(shown) or "no metrics"
