@@ -1,8 +1,9 @@
 """What the terminal shows: our own lines (stages, progress bar, results) and library warnings; INFO logs go to a file.
 
-Orbax, grain and absl log every checkpoint step at INFO. `setup(workdir)` keeps the terminal (absl's stderr handler)
-at WARNING and writes every log line at the absl verbosity (INFO by default) to `workdir/log.txt` (process i > 0:
-`log.i.txt`). absl's `--alsologtostderr` (or `--logtostderr`) brings the INFO lines back to the terminal.
+Orbax, grain and absl log every checkpoint step at INFO. `quiet()` keeps the terminal (absl's stderr handler) at
+WARNING; `log_to_file(workdir)` writes every log line at the absl verbosity (INFO by default) to `workdir/log.txt`
+(process i > 0: `log.i.txt`). absl's `--alsologtostderr` (or `--logtostderr`) brings the INFO lines back to the
+terminal.
 """
 import logging as py_logging
 import os
@@ -13,16 +14,21 @@ from absl import flags, logging
 LOG_FILE = "log.txt"
 
 
-def setup(workdir: str) -> str:
-    """Routes log lines as above; returns the log file's path."""
+def quiet() -> None:
+    """The terminal shows warnings and errors only, unless --alsologtostderr / --logtostderr."""
+    if not (flags.FLAGS.alsologtostderr or flags.FLAGS.logtostderr):
+        logging.get_absl_handler().setLevel(py_logging.WARNING)
+
+
+def log_to_file(workdir: str) -> str:
+    """Every log line from now on also goes to the workdir's log file (after `distributed.initialize`: the file is
+    named by the process index); returns its path."""
     os.makedirs(workdir, exist_ok=True)
     index = jax.process_index()
     path = os.path.join(workdir, LOG_FILE if index == 0 else f"log.{index}.txt")
     handler = py_logging.FileHandler(path)
     handler.setFormatter(logging.PythonFormatter())
     py_logging.getLogger().addHandler(handler)
-    if not (flags.FLAGS.alsologtostderr or flags.FLAGS.logtostderr):
-        logging.get_absl_handler().setLevel(py_logging.WARNING)
     return path
 
 

@@ -26,9 +26,10 @@ def main(argv):
     del argv
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from invideo_jax import console, distributed, paths, stages  # after flag parsing: keeps `--help` fast
+    console.quiet()
     distributed.initialize()
     config, workdir = CONFIG.value, paths.resolve(WORKDIR.value)
-    log_file = console.setup(workdir)
+    log_file = console.log_to_file(workdir)
     logging.info("config:\n%s", config)
     if distributed.is_main():
         print(f"{config_flags.get_config_filename(flags.FLAGS['config'])}: {console.summary(config)}\n"

@@ -30,7 +30,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 
-from invideo_jax import config_files, distributed, paths, sharding
+from invideo_jax import config_files, console, distributed, paths, sharding
 from invideo_jax import main as entry  # its --config (file, :ARG, --config.field overrides) and --workdir flags
 from invideo_jax.data import pipeline, target_cache
 from invideo_jax.train import checkpoint
@@ -178,9 +178,11 @@ def _batches(plan, replay, cfg, batch_size):
 
 def main(argv):
     del argv
+    console.quiet()
     distributed.initialize()
-    precompute(paths.resolve_config(entry.CONFIG.value), paths.resolve(entry.WORKDIR.value), _VIEWS.value,
-               _SHARD_SIZE.value)
+    workdir = paths.resolve(entry.WORKDIR.value)
+    print(f"logs: {console.log_to_file(workdir)}", flush=True)
+    precompute(paths.resolve_config(entry.CONFIG.value), workdir, _VIEWS.value, _SHARD_SIZE.value)
 
 
 if __name__ == "__main__":
