@@ -44,7 +44,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from invideo_jax import paths
+from invideo_jax import paths as user_paths
 from invideo_jax.data.annotations import read_annotations
 from invideo_jax.data.video import BadVideo, frame_rate, iter_frames
 
@@ -412,8 +412,8 @@ def parse_args(argv):
 
 def main(argv) -> int:
     args = parse_args(argv)
-    args.videos, args.root, args.output, args.checkpoint = map(paths.resolve, (args.videos, args.root, args.output,
-                                                                              args.checkpoint))
+    args.videos, args.root, args.output, args.checkpoint = map(user_paths.resolve, (
+        args.videos, args.root, args.output, args.checkpoint))
     from invideo_jax import registry  # after parsing: `--help` stays fast
     try:
         videos = find_videos(args.videos, args.root)

@@ -32,7 +32,7 @@ import sys
 import numpy as np
 from absl import logging
 
-from invideo_jax import paths
+from invideo_jax import paths as user_paths
 from invideo_jax.data import pipeline
 from invideo_jax.data.video import BadVideo, decode_frames
 from invideo_jax.evaluate import zero_shot
@@ -188,7 +188,7 @@ def parse_args(argv):
 
 def main(argv) -> int:
     args = parse_args(argv)
-    args.videos, args.root, args.checkpoint, args.tokenizer_path = map(paths.resolve, (
+    args.videos, args.root, args.checkpoint, args.tokenizer_path = map(user_paths.resolve, (
         args.videos, args.root, args.checkpoint, args.tokenizer_path))
     from invideo_jax import registry  # after parsing: `--help` stays fast
     try:
