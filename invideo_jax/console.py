@@ -7,17 +7,21 @@ terminal.
 """
 import logging as py_logging
 import os
+from logging.handlers import MemoryHandler
 
 import jax
 from absl import flags, logging
 
 LOG_FILE = "log.txt"
+# Lines logged between `quiet()` and `log_to_file` (e.g. by distributed.initialize), kept for the log file.
+_early = MemoryHandler(capacity=100_000, flushLevel=py_logging.CRITICAL + 1)
 
 
 def quiet() -> None:
     """The terminal shows warnings and errors only, unless --alsologtostderr / --logtostderr."""
     if not (flags.FLAGS.alsologtostderr or flags.FLAGS.logtostderr):
         logging.get_absl_handler().setLevel(py_logging.WARNING)
+    py_logging.getLogger().addHandler(_early)
 
 
 def log_to_file(workdir: str) -> str:
@@ -28,6 +32,9 @@ def log_to_file(workdir: str) -> str:
     path = os.path.join(workdir, LOG_FILE if index == 0 else f"log.{index}.txt")
     handler = py_logging.FileHandler(path)
     handler.setFormatter(logging.PythonFormatter())
+    py_logging.getLogger().removeHandler(_early)
+    _early.setTarget(handler)
+    _early.flush()
     py_logging.getLogger().addHandler(handler)
     return path
 

@@ -37,7 +37,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from invideo_jax import config_files, sharding, stages
+from invideo_jax import config_files, paths, sharding, stages
 from invideo_jax.convert import cli, common
 from invideo_jax.train import checkpoint as ckpt, trainer
 from invideo_jax.train.tasks import get_task
@@ -286,7 +286,7 @@ def load(name: str, checkpoint: str, *, format: str | None = None, shard_params:
     `overrides`: {dotted config field: value}, e.g. {'data.tokenizer_path': DIR}. `shard_params`: FSDP over the
     local devices (for models too large to replicate); the batch is split over every device either way.
     """
-    preset = get(name)
+    preset, checkpoint = get(name), paths.resolve(checkpoint)
     fmt = format or (OURS if os.path.isdir(checkpoint) else preset.format)
     if fmt not in FORMATS:
         raise ValueError(f"unknown checkpoint format {fmt!r}; expected one of {FORMATS}")

@@ -58,8 +58,9 @@ def test_two_processes_train_checkpoint_and_evaluate_together(tmp_path):
     codes = _wait_all(_start(workdir, logdir), TIMEOUT_S)
     logs = [open(os.path.join(logdir, f"process_{i}.log")).read() for i in range(NUM_PROCESSES)]
     assert codes == [0] * NUM_PROCESSES, "\n\n".join(f"process {i}: ...{log[-3000:]}" for i, log in enumerate(logs))
-    for i, log in enumerate(logs):
-        assert f"process {i} of {NUM_PROCESSES}" in log
+    for i, name in enumerate(["log.txt"] + [f"log.{i}.txt" for i in range(1, NUM_PROCESSES)]):
+        with open(os.path.join(workdir, name)) as f:  # each process's INFO lines, from distributed.initialize on
+            assert f"process {i} of {NUM_PROCESSES}" in f.read()
     stage = os.path.join(workdir, "classify")
     with open(os.path.join(stage, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]
