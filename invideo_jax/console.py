@@ -49,8 +49,9 @@ def summary(config) -> str:
 def headline(result: dict) -> str:
     """One line of a stage's (or ensemble's) results: evaluation numbers, else the final training loss."""
     ev, train = result.get("eval", {}), result.get("train", {})
-    keys = {"top1": "top-1", "zero_shot/top1": "zero-shot top-1", "retrieval/t2v_r1": "t2v R@1 %"}
-    shown = [f"{label} {ev[key]:.3f}" for key, label in keys.items() if key in ev]
+    formats = {"top1": "top-1 {:.3f}", "zero_shot/top1": "zero-shot top-1 {:.3f}",
+               "retrieval/t2v_r1": "t2v R@1 {:.1f}%"}
+    shown = [form.format(ev[key]) for key, form in formats.items() if key in ev]
     if not shown and "loss" in train:
         shown = [f"train loss {train['loss']:.4f}"]
     return ", ".join(shown) or "no metrics"
