@@ -32,7 +32,7 @@ from jax.sharding import PartitionSpec as P
 from invideo_jax import distributed, sharding
 from invideo_jax import main as entry  # its --config (file, :ARG, --config.field overrides) and --workdir flags
 from invideo_jax.data import pipeline, target_cache
-from invideo_jax.train import checkpoint
+from invideo_jax.train import init_from
 from invideo_jax.train.tasks import get_task
 from invideo_jax.train.tasks.distill import swap_layer_axis
 
@@ -61,7 +61,7 @@ def teacher_sources(config, teachers) -> list:
     """The `init_from` sources that restore `teachers` (params subtree names); each teacher needs one with a
     checkpoint. Sources of other subtrees (the student of an earlier stage) are left out."""
     sources, restored = [], set()
-    for name, source in checkpoint.init_sources(config.init_from).items():
+    for name, source in init_from.init_sources(config.init_from).items():
         targets = set(dict(source.get("mapping") or {}))
         if not targets or not targets <= set(teachers):
             continue
@@ -85,7 +85,7 @@ def restored_params(boxed, sources, mesh, rule_table):
     params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           sharding.strip_boxes(boxed), sharding.logical_shardings(boxed, mesh, rule_table))
     for source in sources:
-        params = checkpoint.restore_subtrees(params, source)
+        params = init_from.restore_subtrees(params, source)
     return params
 
 

@@ -24,7 +24,7 @@ from jax.sharding import PartitionSpec as P
 
 from invideo_jax import distributed, sharding
 from invideo_jax.data import pipeline
-from invideo_jax.train import checkpoint, metrics as metrics_lib, optim
+from invideo_jax.train import checkpoint, init_from, metrics as metrics_lib, optim
 from invideo_jax.train.state import TrainState
 from invideo_jax.train.tasks import get_task
 
@@ -239,9 +239,9 @@ def train(config, workdir: str, stop_after: int = 0):
             logging.info("resumed from step %d", start_step)
         else:
             state = jax.jit(init_state, out_shardings=shardings)(jax.random.PRNGKey(config.seed))
-            for init_from in init_sources(config, task):
-                state = state.replace(params=checkpoint.restore_subtrees(state.params, init_from),
-                                      batch_stats=checkpoint.restore_batch_stats(state.batch_stats, init_from))
+            for source in init_sources(config, task):
+                state = state.replace(params=init_from.restore_subtrees(state.params, source),
+                                      batch_stats=init_from.restore_batch_stats(state.batch_stats, source))
             start_step = 0
 
         # ------------------------------------------------------------ steps
@@ -331,7 +331,7 @@ def _log_eval(writer, step, result):
 def init_sources(config, task) -> list:
     """The `init_from` sources to restore; a single source without a mapping takes the task's default mapping."""
     out = []
-    for name, source in checkpoint.init_sources(config.init_from).items():
+    for name, source in init_from.init_sources(config.init_from).items():
         source = dict(source)
         if not source["checkpoint"]:
             if name:
