@@ -46,7 +46,8 @@ def _interp_matrix(n_in: int, n_out: int, cubic: bool) -> np.ndarray:
 
 
 def resamplable(rel: str, src_shape: tuple, dst_shape: tuple, src_grid, dst_grid) -> bool:
-    """Whether a pos_embed leaf (path ending `rel`) of `src_shape` resamples from `src_grid` to `dst_grid` into `dst_shape`."""
+    """Whether a pos_embed leaf (path ending `rel`) of `src_shape` resamples from `src_grid` to `dst_grid` into
+    `dst_shape`."""
     if rel.rsplit("/", 1)[-1] not in POS_EMBED_NAMES or not src_grid or not dst_grid:
         return False
     prefix = src_shape[-2] - math.prod(src_grid)
