@@ -7,11 +7,10 @@ Slurm, JAX_* variables: see invideo_jax/distributed.py), it connects them first;
 import os
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, optionally with :ARG.", lock_config=True)
-WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the report.")
-flags.mark_flags_as_required(["config", "workdir"])
+from invideo_jax import run_flags
+
+flags.adopt_module_key_flags(run_flags)  # --help lists --config and --workdir
 
 
 def main(argv):
@@ -19,7 +18,7 @@ def main(argv):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from invideo_jax import distributed, stages  # after flag parsing: keeps `--help` fast
     distributed.initialize()
-    config, workdir = CONFIG.value, WORKDIR.value
+    config, workdir = run_flags.CONFIG.value, run_flags.WORKDIR.value
     logging.info("config:\n%s", config)
     if "stages" in config:
         stages.run_pipeline(config, workdir)

@@ -29,13 +29,13 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 
-from invideo_jax import distributed, sharding
-from invideo_jax import main as entry  # its --config (file, :ARG, --config.field overrides) and --workdir flags
+from invideo_jax import distributed, run_flags, sharding
 from invideo_jax.data import pipeline, target_cache
 from invideo_jax.train import init_from
 from invideo_jax.train.tasks import get_task
 from invideo_jax.train.tasks.distill import swap_layer_axis
 
+flags.adopt_module_key_flags(run_flags)  # --help lists --config and --workdir
 _VIEWS = flags.DEFINE_integer("views", 1, "Augmented clips (views) per training example.")
 _SHARD_SIZE = flags.DEFINE_integer("shard_size", 64, "Training examples per shard (each with all its views).")
 
@@ -178,7 +178,7 @@ def _batches(plan, replay, cfg, batch_size):
 def main(argv):
     del argv
     distributed.initialize()
-    precompute(entry.CONFIG.value, entry.WORKDIR.value, _VIEWS.value, _SHARD_SIZE.value)
+    precompute(run_flags.CONFIG.value, run_flags.WORKDIR.value, _VIEWS.value, _SHARD_SIZE.value)
 
 
 if __name__ == "__main__":
