@@ -10,6 +10,7 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "invideo_jax"
 CLI_MODULES = ("main", "extract", "zero_shot_cli", "precompute_targets", "aot", "stages")
+COMMANDS = ("main", "extract", "zero_shot_cli", "precompute_targets", "aot")  # no module imports these
 PENDING_ISSUE_16 = ("no_top_level_configs", "no_sys_path_edits")
 # The converter's command line builds a model from a training config through its task (`--model=PATH.py`); it goes
 # when models own their construction (issue 19, item 1: the model-owned interface, not done in this round).
@@ -55,6 +56,12 @@ def data_and_models_never_import_cli(modules) -> list:
             for n in imported(tree) if any(_under(n, c) for c in clis)]
 
 
+def no_module_imports_a_command(modules) -> list:
+    commands = [f"invideo_jax.{c}" for c in COMMANDS]
+    return [f"{m} imports {n}" for m, tree in modules.items() for n in imported(tree)
+            if any(_under(n, c) for c in commands) and not _under(m, n)]
+
+
 def no_top_level_configs(modules) -> list:
     return [f"{m} imports {n}" for m, tree in modules.items() for n in imported(tree) if _under(n, "configs")]
 
@@ -65,8 +72,8 @@ def no_sys_path_edits(modules) -> list:
             and node.value.id == "sys"]
 
 
-RULES = (models_and_converters_never_import_train, data_and_models_never_import_cli, no_top_level_configs,
-         no_sys_path_edits)
+RULES = (models_and_converters_never_import_train, data_and_models_never_import_cli, no_module_imports_a_command,
+         no_top_level_configs, no_sys_path_edits)
 
 
 @pytest.mark.parametrize("rule", [
@@ -82,11 +89,14 @@ def test_rules_catch_a_breaking_import():
         "invideo_jax.models.bad": ast.parse("def f():\n    from invideo_jax.train import checkpoint"),
         "invideo_jax.data.bad": ast.parse("import invideo_jax.main"),
         "invideo_jax.convert.bad": ast.parse("from configs import common\nimport sys\nsys.path.insert(0, '.')"),
+        "invideo_jax.precompute_bad": ast.parse("from invideo_jax import main as entry"),
     }
     assert sorted(models_and_converters_never_import_train(broken)) == [
         "invideo_jax.models.bad imports invideo_jax.train",
         "invideo_jax.models.bad imports invideo_jax.train.checkpoint"]
     assert data_and_models_never_import_cli(broken) == ["invideo_jax.data.bad imports invideo_jax.main"]
+    assert no_module_imports_a_command(broken) == ["invideo_jax.data.bad imports invideo_jax.main",
+                                                   "invideo_jax.precompute_bad imports invideo_jax.main"]
     assert sorted(no_top_level_configs(broken)) == ["invideo_jax.convert.bad imports configs",
                                                     "invideo_jax.convert.bad imports configs.common"]
     assert no_sys_path_edits(broken) == ["invideo_jax.convert.bad changes sys.path"]
