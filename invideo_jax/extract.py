@@ -46,10 +46,10 @@ from tqdm import tqdm
 
 from invideo_jax.data.discovery import find_videos
 from invideo_jax.data.video import BadVideo, frame_rate, iter_frames
+from invideo_jax.files import PARTIAL, atomic_write
 
 MODES = ("pooled", "clips", "tokens")
 INDEX_FIELDS = ("video", "output", "status", "num_clips", "num_frames", "fps", "duration", "error")
-PARTIAL = ".partial-"  # infix of temporary files
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -147,19 +147,6 @@ def _read(path: str, plan: ClipPlan, crop, out: queue.Queue, stop: threading.Eve
 # ----------------------------------------------------------------------------------------------------------
 # The run
 # ----------------------------------------------------------------------------------------------------------
-
-
-def atomic_write(path: str, write) -> None:
-    """`write(binary file)` into a temporary file beside `path`, then renamed to `path`."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}{PARTIAL}{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 @dataclasses.dataclass

@@ -24,6 +24,7 @@ from jax.sharding import PartitionSpec as P
 
 from invideo_jax import distributed, sharding
 from invideo_jax.data import pipeline
+from invideo_jax.files import atomic_write
 from invideo_jax.train import checkpoint, init_from, metrics as metrics_lib, optim
 from invideo_jax.train.state import TrainState
 from invideo_jax.train.tasks import get_task
@@ -301,9 +302,7 @@ def train(config, workdir: str, stop_after: int = 0):
     result["wall_s"] = round(time.perf_counter() - start_time, 1)
     if distributed.is_main():  # one writer: the workdir is shared; the summary last, as it marks the stage done
         if predictions is not None:
-            with open(os.path.join(workdir, PREDICTIONS + ".tmp"), "wb") as f:
-                np.savez(f, **predictions)
-            os.replace(os.path.join(workdir, PREDICTIONS + ".tmp"), os.path.join(workdir, PREDICTIONS))
+            atomic_write(os.path.join(workdir, PREDICTIONS), lambda f: np.savez(f, **predictions))
         with open(os.path.join(workdir, SUMMARY), "w") as f:
             json.dump(result, f, indent=1)
     return result
