@@ -17,13 +17,14 @@ def main(argv):
     del argv
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from invideo_jax import distributed, stages  # after flag parsing: keeps `--help` fast
+    from invideo_jax.train import trainer
     distributed.initialize()
     config, workdir = run_flags.CONFIG.value, run_flags.WORKDIR.value
     logging.info("config:\n%s", config)
     if "stages" in config:
         stages.run_pipeline(config, workdir)
     else:
-        stages.run_stage(config, workdir)
+        trainer.train(config, workdir)
 
 
 def run():

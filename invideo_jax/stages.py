@@ -24,10 +24,6 @@ from invideo_jax.train import init_from, trainer
 from invideo_jax.train.tasks import get_task
 
 
-def run_stage(config, workdir: str) -> dict:
-    return trainer.train(config, workdir)
-
-
 def stage_config(pipeline, name: str, workdir: str):
     """The stage's config with `{workdir}` filled in and stage names in `init_from` checkpoints resolved."""
     config = copy.deepcopy(pipeline.stages[name])
@@ -118,7 +114,7 @@ def run_pipeline(config, workdir: str) -> dict:
             distributed.barrier(f"stale_{name}")
         if distributed.is_main():
             print(f"=== stage {name}", flush=True)
-        results[name] = run_stage(stage_config(config, name, workdir), stage_dir)
+        results[name] = trainer.train(stage_config(config, name, workdir), stage_dir)
         upstream_ran = True
     for name, members in ensembles.items():
         results[name] = {"eval": multiview.ensemble([_predictions(workdir, m) for m in members]),
