@@ -15,20 +15,19 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from invideo_jax import config_files
+from invideo_jax import config_files, run_flags
 
-CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, optionally with :ARG.", lock_config=True)
-WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the report.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.adopt_module_key_flags(run_flags)  # --help lists --config and --workdir
 
 
 def main(argv):
     del argv
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from invideo_jax import console, distributed, paths, stages  # after flag parsing: keeps `--help` fast
+    from invideo_jax.train import trainer
     console.quiet()
     distributed.initialize()
-    config, workdir = CONFIG.value, paths.resolve(WORKDIR.value)
+    config, workdir = run_flags.CONFIG.value, paths.resolve(run_flags.WORKDIR.value)
     log_file = console.log_to_file(workdir)
     logging.info("config:\n%s", config)
     if distributed.is_main():
@@ -37,7 +36,7 @@ def main(argv):
     if "stages" in config:
         stages.run_pipeline(config, workdir)
     else:
-        result = stages.run_stage(paths.resolve_config(config), workdir)
+        result = trainer.train(paths.resolve_config(config), workdir)
         if distributed.is_main():
             print(f"done: {console.headline(result)}; results in {workdir}", flush=True)
 

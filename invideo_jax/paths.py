@@ -7,7 +7,7 @@ are resolved after `stages.stage_config` fills them.
 import os
 import re
 
-from invideo_jax.train import checkpoint
+from invideo_jax.train import init_from
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 DATA_FIELDS = ("root", "train_annotations", "eval_annotations", "tfds_dir", "tokenizer_path")
@@ -30,7 +30,7 @@ def resolve_config(config):
             config.data[field] = resolve(config.data[field])
     if "teacher_targets" in config:
         config.teacher_targets = resolve(config.teacher_targets)
-    for source in checkpoint.init_sources(config.get("init_from", {})).values():
+    for source in init_from.init_sources(config.get("init_from", {})).values():
         source.checkpoint = resolve(source.checkpoint)
     if locked:
         config.lock()

@@ -30,13 +30,13 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 
-from invideo_jax import config_files, console, distributed, paths, sharding
-from invideo_jax import main as entry  # its --config (file, :ARG, --config.field overrides) and --workdir flags
+from invideo_jax import config_files, console, distributed, paths, run_flags, sharding
 from invideo_jax.data import pipeline, target_cache
-from invideo_jax.train import checkpoint
+from invideo_jax.train import init_from
 from invideo_jax.train.tasks import get_task
 from invideo_jax.train.tasks.distill import swap_layer_axis
 
+flags.adopt_module_key_flags(run_flags)  # --help lists --config and --workdir
 _VIEWS = flags.DEFINE_integer("views", 1, "Augmented clips (views) per training example.")
 _SHARD_SIZE = flags.DEFINE_integer("shard_size", 64, "Training examples per shard (each with all its views).")
 
@@ -62,7 +62,7 @@ def teacher_sources(config, teachers) -> list:
     """The `init_from` sources that restore `teachers` (params subtree names); each teacher needs one with a
     checkpoint. Sources of other subtrees (the student of an earlier stage) are left out."""
     sources, restored = [], set()
-    for name, source in checkpoint.init_sources(config.init_from).items():
+    for name, source in init_from.init_sources(config.init_from).items():
         targets = set(dict(source.get("mapping") or {}))
         if not targets or not targets <= set(teachers):
             continue
@@ -86,7 +86,7 @@ def restored_params(boxed, sources, mesh, rule_table):
     params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           sharding.strip_boxes(boxed), sharding.logical_shardings(boxed, mesh, rule_table))
     for source in sources:
-        params = checkpoint.restore_subtrees(params, source)
+        params = init_from.restore_subtrees(params, source)
     return params
 
 
@@ -180,9 +180,9 @@ def main(argv):
     del argv
     console.quiet()
     distributed.initialize()
-    workdir = paths.resolve(entry.WORKDIR.value)
+    workdir = paths.resolve(run_flags.WORKDIR.value)
     print(f"logs: {console.log_to_file(workdir)}", flush=True)
-    precompute(paths.resolve_config(entry.CONFIG.value), workdir, _VIEWS.value, _SHARD_SIZE.value)
+    precompute(paths.resolve_config(run_flags.CONFIG.value), workdir, _VIEWS.value, _SHARD_SIZE.value)
 
 
 if __name__ == "__main__":

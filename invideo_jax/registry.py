@@ -39,7 +39,7 @@ from absl import logging
 
 from invideo_jax import config_files, paths, sharding, stages
 from invideo_jax.convert import cli, common
-from invideo_jax.train import checkpoint as ckpt, trainer
+from invideo_jax.train import init_from, trainer
 from invideo_jax.train.tasks import get_task
 from invideo_jax.data import transforms
 from invideo_jax.models.align import VideoTextAlign
@@ -260,9 +260,9 @@ def _ours_dir(path: str) -> str:
 def restore(abstract: dict, checkpoint: str) -> dict:
     """{'params', ['batch_stats']} from an Orbax checkpoint of ours, into `abstract`'s shapes and shardings."""
     source = {"checkpoint": _ours_dir(checkpoint), "mapping": {"": "params"}}
-    variables = {"params": ckpt.restore_subtrees(abstract["params"], source)}
+    variables = {"params": init_from.restore_subtrees(abstract["params"], source)}
     if abstract.get("batch_stats"):
-        stats = ckpt.restore_batch_stats(abstract["batch_stats"], source)
+        stats = init_from.restore_batch_stats(abstract["batch_stats"], source)
         if any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(stats)):
             raise ValueError(f"{checkpoint} has no batch_stats for this model (it has BatchNorm statistics)")
         variables["batch_stats"] = stats

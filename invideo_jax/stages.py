@@ -20,12 +20,8 @@ from absl import logging
 
 from invideo_jax import console, distributed, paths, report, sharding
 from invideo_jax.evaluate import multiview
-from invideo_jax.train import checkpoint, trainer
+from invideo_jax.train import init_from, trainer
 from invideo_jax.train.tasks import get_task
-
-
-def run_stage(config, workdir: str) -> dict:
-    return trainer.train(config, workdir)
 
 
 def stage_config(pipeline, name: str, workdir: str):
@@ -33,7 +29,7 @@ def stage_config(pipeline, name: str, workdir: str):
     config = copy.deepcopy(pipeline.stages[name])
     config.unlock()
     _fill(config, workdir)
-    for source in checkpoint.init_sources(config.get("init_from", {})).values():
+    for source in init_from.init_sources(config.get("init_from", {})).values():
         if source.checkpoint in pipeline.stages:
             source.checkpoint = os.path.join(workdir, source.checkpoint, "checkpoints")
     config.lock()
@@ -56,7 +52,7 @@ def check_init_from(pipeline, workdir: str) -> None:
                 continue  # a checkpoint from outside the pipeline: checked when it is read
             saved = {jax.tree_util.keystr(path, simple=True, separator="/"): leaf.shape
                      for path, leaf in jax.tree_util.tree_leaves_with_path({"params": params[source_stage]})}
-            _, lines = checkpoint.match_leaves(params[name], saved, source)
+            _, lines = init_from.match_leaves(params[name], saved, source)
             problems += [f"{name} <- {source_stage}: {line}" for line in lines]
     if problems:
         raise ValueError("init_from does not fit the stages it restores from:\n  " + "\n  ".join(problems[:20])
@@ -119,7 +115,7 @@ def run_pipeline(config, workdir: str) -> dict:
             distributed.barrier(f"stale_{name}")
         if distributed.is_main():
             print(f"=== stage {name}", flush=True)
-        results[name] = run_stage(stage_config(config, name, workdir), stage_dir)
+        results[name] = trainer.train(stage_config(config, name, workdir), stage_dir)
         if distributed.is_main():
             print(f"    {name}: {console.headline(results[name])}", flush=True)
         upstream_ran = True

@@ -34,9 +34,10 @@ from absl import logging
 
 from invideo_jax import paths as user_paths
 from invideo_jax.data import pipeline
+from invideo_jax.data.discovery import find_videos
 from invideo_jax.data.video import BadVideo, decode_frames
 from invideo_jax.evaluate import zero_shot
-from invideo_jax.extract import find_videos
+from invideo_jax.evaluate.multiview import softmax
 
 TEMPLATE_SETS = {"none": ("{}",), "default": zero_shot.DEFAULT_TEMPLATES, "kinetics": zero_shot.KINETICS_TEMPLATES}
 
@@ -132,11 +133,6 @@ def video_embeddings(model, paths, clips: int = 0, batch_size: int = 16, workers
     summed = np.zeros((len(kept), features.shape[1]))
     np.add.at(summed, np.asarray(owners), features)
     return zero_shot.l2_normalize(summed).astype(np.float32), kept, failed
-
-
-def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
-    exp = np.exp(logits - logits.max(axis=axis, keepdims=True))
-    return exp / exp.sum(axis=axis, keepdims=True)
 
 
 def classify(model, paths, labels, templates=("{}",), clips: int = 0, batch_size: int = 16) -> dict:

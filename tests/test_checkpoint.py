@@ -11,7 +11,9 @@ import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from invideo_jax.models.posembed import resample_pos_embed
 from invideo_jax.train import checkpoint
+from invideo_jax.train.init_from import restore_batch_stats, restore_subtrees
 from invideo_jax.train.state import TrainState
 
 
@@ -142,7 +144,7 @@ def test_restore_subtrees_maps_and_reshards(tmp_path):
     sharding = lambda x: NamedSharding(mesh, P(None, "fsdp") if x.ndim == 2 else P())
     target = {"video": jax.tree.map(lambda x: jax.device_put(x, sharding(x)), fresh["encoder"]), "head": fresh["head"]}
     for source in (tmp_path / "stage1", tmp_path / "stage1" / "3"):
-        params = checkpoint.restore_subtrees(target, {"checkpoint": str(source),
+        params = restore_subtrees(target, {"checkpoint": str(source),
                                                       "mapping": {"video": "params/encoder"}})
         assert_bitwise_equal(params["video"], saved.params["encoder"])
         kernel = params["video"]["blocks_0"]["kernel"]
@@ -158,15 +160,15 @@ def test_batch_stats_follow_the_restored_params(tmp_path):
     fresh = jax.tree.map(jnp.zeros_like, stats)
     target = {"video": fresh["encoder"], "other": {"bn": {"mean": jnp.ones(3)}}}
     init_from = {"checkpoint": str(tmp_path / "with_stats"), "mapping": {"video": "params/encoder", "head": "params/head"}}
-    restored = checkpoint.restore_batch_stats(target, init_from)
+    restored = restore_batch_stats(target, init_from)
     assert_bitwise_equal(restored["video"], stats["encoder"])
     assert restored["other"] is target["other"]  # not mapped: as given
     # A checkpoint without statistics (or a model without them) leaves them as they are.
     plain = checkpoint.Checkpointer(tmp_path / "plain")
     plain.save(0, make_state())
     plain.close()
-    assert checkpoint.restore_batch_stats(target, dict(init_from, checkpoint=str(tmp_path / "plain"))) is target
-    assert checkpoint.restore_batch_stats({}, init_from) == {}
+    assert restore_batch_stats(target, dict(init_from, checkpoint=str(tmp_path / "plain"))) is target
+    assert restore_batch_stats({}, init_from) == {}
 
 
 def test_restore_subtrees_lists_every_mismatch(tmp_path):
@@ -176,7 +178,7 @@ def test_restore_subtrees_lists_every_mismatch(tmp_path):
     target = {"encoder": {"pos_embed": jnp.zeros((1, 9, 8)), "blocks_0": {"kernel": jnp.zeros((8, 32))},
                           "norm": {"scale": jnp.zeros(8)}}}
     with pytest.raises(ValueError) as error:
-        checkpoint.restore_subtrees(target, {"checkpoint": str(tmp_path), "mapping": {"encoder": "params/encoder"}})
+        restore_subtrees(target, {"checkpoint": str(tmp_path), "mapping": {"encoder": "params/encoder"}})
     message = str(error.value)
     assert "encoder/pos_embed: target (1, 9, 8) vs checkpoint params/encoder/pos_embed (1, 17, 8)" in message
     assert "encoder/blocks_0/kernel: target (8, 32) vs checkpoint params/encoder/blocks_0/kernel (8, 16)" in message
@@ -191,16 +193,16 @@ def test_restore_subtrees_resamples_pos_embed(tmp_path):
     target = {"pos_embed": jnp.zeros((1, 1 + 4 * 3 * 3, 8))}
     init_from = ml_collections.ConfigDict({"checkpoint": str(tmp_path), "mapping": {"": "params/encoder"},
                                            "pos_embed_grid_src": (4, 2, 2), "pos_embed_grid_dst": (4, 3, 3)})
-    params = checkpoint.restore_subtrees(target, init_from)
+    params = restore_subtrees(target, init_from)
     source = np.asarray(saved.params["encoder"]["pos_embed"])
-    np.testing.assert_array_equal(params["pos_embed"], checkpoint.resample_pos_embed(source, (4, 2, 2), (4, 3, 3)))
+    np.testing.assert_array_equal(params["pos_embed"], resample_pos_embed(source, (4, 2, 2), (4, 3, 3)))
     np.testing.assert_array_equal(params["pos_embed"][:, 0], source[:, 0])
 
 
 def test_resample_pos_embed_identity_and_linear_ramp_in_time():
     rng = np.random.default_rng(0)
     pe = rng.normal(size=(1, 1 + 4 * 3 * 5, 6)).astype(np.float32)
-    np.testing.assert_allclose(checkpoint.resample_pos_embed(pe, (4, 3, 5), (4, 3, 5)), pe, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(resample_pos_embed(pe, (4, 3, 5), (4, 3, 5)), pe, rtol=0, atol=1e-6)
 
     slope, offset = rng.normal(size=6), rng.normal(size=6)
     ramp = lambda t, grid: np.broadcast_to((slope * t[:, None] + offset)[:, None, None], (len(t), *grid[1:], 6))
@@ -208,7 +210,7 @@ def test_resample_pos_embed_identity_and_linear_ramp_in_time():
         coords = (np.arange(dst[0]) + 0.5) * src[0] / dst[0] - 0.5  # half-pixel centres, clamped at the ends
         expected = ramp(np.clip(coords, 0, src[0] - 1), dst).reshape(1, -1, 6)
         grid = ramp(np.arange(src[0], dtype=float), src).reshape(1, -1, 6)
-        np.testing.assert_allclose(checkpoint.resample_pos_embed(grid, src, dst), expected, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(resample_pos_embed(grid, src, dst), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_resample_pos_embed_matches_pytorch_interpolate():
@@ -220,4 +222,4 @@ def test_resample_pos_embed_matches_pytorch_interpolate():
     x = x.reshape(1, dim, h, w, t2).permute(0, 4, 1, 2, 3).reshape(t2, dim, h, w)
     x = torch.nn.functional.interpolate(x, size=(h2, w2), mode="bicubic", align_corners=False)
     expected = x.permute(0, 2, 3, 1).reshape(1, t2 * h2 * w2, dim).numpy()
-    np.testing.assert_allclose(checkpoint.resample_pos_embed(pe, (t, h, w), (t2, h2, w2)), expected, atol=1e-12)
+    np.testing.assert_allclose(resample_pos_embed(pe, (t, h, w), (t2, h2, w2)), expected, atol=1e-12)

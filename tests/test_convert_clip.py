@@ -17,7 +17,7 @@ from transformers import CLIPConfig, CLIPModel
 from invideo_jax.convert import cli, clip, common
 from invideo_jax.models.multimodal import VideoTextModel
 from invideo_jax.models.uniformerv2 import UniFormerV2
-from invideo_jax.train import checkpoint
+from invideo_jax.train.init_from import restore_subtrees
 from tests import test_caption as caption_ref  # the official caption decoder's state and forward, re-derived
 
 TOL = 1e-4
@@ -432,7 +432,7 @@ def test_cli_converts_clip_hf_into_a_restorable_checkpoint(tmp_path, capsys, hf_
     assert f"converted {len(hf_clip.state_dict())} tensors" in printed and "left at init (7 subtrees)" in printed
     want = hf_converted[0]["params"]
     target = jax.tree.map(jnp.zeros_like, want)  # restore_subtrees reads each leaf's sharding
-    restored = checkpoint.restore_subtrees(target, {"checkpoint": str(out), "mapping": {"": "params"}})
+    restored = restore_subtrees(target, {"checkpoint": str(out), "mapping": {"": "params"}})
     assert same(jax.tree.map(np.asarray, restored), want)
 
 

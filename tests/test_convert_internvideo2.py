@@ -24,7 +24,7 @@ from invideo_jax.convert.common import ConversionError
 from invideo_jax.models.align import VideoTextAlign
 from invideo_jax.models.distill import Distiller
 from invideo_jax.models.internvideo2 import InternVideo2
-from invideo_jax.train import checkpoint
+from invideo_jax.models.posembed import resample_pos_embed
 from tests.test_internvideo2 import gelu, layer_norm, multi_head, rms_norm
 
 TOL = 1e-4
@@ -330,7 +330,7 @@ def test_pretrained_file_into_a_classifier_starts_the_head_at_init():
 def test_pos_embed_of_other_frames_and_resolution_is_resampled():
     src = official_vision(tokens=4 * 9)  # a 4-frame file into the 2-frame model
     variables, report = convert.load_variables(src, encoder())
-    want = checkpoint.resample_pos_embed(src["pos_embed"], (4, 3, 3), GRID)
+    want = resample_pos_embed(src["pos_embed"], (4, 3, 3), GRID)
     np.testing.assert_array_equal(variables["params"]["encoder"]["pos_embed"], want)
     np.testing.assert_array_equal(want[:, 0], src["pos_embed"][:, 0])  # the CLS position is kept
     assert report.resampled == ["pos_embed (4, 3, 3) -> (2, 3, 3)"]
@@ -340,7 +340,7 @@ def test_pos_embed_of_other_frames_and_resolution_is_resampled():
         convert.load_variables(other, encoder())
     variables, report = convert.load_variables(other, encoder(), src_frames=4)
     np.testing.assert_array_equal(variables["params"]["encoder"]["pos_embed"],
-                                  checkpoint.resample_pos_embed(other["pos_embed"], (4, 4, 4), GRID))
+                                  resample_pos_embed(other["pos_embed"], (4, 4, 4), GRID))
 
 
 def test_errors_name_the_keys():
@@ -401,7 +401,7 @@ def test_stage1_file_into_the_distiller_converts_the_heads():
     variables, report = convert.load_variables(four, model)
     assert [line.split()[0] for line in report.resampled] == ["clip_pos_embed", "mae_pos_embed", "pos_embed"]
     np.testing.assert_array_equal(variables["params"]["mae_pos_embed"],
-                                  checkpoint.resample_pos_embed(four["mae_pos_embed"], (4, 3, 3), GRID))
+                                  resample_pos_embed(four["mae_pos_embed"], (4, 3, 3), GRID))
 
 
 # Head widths of an official stage-1 file that none of our teacher configs has: clip_teacher_embed_dim 24 (an

@@ -131,7 +131,8 @@ def test_init_from_the_two_supervised_checkpoints_starts_as_the_multimodal_class
     import orbax.checkpoint as ocp
 
     from configs import internvideo_fusion
-    from invideo_jax.train import checkpoint, trainer
+    from invideo_jax.train import trainer
+    from invideo_jax.train.init_from import restore_batch_stats, restore_subtrees
 
     multimodal = dict(MULTIMODAL, local_blocks=True)  # BatchNorm statistics to restore as well
     vit = VisionTransformer(**MASKED, num_classes=5)
@@ -152,8 +153,8 @@ def test_init_from_the_two_supervised_checkpoints_starts_as_the_multimodal_class
     config = ml_collections.ConfigDict(dict(init_from=internvideo_fusion.init_from(
         str(tmp_path / "masked"), str(tmp_path / "multimodal"))))
     for source in trainer.init_sources(config, task=None):
-        params = checkpoint.restore_subtrees(params, source)
-        stats = checkpoint.restore_batch_stats(stats, source)
+        params = restore_subtrees(params, source)
+        stats = restore_batch_stats(stats, source)
 
     expect = {"masked": {k: v for k, v in saved["masked"]["params"].items() if k != "head"},
               "multimodal": {"backbone": saved["multimodal"]["params"]["backbone"]},

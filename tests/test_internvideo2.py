@@ -15,7 +15,8 @@ from configs import internvideo2 as iv2_config
 from invideo_jax.convert.common import abstract_params, loop_to_scan
 from invideo_jax.models import internvideo2
 from invideo_jax.models.internvideo2 import InternVideo2
-from invideo_jax.train import checkpoint
+from invideo_jax.models.posembed import resample_pos_embed
+from invideo_jax.train.init_from import restore_subtrees
 
 # Tiny model: 2 frames of 12x12, patch 4 -> 2 x 3 x 3 = 18 patch tokens + CLS; 4 heads of 8; MLP ratio 2.5.
 TINY = dict(width=32, depth=2, num_heads=4, mlp_dim=80, patch_size=4, num_frames=2, image_size=12,
@@ -255,7 +256,7 @@ def test_pos_embed_interpolation_to_8_frames_and_another_resolution(tmp_path):
         new = np.asarray(resized["encoder"]["pos_embed"])
         assert new.shape == (1, 1 + math.prod(dst.grid), TINY["width"])
         np.testing.assert_array_equal(new[:, 0], pe[:, 0])  # CLS position kept
-        np.testing.assert_array_equal(new, checkpoint.resample_pos_embed(pe, (4, 3, 3), dst.grid))
+        np.testing.assert_array_equal(new, resample_pos_embed(pe, (4, 3, 3), dst.grid))
         # Every parameter now has the shape the other model expects.
         expected = abstract_params(dst, video(frames, size))
         assert jax.tree.map(np.shape, resized) == jax.tree.map(lambda x: x.shape, expected)
@@ -263,7 +264,7 @@ def test_pos_embed_interpolation_to_8_frames_and_another_resolution(tmp_path):
     ocp.PyTreeCheckpointer().save(tmp_path / "f4", params)
     dst = InternVideo2(**dict(TINY, num_frames=8))
     target = jax.tree.map(jnp.asarray, randomize(abstract_params(dst, video(frames=8)), seed=1))
-    restored = checkpoint.restore_subtrees(target, {
+    restored = restore_subtrees(target, {
         "checkpoint": str(tmp_path / "f4"), "mapping": {"encoder": "encoder", "clip_projector": "clip_projector"},
         "pos_embed_grid_src": iv2_config.pos_embed_grid(4, 12, 4), "pos_embed_grid_dst": dst.grid})
     np.testing.assert_array_equal(restored["encoder"]["pos_embed"],

@@ -29,7 +29,7 @@ def ran(monkeypatch):
             json.dump({"steps": 1}, f)
         return {"steps": 1}
 
-    monkeypatch.setattr(stages, "run_stage", fake_stage)
+    monkeypatch.setattr(stages.trainer, "train", fake_stage)
     monkeypatch.setattr(stages, "check_init_from", lambda config, workdir: None)  # the fake stages have no model
     return calls
 
@@ -86,7 +86,7 @@ def test_named_init_from_sources_resolve_each_stage_and_ensembles_average_predic
             json.dump({"steps": 1}, f)
         return {"steps": 1}
 
-    monkeypatch.setattr(stages, "run_stage", fake_stage)
+    monkeypatch.setattr(stages.trainer, "train", fake_stage)
     monkeypatch.setattr(stages, "check_init_from", lambda config, workdir: None)
     c = ml_collections.ConfigDict()
     stage = lambda: ml_collections.ConfigDict(dict(init_from=dict(checkpoint="", mapping={})))

@@ -17,7 +17,8 @@ from configs import internvideo2_distill
 from invideo_jax import precompute_targets
 from invideo_jax.data import pipeline, synthetic, target_cache
 from invideo_jax.models.distill import Distiller
-from invideo_jax.train import checkpoint, trainer
+from invideo_jax.train import trainer
+from invideo_jax.train.init_from import restore_subtrees
 from invideo_jax.train.tasks import get_task
 from invideo_jax.train.tasks.distill import TEACHERS, distill_objective, stored_teacher, swap_layer_axis
 from test_distill import MODEL, random_params, tiny_config
@@ -235,7 +236,7 @@ def test_the_trainer_trains_from_the_cache_without_teachers_resumes_and_its_stud
     saved = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", "2", "state"))["params"]
     assert not set(saved) & set(TEACHERS) and "student" in saved and "clip_decoder_0" in saved
     # Stage 2 (and a next stage 1) restore `params/student` from such a checkpoint.
-    restored = checkpoint.restore_subtrees({"vision_encoder": params["student"]}, dict(
+    restored = restore_subtrees({"vision_encoder": params["student"]}, dict(
         checkpoint=os.path.join(workdir, "checkpoints"), mapping={"vision_encoder": "params/student"}))
     jax.tree.map(np.testing.assert_array_equal, restored["vision_encoder"], saved["student"])
 

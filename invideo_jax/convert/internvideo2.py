@@ -40,7 +40,7 @@ Left at their initial values (listed): `fc_norm` / `head` of a classifier when t
 file into a fine-tuning model; `--drop='^head\\.'` does the same for a head with another number of classes).
 Position embeddings (`pos_embed`, and a Distiller's `clip_pos_embed` / `mae_pos_embed`) holding another number of
 frames are resampled to the target's grid (temporal linear, then spatial bicubic, CLS kept, as the official
-loaders; `checkpoint.resample_pos_embed`); the source grid is the target's h x w with as many frames as the table
+loaders; `posembed.resample_pos_embed`); the source grid is the target's h x w with as many frames as the table
 holds, or, for another resolution, `src_frames` frames of a square grid. Saving writes the file's layout back
 (without what loading dropped; the tied MLM decoder included); a resampled table is saved at the target's size.
 """
@@ -56,6 +56,7 @@ import numpy as np
 
 from invideo_jax.convert import bert, common
 from invideo_jax.convert.common import ConversionError, Format, conv3d, linear, norm, rule, scoped
+from invideo_jax.models import posembed
 from invideo_jax.models.align import VideoTextAlign
 from invideo_jax.models.distill import Distiller
 from invideo_jax.models.internvideo2 import InternVideo2
@@ -284,8 +285,6 @@ def to_state_dict(variables, fmt: str = "internvideo2") -> dict:
 def _resample_pos_embeds(state: dict, wanted: dict, fmt: Format, grid: tuple, src_frames) -> list:
     """Resample (in `state`) every position table whose token count differs from the target's; returns lines
     'KEY (t, h, w) -> (t', h', w')'."""
-    from invideo_jax.train import checkpoint  # numpy resampling; the converters stay light at import time
-
     done = []
     for path, spec in wanted.items():
         if path.rsplit("/", 1)[-1] not in POS_EMBEDS:
@@ -306,7 +305,7 @@ def _resample_pos_embeds(state: dict, wanted: dict, fmt: Format, grid: tuple, sr
             hint = "" if src_frames else "; for another resolution give the file's frames (src_frames)"
             raise ConversionError(f"{key} {pe.shape}: its {tokens} positions are not {what} (the model expects "
                                   f"{tuple(spec.shape)}, grid {tuple(grid)}){hint}")
-        state[key] = checkpoint.resample_pos_embed(pe, src, grid).astype(pe.dtype)
+        state[key] = posembed.resample_pos_embed(pe, src, grid).astype(pe.dtype)
         done.append(f"{key} {src} -> {tuple(grid)}")
     return done
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from invideo_jax import distributed
 from invideo_jax.data import pipeline
+from invideo_jax.files import atomic_write
 
 MANIFEST = "manifest.json"
 BATCH_PREFIX = "teacher/"
@@ -94,7 +95,7 @@ def prepare(directory: str, manifest: dict) -> dict:
             raise ValueError(f"{directory} holds targets of other settings; differing: " + "; ".join(problems)
                              + ". Resume with the same config and flags, or write to another directory")
     elif distributed.is_main():
-        _write_json(path, manifest)
+        atomic_write(path, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
     return manifest
 
 
@@ -217,9 +218,3 @@ def _flatten(tree, path: str = "") -> dict:
 def _json(value):
     """`value` as JSON would give it back (tuples as lists, dtypes as strings)."""
     return json.loads(json.dumps(value, sort_keys=True, default=str))
-
-
-def _write_json(path: str, value) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=1)
-    os.replace(path + ".tmp", path)

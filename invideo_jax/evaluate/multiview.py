@@ -2,11 +2,10 @@
 import numpy as np
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis, in float64."""
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Softmax over `axis`, in the dtype of `logits`."""
+    exp = np.exp(logits - logits.max(axis=axis, keepdims=True))
+    return exp / exp.sum(axis=axis, keepdims=True)
 
 
 class MultiViewAccumulator:

@@ -67,6 +67,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from invideo_jax import losses
 from invideo_jax.models import layers
 from invideo_jax.models.internvideo2 import InternVideo2, depth_scaled_init
 from invideo_jax.models.vit import VisionTransformer
@@ -138,11 +139,6 @@ def mean_token_attention(tokens, grid):
     return jax.nn.softmax(scores.reshape(x.shape[0], t, h * w), axis=-1)
 
 
-def l2_normalize(x, eps: float = 1e-6):
-    x = x.astype(jnp.float32)
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Student heads
 # ----------------------------------------------------------------------------------------------------------
@@ -166,7 +162,7 @@ class DecoderHead(nn.Module):
             x = layers.dense(self.out_dim, ("mlp", None), name="head_2", **kw)(x)
         else:
             x = layers.dense(self.out_dim, ("embed", None), name="head", **kw)(x)
-        return l2_normalize(layers.Norm("layernorm", self.norm_eps, self.param_dtype, name="norm")(x))
+        return losses.l2_normalize(layers.Norm("layernorm", self.norm_eps, self.param_dtype, name="norm")(x))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -357,11 +353,11 @@ class Distiller(nn.Module):
         target = {}
         if self.image_layers:
             x = targets["image_layers"]
-            target["image_layers"] = l2_normalize(jnp.concatenate([x[:, :, :1], gather(x[:, :, 1:])], axis=2))
+            target["image_layers"] = losses.l2_normalize(jnp.concatenate([x[:, :, :1], gather(x[:, :, 1:])], axis=2))
         if self.image_pooled:
-            target["image_pooled"] = l2_normalize(targets["image_pooled"])
+            target["image_pooled"] = losses.l2_normalize(targets["image_pooled"])
         if self.video_layers:
-            target["video_layers"] = l2_normalize(gather(targets["video_layers"]))
+            target["video_layers"] = losses.l2_normalize(gather(targets["video_layers"]))
         return {"visible_idx": visible, "target": target}
 
     def _visible_idx(self, attention, batch: int, train: bool, mask_keys):

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from invideo_jax.models import layers
+from invideo_jax.models import layers, posembed
 from invideo_jax.models.vit import VisionTransformer
 
 ACTIVATIONS = ("gelu_tanh", "gelu")  # official use_fused_mlp=True (flash-attn FusedMLP) / False (nn.GELU)
@@ -188,8 +188,6 @@ def resize_pos_embed(params, model: InternVideo2, src_frames: int, src_image_siz
 
     For Orbax checkpoints, `config.init_from.pos_embed_grid_{src,dst}` does the same while restoring.
     """
-    from invideo_jax.train import checkpoint  # models stay free of I/O modules at import time
-
     pe = params["encoder"]["pos_embed"]
     t = src_frames // model.tubelet_size
     if src_image_size is None:
@@ -200,5 +198,5 @@ def resize_pos_embed(params, model: InternVideo2, src_frames: int, src_image_siz
     if pe.shape[-2] != 1 + math.prod(src_grid):
         raise ValueError(f"encoder/pos_embed {tuple(pe.shape)} does not hold a CLS position and a {src_grid} grid "
                          f"(src_frames={src_frames}, src_image_size={src_image_size})")
-    new = checkpoint.resample_pos_embed(np.asarray(pe), src_grid, model.grid)
+    new = posembed.resample_pos_embed(np.asarray(pe), src_grid, model.grid)
     return {**params, "encoder": {**params["encoder"], "pos_embed": jnp.asarray(new, pe.dtype)}}

@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from invideo_jax.models import layers
+from invideo_jax.models import layers, posembed
 from invideo_jax.models.llm import CausalLM
 from invideo_jax.models.qformer import QFormer
 from invideo_jax.models.vit import VisionTransformer
@@ -33,14 +33,12 @@ VISION_KINDS = ("umt", "internvideo2")
 
 def umt_position_table(num_frames: int, grid: int, width: int, pos_embed_frames: int = 4) -> np.ndarray:
     """(num_frames * grid^2, width): the sinusoid of `pos_embed_frames` frames, linearly resampled in time."""
-    from invideo_jax.train import checkpoint  # numpy resampling; models stay free of I/O modules at import time
-
     if num_frames == 1:
         return layers.sincos_1d_interleaved(grid * grid, width)
     table = layers.sincos_1d_interleaved(pos_embed_frames * grid * grid, width)
     if num_frames == pos_embed_frames:
         return table
-    return checkpoint.resample_pos_embed(table, (pos_embed_frames, grid, grid), (num_frames, grid, grid))
+    return posembed.resample_pos_embed(table, (pos_embed_frames, grid, grid), (num_frames, grid, grid))
 
 
 class UMTEncoder(nn.Module):

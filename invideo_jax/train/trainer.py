@@ -24,7 +24,8 @@ from jax.sharding import PartitionSpec as P
 
 from invideo_jax import distributed, sharding
 from invideo_jax.data import pipeline
-from invideo_jax.train import checkpoint, metrics as metrics_lib, optim
+from invideo_jax.files import atomic_write
+from invideo_jax.train import checkpoint, init_from, metrics as metrics_lib, optim
 from invideo_jax.train.state import TrainState
 from invideo_jax.train.tasks import get_task
 
@@ -239,9 +240,9 @@ def train(config, workdir: str, stop_after: int = 0):
             logging.info("resumed from step %d", start_step)
         else:
             state = jax.jit(init_state, out_shardings=shardings)(jax.random.PRNGKey(config.seed))
-            for init_from in init_sources(config, task):
-                state = state.replace(params=checkpoint.restore_subtrees(state.params, init_from),
-                                      batch_stats=checkpoint.restore_batch_stats(state.batch_stats, init_from))
+            for source in init_sources(config, task):
+                state = state.replace(params=init_from.restore_subtrees(state.params, source),
+                                      batch_stats=init_from.restore_batch_stats(state.batch_stats, source))
             start_step = 0
 
         # ------------------------------------------------------------ steps
@@ -301,9 +302,7 @@ def train(config, workdir: str, stop_after: int = 0):
     result["wall_s"] = round(time.perf_counter() - start_time, 1)
     if distributed.is_main():  # one writer: the workdir is shared; the summary last, as it marks the stage done
         if predictions is not None:
-            with open(os.path.join(workdir, PREDICTIONS + ".tmp"), "wb") as f:
-                np.savez(f, **predictions)
-            os.replace(os.path.join(workdir, PREDICTIONS + ".tmp"), os.path.join(workdir, PREDICTIONS))
+            atomic_write(os.path.join(workdir, PREDICTIONS), lambda f: np.savez(f, **predictions))
         with open(os.path.join(workdir, SUMMARY), "w") as f:
             json.dump(result, f, indent=1)
     return result
@@ -331,7 +330,7 @@ def _log_eval(writer, step, result):
 def init_sources(config, task) -> list:
     """The `init_from` sources to restore; a single source without a mapping takes the task's default mapping."""
     out = []
-    for name, source in checkpoint.init_sources(config.init_from).items():
+    for name, source in init_from.init_sources(config.init_from).items():
         source = dict(source)
         if not source["checkpoint"]:
             if name:

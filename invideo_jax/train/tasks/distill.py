@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from invideo_jax.data import pipeline, target_cache
 from invideo_jax.models.distill import Distiller
-from invideo_jax.train import checkpoint
+from invideo_jax.train import init_from
 
 TARGETS = ("image_layers", "image_pooled", "video_layers")
 LAYER_TARGETS = ("image_layers", "video_layers")
@@ -144,7 +144,7 @@ class Task:
 
 def _check_no_teacher_sources(config) -> None:
     """With stored targets the model has no teachers: an init_from source restoring one is a mistake."""
-    for name, source in checkpoint.init_sources(config.init_from).items():
+    for name, source in init_from.init_sources(config.init_from).items():
         teachers = [t for t in dict(source.get("mapping") or {}) if t.split("/")[0] in TEACHERS]
         if source["checkpoint"] and teachers:
             raise ValueError(f"config.init_from{'.' + name if name else ''}.checkpoint is set, but with "
