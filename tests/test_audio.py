@@ -322,11 +322,13 @@ def test_init_follows_deep_norm():
     assert not np.asarray(params["pos_conv"]["bias"]).any()
 
 
-def test_scan_matches_loop_and_bf16_runs():
+@pytest.mark.parametrize("rel_pos", [0, 16])
+def test_scan_matches_loop_and_bf16_runs(rel_pos):
     fbank = np.random.default_rng(3).standard_normal((2, 48, 32)).astype(np.float32)
-    loop = audio_model.AudioTransformer(**TINY)
+    cfg = dict(TINY, rel_pos_buckets=rel_pos, rel_pos_max_distance=20)  # rel_pos: the shared bias reaches every layer
+    loop = audio_model.AudioTransformer(**cfg)
     params = random_params(loop, fbank)
-    scanned = audio_model.AudioTransformer(**TINY, scan=True, remat="full")
+    scanned = audio_model.AudioTransformer(**cfg, scan=True, remat="full")
     blocks = [params["transformer"].pop(f"blocks_{i}") for i in range(TINY["depth"])]
     stacked = dict(params, transformer={"blocks": jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)})
     abstract = nn.unbox(jax.eval_shape(scanned.init, jax.random.PRNGKey(0), fbank)["params"])
@@ -335,7 +337,7 @@ def test_scan_matches_loop_and_bf16_runs():
     want = jax.jit(loop.apply)({"params": params}, fbank)["tokens"]
     got = jax.jit(scanned.apply)({"params": stacked}, fbank)["tokens"]
     np.testing.assert_allclose(got, want, atol=1e-5)
-    half = audio_model.AudioTransformer(**TINY, dtype=jnp.bfloat16)
+    half = audio_model.AudioTransformer(**cfg, dtype=jnp.bfloat16)
     out = jax.jit(half.apply)({"params": params}, fbank)
     assert out["tokens"].dtype == jnp.bfloat16 and out["pooled"].dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(out["tokens"], np.float32), want, atol=0.15)
@@ -358,8 +360,9 @@ def test_parameter_count(size):
         model = audio_model.AudioTransformer(**cfg, embed_dim=embed_dim)
         assert audio_model.abstract_param_count(model) == audio_model.parameter_count(**cfg, embed_dim=embed_dim)
     if size == "beats_iter3":
-        # BEATs reports 90M; this encoder lacks only the relative position bias and its gates (~10k)
-        assert audio_model.parameter_count(**cfg) == 90_301_440
+        # BEATs reports 90M: 90,301,440 without the relative position bias, + 320 x 12 (table) + 12 x (64 x 8 + 8 + 12)
+        # (gates)
+        assert audio_model.parameter_count(**cfg) == 90_301_440 + 3_840 + 6_384
 
 
 def test_bad_shapes():
