@@ -224,5 +224,5 @@ def test_6b_audio_visual_recipe_builds_abstractly():
     assert count(shapes["av_concat_audio_proj"]) == 768 * 768 + 768 + 2 * 768
     assert count(shapes["audio_proj"]) == 768 * 768 + 768 and count(shapes["av_fusion"]) == 2 * 768 * 768 + 768
     assert count(shapes["avtm_head"]) == 1024 * 2 + 2
-    assert count(shapes["audio_encoder"]) == 90_301_440  # models/audio.py's BEATs-style beats_iter3
+    assert count(shapes["audio_encoder"]) == 90_311_664  # models/audio.py BEATs iter3, relative position bias included
     print(f"6B stage 2 with audio: {count(shapes):,} parameters")

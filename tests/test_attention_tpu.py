@@ -1,6 +1,6 @@
 """attn_impl='tpu_flash' (the Pallas TPU flash kernel) against the XLA kernel, forward and backward, on CPU in Pallas
 interpret mode: lengths that are not multiples of the kernel's 128 block (padded and masked), key-padding masks,
-general masks, causal, cross-attention with grouped key/value heads; and the shard_map over a (data, fsdp, tensor) mesh.
+general masks, causal, cross-attention with grouped key/value heads, an additive bias (and its gradient); and the shard_map over a (data, fsdp, tensor) mesh.
 Float32; tolerances: outputs 2e-5, gradients 1e-4 (absolute and relative)."""
 import jax
 import jax.numpy as jnp
@@ -58,6 +58,24 @@ def test_causal_and_a_general_mask():
     mask = np.random.default_rng(1).random((2, 2, 130, 130)) < 0.7
     mask[..., 0] = True  # every query sees a key
     check_against_xla(q, k, v, cotangent, mask=mask)
+
+
+def test_additive_bias_with_and_without_a_mask():
+    q, k, v, cotangent = inputs(t=130, s=130)
+    rng = np.random.default_rng(2)
+    bias = rng.standard_normal((1, 2, 130, 130)).astype(np.float32)
+    mask = rng.random((2, 2, 130, 130)) < 0.7
+    mask[..., 0] = True
+    for kwargs in (dict(bias=bias), dict(bias=bias, mask=mask)):
+        check_against_xla(q, k, v, cotangent, **kwargs)
+
+        def bias_grad(impl, kwargs=kwargs):
+            f = lambda b: jnp.sum(attention.attention(q, k, v, impl=impl, **dict(kwargs, bias=b)) * cotangent)
+            return jax.jit(jax.grad(f))(bias)
+
+        with pltpu.force_tpu_interpret_mode():
+            got = bias_grad("tpu_flash")
+        np.testing.assert_allclose(got, bias_grad("xla"), **TOL)
 
 
 def test_inside_a_mesh_the_kernel_runs_under_shard_map_over_batch_and_heads():

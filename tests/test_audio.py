@@ -229,9 +229,23 @@ def random_params(model, fbank, seed=0):
     return jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape) * 0.2, jnp.float32), shapes)
 
 
+def torch_buckets(n, num_buckets, max_distance):
+    """BEATs' _relative_positions_bucket (bidirectional) of key - query positions, in torch as the original."""
+    rel = torch.arange(n)[None, :] - torch.arange(n)[:, None]
+    half = num_buckets // 2
+    exact = half // 2
+    buckets = (rel > 0).long() * half
+    rel = rel.abs()
+    large = exact + (torch.log(rel.float() / exact) / math.log(max_distance / exact) * (half - exact)).long()
+    large = torch.minimum(large, torch.full_like(large, half - 1))
+    return buckets + torch.where(rel < exact, rel, large)
+
+
 def torch_reference(params, fbank, cfg, depth):
-    """BEATs' forward (without the relative position bias) in torch float64 from our params, written independently:
-    Conv2d patch embedding, LayerNorm, Linear, x + GELU(SamePad(Conv1d)), LayerNorm, post-LN deep-norm layers."""
+    """BEATs' forward in torch float64 from our params, written independently from microsoft/unilm beats/: Conv2d
+    patch embedding, LayerNorm, Linear, x + GELU(SamePad(Conv1d)), LayerNorm, post-LN deep-norm layers; with
+    cfg['rel_pos_buckets'] the relative position bias of layer 0 (shared), gated per layer (gru_rel_pos): gate_a,
+    gate_b = sigmoid(grep_linear(q).view(2, 4).sum(-1)), bias * (gate_a * (gate_b * grep_a - 1) + 2)."""
     F = torch.nn.functional
 
     def t(a):
@@ -258,7 +272,16 @@ def torch_reference(params, fbank, cfg, depth):
             return y @ t(blk[name]["kernel"]).reshape(d, -1) + t(blk[name]["bias"]).reshape(-1)
 
         q, k, v = (linear(x, n).reshape(x.shape[0], x.shape[1], heads, -1).transpose(1, 2) for n in "qkv")
-        attn = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // heads), dim=-1) @ v
+        scores = q @ k.transpose(-1, -2) / math.sqrt(d // heads)
+        if cfg.get("rel_pos_buckets"):
+            n = x.shape[1]
+            table = t(params["rel_pos_bias"])  # (buckets, heads), layer 0's, shared
+            position = table[torch_buckets(n, cfg["rel_pos_buckets"], cfg["rel_pos_max_distance"])].permute(2, 0, 1)
+            grep = q @ t(blk["grep_linear"]["kernel"]) + t(blk["grep_linear"]["bias"])  # (B, H, N, 8)
+            gate_a, gate_b = torch.sigmoid(grep.view(*grep.shape[:3], 2, 4).sum(-1)).chunk(2, dim=-1)
+            gate = gate_a * (gate_b * t(blk["grep_a"]).view(1, heads, 1, 1) - 1.0) + 2.0
+            scores = scores + gate * position
+        attn = torch.softmax(scores, dim=-1) @ v
         attn = attn.transpose(1, 2).reshape(x.shape)
         x = ln(alpha * x + attn @ t(blk["out"]["kernel"]).reshape(d, d) + t(blk["out"]["bias"]), blk["norm1"])
         ffn = F.gelu(x @ t(blk["fc1"]["kernel"]) + t(blk["fc1"]["bias"]))
@@ -277,6 +300,24 @@ def test_encoder_matches_torch_reference():
     tokens, pooled = torch_reference(params, fbank, TINY, depth=TINY["depth"])
     np.testing.assert_allclose(out["tokens"], tokens, atol=1e-4)
     np.testing.assert_allclose(out["pooled"], pooled, atol=1e-4)
+
+
+def test_relative_position_bias_matches_torch_reference():
+    """The gated relative position bias: 20 buckets, max distance 12 over 18 tokens (exact and log-spaced buckets,
+    both signs, the clipped last bucket), random table, gates and grep_a; float32 vs torch float64, atol 1e-4."""
+    cfg = dict(TINY, rel_pos_buckets=20, rel_pos_max_distance=12)
+    model = audio_model.AudioTransformer(**cfg, embed_dim=24)
+    fbank = np.random.default_rng(4).standard_normal((2, 144, 32)).astype(np.float32)  # 9 x 2 = 18 tokens
+    params = random_params(model, fbank)
+    params["rel_pos_bias"] = params["rel_pos_bias"] * 10  # large enough to move the attention
+    out = jax.jit(model.apply)({"params": params}, fbank)
+    tokens, pooled = torch_reference(params, fbank, cfg, depth=cfg["depth"])
+    np.testing.assert_allclose(out["tokens"], tokens, atol=1e-4)
+    np.testing.assert_allclose(out["pooled"], pooled, atol=1e-4)
+    without = dict(params, rel_pos_bias=jnp.zeros_like(params["rel_pos_bias"]))
+    assert np.abs(np.asarray(jax.jit(model.apply)({"params": without}, fbank)["tokens"]) - tokens).max() > 1e-2
+    buckets = torch_buckets(248, 320, 800).numpy()  # InternVideo2's 248 tokens: the float32 buckets as torch's
+    np.testing.assert_array_equal(audio_model.relative_position_buckets(248, 248, 320, 800), buckets)
 
 
 def test_audio_mask_zeroes_and_isolates_examples():
@@ -322,11 +363,13 @@ def test_init_follows_deep_norm():
     assert not np.asarray(params["pos_conv"]["bias"]).any()
 
 
-def test_scan_matches_loop_and_bf16_runs():
+@pytest.mark.parametrize("rel_pos", [0, 16])
+def test_scan_matches_loop_and_bf16_runs(rel_pos):
     fbank = np.random.default_rng(3).standard_normal((2, 48, 32)).astype(np.float32)
-    loop = audio_model.AudioTransformer(**TINY)
+    cfg = dict(TINY, rel_pos_buckets=rel_pos, rel_pos_max_distance=20)  # rel_pos: the shared bias reaches every layer
+    loop = audio_model.AudioTransformer(**cfg)
     params = random_params(loop, fbank)
-    scanned = audio_model.AudioTransformer(**TINY, scan=True, remat="full")
+    scanned = audio_model.AudioTransformer(**cfg, scan=True, remat="full")
     blocks = [params["transformer"].pop(f"blocks_{i}") for i in range(TINY["depth"])]
     stacked = dict(params, transformer={"blocks": jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)})
     abstract = nn.unbox(jax.eval_shape(scanned.init, jax.random.PRNGKey(0), fbank)["params"])
@@ -335,7 +378,7 @@ def test_scan_matches_loop_and_bf16_runs():
     want = jax.jit(loop.apply)({"params": params}, fbank)["tokens"]
     got = jax.jit(scanned.apply)({"params": stacked}, fbank)["tokens"]
     np.testing.assert_allclose(got, want, atol=1e-5)
-    half = audio_model.AudioTransformer(**TINY, dtype=jnp.bfloat16)
+    half = audio_model.AudioTransformer(**cfg, dtype=jnp.bfloat16)
     out = jax.jit(half.apply)({"params": params}, fbank)
     assert out["tokens"].dtype == jnp.bfloat16 and out["pooled"].dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(out["tokens"], np.float32), want, atol=0.15)
@@ -358,8 +401,9 @@ def test_parameter_count(size):
         model = audio_model.AudioTransformer(**cfg, embed_dim=embed_dim)
         assert audio_model.abstract_param_count(model) == audio_model.parameter_count(**cfg, embed_dim=embed_dim)
     if size == "beats_iter3":
-        # BEATs reports 90M; this encoder lacks only the relative position bias and its gates (~10k)
-        assert audio_model.parameter_count(**cfg) == 90_301_440
+        # BEATs reports 90M: 90,301,440 without the relative position bias, + 320 x 12 (table) + 12 x (64 x 8 + 8 + 12)
+        # (gates)
+        assert audio_model.parameter_count(**cfg) == 90_301_440 + 3_840 + 6_384
 
 
 def test_bad_shapes():

@@ -18,7 +18,7 @@ import numpy as np
 from flax import traverse_util
 
 WRAPPER_KEYS = ("model", "module", "state_dict", "model_state")
-KINDS = ("copy", "vector", "linear", "conv3d", "inflated")
+KINDS = ("copy", "vector", "linear", "conv1d", "conv3d", "inflated")
 MAX_LISTED = 50
 
 
@@ -31,7 +31,8 @@ class Rule:
     """ours <-> theirs (several keys = concatenated along the PyTorch output axis) with a layout `kind`.
 
     copy: same shape; vector: flattened to 1-D in PyTorch; linear: PyTorch (out, in) <-> our kernel whose first
-    `n_in` axes are inputs; conv3d: PyTorch (O, I, T, H, W) <-> our (T, H, W, I, O) (depthwise convs: I = 1);
+    `n_in` axes are inputs; conv1d: PyTorch (O, I, K) <-> our (K, I, O); conv3d: PyTorch (O, I, T, H, W) <-> our
+    (T, H, W, I, O) (depthwise convs: I = 1);
     inflated: a PyTorch 2-D kernel (O, I, H, W) <-> the centre time slice of our (T, H, W, I, O) (loading fills the
     other slices with zeros, saving keeps the centre slice only).
     unit_axes: PyTorch axes of size 1 that our layout lacks (a 1x1x1 Conv3d as our Dense: linear with (2, 3, 4)).
@@ -65,6 +66,8 @@ class Rule:
             x = x.reshape(-1)
         elif self.kind == "linear":
             x = x.reshape(math.prod(x.shape[: self.n_in]), -1).T
+        elif self.kind == "conv1d":
+            x = x.transpose(2, 1, 0)
         elif self.kind == "conv3d":
             x = x.transpose(4, 3, 0, 1, 2)
         elif self.kind == "inflated":
@@ -94,6 +97,8 @@ class Rule:
         x = np.squeeze(x, self.unit_axes)
         if self.kind == "linear":
             x = x.T
+        elif self.kind == "conv1d":
+            x = x.transpose(2, 1, 0)
         elif self.kind == "conv3d":
             x = x.transpose(2, 3, 4, 1, 0)
         elif self.kind == "inflated":

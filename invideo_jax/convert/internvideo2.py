@@ -34,8 +34,8 @@ heads and their position embeddings for an encoder or stage-2 target, `fc_norm` 
 classes, `img_pos_embed` / `clip_img_pos_embed` (images are not supported), a stage-2 file's `clip_teacher.*` and
 BERT's pooler, position-id buffers and tied MLM decoder (checked to equal the word embeddings /
 `cls.predictions.bias`). The 6B audio-visual stage-2 file (`audio_encoder`, `av_concat_vision_proj`, ...) is
-refused: VideoTextAlign with `audio_config` has its modules, but its BEATs encoder needs the relative position bias
-that models/audio.py leaves out.
+refused: VideoTextAlign with `audio_config` has its modules and models/audio.py BEATs' relative position bias, but
+no table maps BEATs' key names yet.
 Left at their initial values (listed): `fc_norm` / `head` of a classifier when the file has none (a pre-trained
 file into a fine-tuning model; `--drop='^head\\.'` does the same for a head with another number of classes).
 Position embeddings (`pos_embed`, and a Distiller's `clip_pos_embed` / `mae_pos_embed`) holding another number of
@@ -240,7 +240,7 @@ def load_variables(checkpoint, model, fmt: str = "internvideo2", drop=(), initia
         if audio:
             raise ConversionError(
                 f"{audio[0]} (and {len(audio) - 1} more): an audio-visual stage-2 file (6B): not supported. Its "
-                "BEATs audio encoder needs the relative position bias that models/audio.py leaves out")
+                "BEATs audio encoder (models/audio.py) has no conversion table for BEATs' key names yet")
         _check_tied(state)
         drop += [rf"^{re.escape(k)}$" for k in TEXT_TIED]
     for key_regex, ours_regex in OPTIONAL[fmt]:

@@ -1,6 +1,6 @@
 """Scaled dot-product attention, the one entry point every model calls.
 
-`attention(q, k, v, ...)` computes softmax(q kᵀ · scale, masked) v on arrays in layout [batch, length, heads,
+`attention(q, k, v, ...)` computes softmax(q kᵀ · scale + bias, masked) v on arrays in layout [batch, length, heads,
 head_dim]. Keys and values may be longer or shorter than the queries (cross-attention) and may have fewer heads
 (grouped-query attention: the query heads divide evenly among the key/value heads).
 
@@ -10,8 +10,9 @@ head_dim]. Keys and values may be longer or shorter than the queries (cross-atte
   'xla'           `jax.nn.dot_product_attention(implementation='xla')`
   'cudnn'         `jax.nn.dot_product_attention(implementation='cudnn')` (GPU only)
   'tpu_flash'     the Pallas TPU flash attention kernel, shard_map-wrapped, any length (models/attention_tpu.py)
-A kernel in another module joins the table with `register(name, fn)`; `fn(q, k, v, *, mask, is_causal, scale)`
-gets a boolean `mask` broadcastable to [batch, heads, q_length, kv_length] (True = attend) or None.
+A kernel in another module joins the table with `register(name, fn)`; `fn(q, k, v, *, bias, mask, is_causal, scale)`
+gets an additive float `bias` and a boolean `mask` (True = attend), each broadcastable to [batch, heads, q_length,
+kv_length] or None.
 """
 import functools
 from typing import Callable, Optional
@@ -19,8 +20,8 @@ from typing import Callable, Optional
 import jax
 
 
-def _jax_attention(q, k, v, *, mask, is_causal, scale, implementation):
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, scale=scale,
+def _jax_attention(q, k, v, *, bias, mask, is_causal, scale, implementation):
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=is_causal, scale=scale,
                                         implementation=implementation)
 
 
@@ -31,7 +32,7 @@ PLATFORMS: dict = {"cudnn": "gpu"}  # kernel name -> the only platform it lowers
 
 
 def register(name: str, fn: Callable, platform: Optional[str] = None) -> None:
-    """Adds kernel `fn(q, k, v, *, mask, is_causal, scale)` to the table under `name`; `platform` names the only
+    """Adds kernel `fn(q, k, v, *, bias, mask, is_causal, scale)` to the table under `name`; `platform` names the only
     platform it lowers for, if it has one."""
     KERNELS[name] = fn
     if platform is not None:
@@ -52,19 +53,26 @@ def resolve(impl: Optional[str]) -> str:
     return impl
 
 
-def attention(q, k, v, *, mask=None, is_causal: bool = False, scale: Optional[float] = None,
+def attention(q, k, v, *, bias=None, mask=None, is_causal: bool = False, scale: Optional[float] = None,
               impl: Optional[str] = None):
-    """softmax(q kᵀ · scale) v. q [B, T, N, H], k and v [B, S, K, H] with N % K == 0; `mask` boolean, broadcastable
-    to [B, N, T, S], True where a query may attend; `is_causal` lets query i see keys 0..i; `scale` defaults to
-    H ** -0.5. Returns [B, T, N, H]."""
+    """softmax(q kᵀ · scale + bias) v. q [B, T, N, H], k and v [B, S, K, H] with N % K == 0; `bias` float, added to
+    the scaled scores (e.g. a relative position bias); `mask` boolean, True where a query may attend; both
+    broadcastable to [B, N, T, S]; `is_causal` lets query i see keys 0..i; `scale` defaults to H ** -0.5.
+    Returns [B, T, N, H]."""
     if q.ndim != 4 or k.shape != v.shape or k.ndim != 4:
         raise ValueError(f"attention wants q [B, T, N, H] and k, v of one shape [B, S, K, H]; got q {q.shape}, "
                          f"k {k.shape}, v {v.shape}")
     if q.shape[-1] != k.shape[-1] or q.shape[2] % k.shape[2]:
         raise ValueError(f"attention: q heads {q.shape[2]} must be a multiple of the key/value heads {k.shape[2]} "
                          f"and head dims must agree; got q {q.shape}, k {k.shape}")
+    scores_shape = (q.shape[0], q.shape[2], q.shape[1], k.shape[1])
+    if bias is not None:
+        if bias.ndim != 4 or any(got not in (1, want) for got, want in zip(bias.shape, scores_shape)):
+            raise ValueError(f"attention bias {bias.shape} does not broadcast to the scores [B, N, T, S] "
+                             f"{scores_shape}")
+        bias = bias.astype(q.dtype)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    return KERNELS[resolve(impl)](q, k, v, mask=mask, is_causal=is_causal, scale=scale)
+    return KERNELS[resolve(impl)](q, k, v, bias=bias, mask=mask, is_causal=is_causal, scale=scale)
 
 
 from invideo_jax.models import attention_tpu  # noqa: E402,F401  registers 'tpu_flash' (Pallas TPU flash attention)

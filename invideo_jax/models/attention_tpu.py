@@ -6,7 +6,8 @@
   - lengths that are not a multiple of the kernel's block (128; 1568 VideoMAE tokens, 77 CLIP text tokens) are padded,
     and the padded keys masked by segment ids (queries 1, real keys 1, padded keys 0); padded query rows are cut off;
   - a key-padding mask ([B, 1, 1, S], e.g. BERT's) joins the segment ids; any other mask becomes an additive bias
-    [B, N, T, S] (which holds the scores' size in HBM again);
+    [B, N, T, S] (which holds the scores' size in HBM again), joined with the caller's `bias` (divided by the
+    softmax scale: the kernel scales q kᵀ + ab) into the kernel's `ab`, whose gradient the kernel computes;
   - `jax.shard_map` over the mesh in scope (Mosaic kernels cannot be partitioned by XLA): batch over the batch axes,
     heads over `tensor` where they divide; without a mesh the kernel is called directly.
 It runs on TPUs, compiles for them ahead of time (`python -m invideo_jax.aot`), and runs on CPU inside
@@ -38,9 +39,9 @@ def _key_padding(mask, batch: int, kv_length: int):
     return jnp.broadcast_to(mask[:, 0, 0, :], (batch, kv_length))
 
 
-def flash_attention(q, k, v, *, mask=None, is_causal: bool = False, scale: float = None):
-    """`attention.attention`'s contract: q [B, T, N, H], k and v [B, S, K, H], boolean `mask` broadcastable to
-    [B, N, T, S] (True = attend); returns [B, T, N, H]."""
+def flash_attention(q, k, v, *, bias=None, mask=None, is_causal: bool = False, scale: float = None):
+    """`attention.attention`'s contract: q [B, T, N, H], k and v [B, S, K, H], float `bias` and boolean `mask`
+    (True = attend) broadcastable to [B, N, T, S]; returns [B, T, N, H]."""
     from jax.experimental.pallas.ops.tpu import flash_attention as pallas_flash
 
     b, t, n, h = q.shape
@@ -49,10 +50,12 @@ def flash_attention(q, k, v, *, mask=None, is_causal: bool = False, scale: float
         k, v = (jnp.repeat(x, n // k.shape[2], axis=2) for x in (k, v))
     t_pad, s_pad = (BLOCK * math.ceil(length / BLOCK) for length in (t, s))
     key_mask = _key_padding(mask, b, s)
-    bias = None
+    if bias is not None:  # the kernel scales (q kᵀ + ab)
+        bias = bias.astype(jnp.float32) / scale
     if mask is not None and key_mask is None:
-        bias = jnp.where(jnp.broadcast_to(mask, (b, n, t, s)), 0.0, NEG_INF).astype(jnp.float32)
-        bias = _pad(_pad(bias, 2, t_pad), 3, s_pad)
+        bias = jnp.where(jnp.broadcast_to(mask, (b, n, t, s)), 0.0 if bias is None else bias, NEG_INF)
+    if bias is not None:
+        bias = _pad(_pad(jnp.broadcast_to(bias.astype(jnp.float32), (b, n, t, s)), 2, t_pad), 3, s_pad)
     kv_ids = jnp.arange(s_pad)[None, :] < s
     if key_mask is not None:
         kv_ids = kv_ids & _pad(key_mask, 1, s_pad)

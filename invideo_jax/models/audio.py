@@ -5,7 +5,8 @@
        as the official stride-16 conv does; InternVideo2's 998 x 64 input gives 62 x 4 = 248 tokens)
     -> `patch_embed` (256 -> 512, no bias) -> `patch_norm` LayerNorm -> `post_extract_proj` (512 -> D)
     -> x + GELU(`pos_conv`(x)) (grouped 1-D conv over tokens, kernel 128, 16 groups, 'same' length) -> `pos_norm`
-    -> `depth` post-LN blocks (DeepNet residual scaling: x = LN(alpha * x + f(x)), alpha = (2 depth)^(1/4))
+    -> `depth` post-LN blocks (DeepNet residual scaling: x = LN(alpha * x + f(x)), alpha = (2 depth)^(1/4)), their
+       attention scores plus a gated relative position bias (below) when `rel_pos_buckets` > 0
     -> tokens (B, N, D) -> mean over tokens -> `proj` (D -> embed_dim) -> pooled (B, embed_dim)
   audio_mask (B,) (1 = the example has audio): tokens and pooled are exactly 0 where it is 0, and the output 'mask'
   says which rows are real, so losses can skip the others. Gradients do not flow into the masked rows.
@@ -16,21 +17,27 @@ What follows BEATs (microsoft/unilm beats/BEATs.py, BEATsConfig of BEATs_iter3):
 final LayerNorm), deep-norm alpha residual scaling and beta-scaled init (beta = (8 depth)^(-1/4) on v, out, fc1, fc2),
 exact GELU, LayerNorm eps 1e-5, q/k/v/out biases.
 
-Simplifications (stated, so that nobody mistakes this for a weight-compatible BEATs):
-  - no relative position bias: BEATs adds a T5-style bucketed relative position bias (320 buckets, max distance 800,
-    computed in layer 0 and reused) with a gated, query-dependent scaling (`gru_rel_pos`, `grep_linear`, `grep_a`);
-    here position comes from the conv embedding only. Released BEATs weights therefore do not reproduce their
-    outputs through this module (a converter would need that bias; 12 x 320 + 12 x (64 x 8 + 8 + 12) ~ 10 k params).
+Relative position bias (BEATs' `relative_position_embedding` with `gru_rel_pos`; rows with `rel_pos_buckets` > 0):
+  bucket(j - i) for query i and key j, bidirectional T5 buckets: half the buckets per sign (B/2, the positive side
+  offset by B/2), distances below B/4 exact, larger ones log-spaced up to `rel_pos_max_distance` (then the last
+  bucket); one table `rel_pos_bias` (B, heads), owned by the encoder (BEATs' layer 0) and shared by every layer:
+  bias[h, i, j] = table[bucket(j - i), h]. Each layer gates it per query and head from its raw query q (q_proj
+  output, before scaling): (a, b) = sigmoid(sum of two groups of 4 of `grep_linear`(q) (head_dim -> 8)),
+  gate = a (b `grep_a`[h] - 1) + 2, and adds gate * bias to q k / sqrt(head_dim) before the softmax
+  (models/attention.py's `bias`). Without it (`rel_pos_buckets` 0) position comes from the conv embedding only.
+
+Simplifications:
   - `pos_conv` holds the effective kernel: BEATs stores it weight-normalised (weight_g, weight_v with dim=2:
-    w = g v / ||v||, one norm per kernel position), which is the same function; a converter would compute w.
+    w = g v / ||v||, one norm per kernel position), which is the same function; convert/beats.py computes w.
   - no padding mask (InternVideo2 does not pass one either: padded frames are zeros after normalisation), no dropout
     or layer drop (the encoder is frozen in InternVideo2), no BEATs tokenizer / predictor heads.
   - the pooled feature is the plain token mean projected by `proj` (InternVideo2's `audio_proj` sits in the stage-2
     model; here it is part of the encoder so the piece is usable alone).
 
 Params: patch_embed/kernel (256, 512), patch_norm, post_extract_proj/{kernel, bias} (if 512 != D),
-pos_conv/{kernel (128, D / 16, D), bias}, pos_norm, transformer/blocks[_i]/{q, k, v, out, norm1, fc1, fc2, norm2},
-proj/{kernel, bias} (if embed_dim).
+pos_conv/{kernel (128, D / 16, D), bias}, pos_norm, rel_pos_bias (buckets, heads), transformer/blocks[_i]/{q, k, v,
+out, norm1, fc1, fc2, norm2, grep_linear/{kernel (head_dim, 8), bias}, grep_a (heads,)}, proj/{kernel, bias} (if
+embed_dim). Official names: convert/beats.py.
 """
 import math
 from typing import Any, Optional
@@ -44,10 +51,11 @@ from invideo_jax.models import layers
 from invideo_jax.models.attention import attention
 
 # Encoder sizes (the config rows). beats_iter3: BEATsConfig of BEATs_iter3 / iter3+ (AS2M), the encoder
-# InternVideo2-6B loads from `beats.pth` (d_model 768); internvideo.md 1.9.
+# InternVideo2-6B loads from `beats.pth` (d_model 768); internvideo.md 1.9. A BEATs file's `cfg` is checked against
+# these fields when it converts (convert/beats.py).
 AUDIO_SIZES = {
     "beats_iter3": dict(width=768, depth=12, num_heads=12, mlp_dim=3072, patch_embed_dim=512, conv_pos=128,
-                        conv_pos_groups=16),
+                        conv_pos_groups=16, rel_pos_buckets=320, rel_pos_max_distance=800, rel_pos_gate=True),
     "tiny": dict(width=64, depth=2, num_heads=4, mlp_dim=128, patch_embed_dim=32, conv_pos=8, conv_pos_groups=4),
 }
 
@@ -58,22 +66,40 @@ def deep_norm_constants(depth: int) -> tuple[float, float]:
 
 
 def parameter_count(width: int, depth: int, num_heads: int, mlp_dim: int, patch_embed_dim: int = 512,
-                    conv_pos: int = 128, conv_pos_groups: int = 16, patch_size: int = 16, embed_dim: int = 0) -> int:
+                    conv_pos: int = 128, conv_pos_groups: int = 16, patch_size: int = 16, embed_dim: int = 0,
+                    rel_pos_buckets: int = 0, rel_pos_max_distance: int = 0, rel_pos_gate: bool = False) -> int:
     """Analytic parameter count of `AudioTransformer` (does not depend on the input length or mel bins)."""
-    del num_heads  # heads split the width; they add no parameters
+    del rel_pos_max_distance  # a hyper-parameter of the buckets, no parameters
     count = patch_size * patch_size * patch_embed_dim + 2 * patch_embed_dim  # patch_embed, patch_norm
     if patch_embed_dim != width:
         count += patch_embed_dim * width + width  # post_extract_proj
     count += conv_pos * (width // conv_pos_groups) * width + width + 2 * width  # pos_conv, pos_norm
     block = 4 * (width * width + width) + 2 * 2 * width + width * mlp_dim + mlp_dim + mlp_dim * width + width
-    count += depth * block
+    if rel_pos_buckets and rel_pos_gate:
+        block += (width // num_heads) * 8 + 8 + num_heads  # grep_linear, grep_a
+    count += depth * block + rel_pos_buckets * num_heads
     if embed_dim:
         count += width * embed_dim + embed_dim
     return count
 
 
+def relative_position_buckets(q_length: int, k_length: int, num_buckets: int, max_distance: int) -> np.ndarray:
+    """BEATs' bidirectional bucket (q_length, k_length) int32 of each relative position key - query (module docstring),
+    in float32 arithmetic as the original."""
+    rel = np.arange(k_length)[None, :] - np.arange(q_length)[:, None]
+    half = num_buckets // 2
+    exact = half // 2
+    distance = np.abs(rel)
+    with np.errstate(divide="ignore"):  # log(0) on the exact distances, which the where below discards
+        log_ratio = np.log(distance.astype(np.float32) / np.float32(exact))
+        far = exact + log_ratio / np.float32(math.log(max_distance / exact)) * np.float32(half - exact)
+    far = np.minimum(np.where(np.isfinite(far), far, 0).astype(np.int64), half - 1)
+    return ((rel > 0) * half + np.where(distance < exact, distance, far)).astype(np.int32)
+
+
 class PostNormBlock(nn.Module):
-    """x = LN(alpha x + attn(x)); x = LN(alpha x + fc2(act(fc1(x)))). Same call signature as `layers.Block`."""
+    """x = LN(alpha x + attn(x)); x = LN(alpha x + fc2(act(fc1(x)))). Same call signature as `layers.Block`, plus
+    an optional shared relative position bias (heads, N, N) that this block gates per query (`rel_pos_gate`)."""
 
     num_heads: int
     mlp_dim: int
@@ -81,12 +107,13 @@ class PostNormBlock(nn.Module):
     init_gain: float = 1.0  # beta: scales the init of v, out, fc1, fc2
     norm_eps: float = 1e-5
     act: str = "gelu"
+    rel_pos_gate: bool = False
     attn_impl: Optional[str] = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, rate, deterministic: bool):
+    def __call__(self, x, rate, deterministic: bool, position_bias=None):
         width = x.shape[-1]
         if width % self.num_heads:
             raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
@@ -100,13 +127,28 @@ class PostNormBlock(nn.Module):
                                 **kw)(x)
 
         q, k, v = project("q", xavier), project("k", xavier), project("v", scaled)
-        y = attention(q, k, v, scale=head_dim ** -0.5, impl=self.attn_impl)
+        bias = None
+        if position_bias is not None:
+            bias = position_bias[None].astype(jnp.float32)  # (1, heads, N, N)
+            if self.rel_pos_gate:
+                bias = self._gate(q) * bias
+        y = attention(q, k, v, bias=bias, scale=head_dim ** -0.5, impl=self.attn_impl)
         y = layers.dense(width, ("heads", "kv", "embed"), name="out", in_dims=2, kernel_init=scaled, **kw)(y)
         x = self._residual(x, y, rate, deterministic, "norm1")
         y = layers.dense(self.mlp_dim, ("embed", "mlp"), name="fc1", kernel_init=scaled, **kw)(x)
         y = layers.dense(width, ("mlp", "embed"), name="fc2", kernel_init=scaled, **kw)(layers.activation(self.act)(y))
         x = self._residual(x, y, rate, deterministic, "norm2")
         return layers.constrain(x)
+
+    def _gate(self, q):
+        """BEATs' `gru_rel_pos` gate (B, heads, N, 1) from the raw queries q (B, N, heads, head_dim)."""
+        logits = layers.dense(8, ("kv", None), name="grep_linear", dtype=jnp.float32, param_dtype=self.param_dtype,
+                              kernel_init=nn.initializers.normal(0.02))(q.astype(jnp.float32))
+        gate_a, gate_b = jnp.moveaxis(jax.nn.sigmoid(logits.reshape(logits.shape[:-1] + (2, 4)).sum(-1)), -1, 0)
+        scale = self.param("grep_a", layers.logical(nn.initializers.ones, ("heads",)), (self.num_heads,),
+                           self.param_dtype).astype(jnp.float32)
+        gate = gate_a * (gate_b * scale - 1.0) + 2.0  # (B, N, heads)
+        return gate.transpose(0, 2, 1)[..., None]
 
     def _residual(self, x, y, rate, deterministic, norm_name):
         y = layers.drop_path(self, y, rate, deterministic)
@@ -156,6 +198,9 @@ class AudioTransformer(nn.Module):
     conv_pos: int = 128
     conv_pos_groups: int = 16
     embed_dim: int = 0  # 0: pooled stays the width-D token mean (no `proj`)
+    rel_pos_buckets: int = 0  # > 0: BEATs' relative position bias with this many buckets (module docstring)
+    rel_pos_max_distance: int = 800
+    rel_pos_gate: bool = True  # BEATs' gru_rel_pos: each layer scales the bias per query
     norm_eps: float = 1e-5
     act: str = "gelu"
     deep_norm: bool = True
@@ -196,15 +241,30 @@ class AudioTransformer(nn.Module):
 
         alpha, beta = deep_norm_constants(self.depth) if self.deep_norm else (1.0, 1.0)
         block = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, alpha=alpha, init_gain=beta,
-                     norm_eps=self.norm_eps, act=self.act, attn_impl=self.attn_impl, **kw)
+                     norm_eps=self.norm_eps, act=self.act, attn_impl=self.attn_impl,
+                     rel_pos_gate=bool(self.rel_pos_buckets and self.rel_pos_gate), **kw)
         x, _ = layers.Transformer(self.depth, block, self.drop_path, self.scan, self.remat, (),
-                                  block_cls=PostNormBlock, name="transformer")(x, deterministic=not train)
+                                  block_cls=PostNormBlock, name="transformer")(x, deterministic=not train,
+                                                                               bias=self._position_bias(x.shape[1]))
         tokens = jnp.where(mask[:, None, None], x, 0)
         pooled = tokens.astype(jnp.float32).mean(axis=1)
         if self.embed_dim:
             pooled = layers.dense(self.embed_dim, ("embed", None), name="proj", **kw)(pooled)
         pooled = jnp.where(mask[:, None], pooled, 0).astype(jnp.float32)
         return {"tokens": tokens, "pooled": pooled, "mask": mask}
+
+
+    def _position_bias(self, length: int):
+        """The shared relative position bias (heads, N, N) float32, or None without one."""
+        if not self.rel_pos_buckets:
+            return None
+        if self.rel_pos_buckets % 4 or self.rel_pos_max_distance <= self.rel_pos_buckets // 4:
+            raise ValueError(f"rel_pos_buckets={self.rel_pos_buckets} must be a multiple of 4 and "
+                             f"rel_pos_max_distance={self.rel_pos_max_distance} larger than a quarter of it")
+        table = self.param("rel_pos_bias", layers.logical(nn.initializers.normal(0.02), (None, "heads")),
+                           (self.rel_pos_buckets, self.num_heads), self.param_dtype)
+        buckets = relative_position_buckets(length, length, self.rel_pos_buckets, self.rel_pos_max_distance)
+        return jnp.take(table.astype(jnp.float32), jnp.asarray(buckets), axis=0).transpose(2, 0, 1)
 
 
 def abstract_param_count(model: AudioTransformer, num_frames: int = 64) -> int:

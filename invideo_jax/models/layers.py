@@ -267,7 +267,7 @@ class Mlp(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, deterministic: bool = True):
+    def __call__(self, x, deterministic: bool = True, bias=None):
         width = x.shape[-1]
         x = dense(self.hidden, ("embed", "mlp"), name="fc1", dtype=self.dtype, param_dtype=self.param_dtype)(x)
         x = activation(self.act)(x)
@@ -334,6 +334,8 @@ class Transformer(nn.Module):
     `block_cls` may be a Block subclass with the same call signature (its `batch_stats` are scanned like params).
 
     Returns the final tokens and, if `return_layers` is set, the outputs of those layer indices (stacked).
+    `bias` (an attention bias all layers share, e.g. BEATs' relative position bias), when given, is every block's
+    fourth argument.
     """
 
     depth: int
@@ -345,7 +347,7 @@ class Transformer(nn.Module):
     block_cls: Any = Block
 
     @nn.compact
-    def __call__(self, x, deterministic: bool = True):
+    def __call__(self, x, deterministic: bool = True, bias=None):
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"unknown remat policy {self.remat!r}; expected one of {sorted(REMAT_POLICIES)}")
         rates = np.linspace(0.0, self.drop_path, self.depth) if self.drop_path else None
@@ -353,24 +355,25 @@ class Transformer(nn.Module):
         if self.remat != "none":
             block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan,
                                  static_argnums=(3,))
+        extra = () if bias is None else (bias,)
         if not self.scan:
             hidden = []
             for i in range(self.depth):
                 rate = None if rates is None else float(rates[i])
-                x = block_cls(name=f"blocks_{i}", **self.block)(x, rate, deterministic)
+                x = block_cls(name=f"blocks_{i}", **self.block)(x, rate, deterministic, *extra)
                 hidden.append(x)
             return x, self._pick(hidden)
 
-        def body(module, carry, rate):
-            out = module(carry, rate, deterministic)
+        def body(module, carry, rate, extra):
+            out = module(carry, rate, deterministic, *extra)
             return out, (out if self.return_layers else None)
 
         scanned = nn.scan(
             body, variable_axes={"params": 0, "batch_stats": 0}, split_rngs={"params": True, "dropout": True},
-            in_axes=0, length=self.depth, metadata_params={nn.PARTITION_NAME: "layers"},
+            in_axes=(0, nn.broadcast), length=self.depth, metadata_params={nn.PARTITION_NAME: "layers"},
         )
         xs = None if rates is None else jnp.asarray(rates, jnp.float32)
-        x, stacked = scanned(block_cls(name="blocks", **self.block), x, xs)
+        x, stacked = scanned(block_cls(name="blocks", **self.block), x, xs, extra)
         return x, (stacked[jnp.asarray(self.return_layers)] if self.return_layers else None)
 
     def _pick(self, hidden):
