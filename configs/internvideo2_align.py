@@ -123,11 +123,12 @@ def init_from(vision: str = "", text: str = "", stage1_frames: int = 8, frames: 
 def align_fields(c, *, mask_ratio: float = 0.8, mlm_prob: float = 0.5, rerank_k: int = 128, class_names=(),
                  templates=()):
     """The align task's own fields: loss weights and settings, video token masking, the matching re-ranking's k
-    (0: off; the official k_test 128), zero-shot prompts."""
+    (0: off; the official k_test 128; it needs the retrieval caption protocol 'first'), zero-shot prompts."""
     c.loss = ml_collections.ConfigDict(dict(con=1.0, vtm=1.0, mlm=1.0, av_con=1.0, av_vtm=1.0, av_mlm=1.0,
                                             mlm_prob=mlm_prob, temp_min=0.001, temp_max=0.5, vtm_groups=0))
     c.mask = ml_collections.ConfigDict(dict(ratio=mask_ratio))
     c.rerank = ml_collections.ConfigDict(dict(k=rerank_k))
+    c.retrieval = ml_collections.ConfigDict(dict(captions="first"))
     c.zero_shot = ml_collections.ConfigDict(dict(class_names=class_names, templates=templates))
     return c
 

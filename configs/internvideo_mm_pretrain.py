@@ -33,9 +33,11 @@ def model_config(variant: str, *, frames: int, **overrides) -> dict:
                 embed_dim=embed_dim)
 
 
-def videotext_fields(c, caption_weight: float = 1.0, class_names=(), templates=()):
-    """The videotext task's own fields: the caption loss weight and the zero-shot class names and prompts."""
+def videotext_fields(c, caption_weight: float = 1.0, class_names=(), templates=(), captions: str = "first"):
+    """The videotext task's own fields: the caption loss weight, the zero-shot class names and prompts, and the
+    retrieval caption protocol ('first', 'all': MSVD/VATEX, 'paragraph': DiDeMo/ActivityNet; evaluate/retrieval.py)."""
     c.loss = dict(caption_weight=caption_weight)
+    c.retrieval = dict(captions=captions)
     c.zero_shot = dict(class_names=class_names, templates=templates)
     return c
 

@@ -32,7 +32,9 @@ VIT_B_K400 = 12 * block(768) + 2 * 16 * 16 * 3 * 768 + 768 + 2 * 768 + 768 * 400
     (videomae_pretrain, "vit_s", VIT_S_PRETRAIN),
     (videomae_pretrain, "vit_b,v2=True", None),
     (videomae_finetune, "vit_b,classes=400", VIT_B_K400),
-    (videomae_finetune, "vit_s,classes=174,flip=False,scan=False", None),
+    (videomae_finetune, "vit_s,dataset=ssv2,scan=False", None),
+    (videomae_finetune, "vit_l", None),
+    (videomae_finetune, "vit_h,dataset=k400", None),
     (uniformerv2_finetune, "L/14@336", None),  # parameter counts: tests/test_uniformerv2.py
     (uniformerv2_finetune, "B/16,dataset=ssv2,frozen=True,scan=False", None),
     (internvideo_mm_pretrain, "B/16", None),
@@ -96,3 +98,20 @@ def test_pipeline_stages_restore_subtrees_their_sources_have(module, tmp_path):
     fusion.init_from.multimodal.mapping = {"multimodal": "params/backbone"}  # one level too deep
     with pytest.raises(ValueError, match="fusion <- .*multimodal/backbone/.*: missing in checkpoint as params/backbone/backbone"):
         stages.check_init_from(config, str(tmp_path))
+
+
+@pytest.mark.parametrize("arg, values", [
+    # MCG-NJU/VideoMAE scripts/*/finetune.sh: (lr, epochs, global batch, drop-path, layer decay, min lr)
+    ("vit_l", (2e-3, 35, 128, 0.1, 0.75, 1e-6)),
+    ("vit_h", (1e-3, 50, 512, 0.2, 0.75, 1e-5)),
+    ("vit_b,dataset=ssv2", (5e-4, 30, 384, 0.1, 0.75, 1e-6)),
+])
+def test_videomae_finetune_recipes_follow_the_official_scripts(arg, values):
+    c = videomae_finetune.get_config(arg)
+    lr, epochs, batch, drop_path, layer_decay, min_lr = values
+    assert (c.optim.base_lr, c.batch_size, c.model.kwargs.drop_path, c.optim.layer_decay, c.optim.min_lr) == (
+        lr, batch, drop_path, layer_decay, min_lr)
+    train_size = 168913 if "ssv2" in arg else 240436  # SSv2 / K400 training videos
+    assert c.total_steps == epochs * (train_size // batch)
+    assert (c.data.sampling, c.data.flip, c.data.eval_clips) == (
+        ("segment", False, 2) if "ssv2" in arg else ("dense", True, 5))

@@ -3,7 +3,10 @@ import math
 import numpy as np
 import pytest
 
-from invideo_jax.evaluate.retrieval import rerank_top_k, retrieval_metrics
+import ml_collections
+
+from invideo_jax.evaluate.retrieval import caption_queries, rerank_top_k, retrieval_metrics
+from invideo_jax.train.tasks.videotext import caption_protocol
 
 
 def brute_force(sim, text_to_video):
@@ -160,3 +163,42 @@ def test_matching_rerank_reorders_within_k_and_ranks_the_rest_after():
     check_equal(results, {"t2v_r1": 200 / 3, "t2v_meanr": 5 / 3})
     with pytest.raises(ValueError, match="dual softmax"):
         retrieval_metrics(t2v, [0, 1, 2], v2t_similarity=v2t, dual_softmax=True)
+
+
+CAPTIONS = [("a dog runs", "a dog plays"), (), ("a cat sleeps",)]  # video 1 has no caption
+
+
+def test_caption_protocols_build_the_queries():
+    texts, text_to_video = caption_queries(CAPTIONS, "first")
+    assert texts == ["a dog runs", "a cat sleeps"] and text_to_video.tolist() == [0, 2]
+    texts, text_to_video = caption_queries(CAPTIONS, "all")
+    assert texts == ["a dog runs", "a dog plays", "a cat sleeps"] and text_to_video.tolist() == [0, 0, 2]
+    texts, text_to_video = caption_queries(CAPTIONS, "paragraph")
+    assert texts == ["a dog runs a dog plays", "a cat sleeps"] and text_to_video.tolist() == [0, 2]
+    with pytest.raises(ValueError, match="retrieval.captions='each'"):
+        caption_queries(CAPTIONS, "each")
+
+
+def test_every_caption_protocol_by_hand():
+    _, text_to_video = caption_queries(CAPTIONS, "all")
+    sim = np.array([[0.2, 0.1, 0.8],   # "a dog runs": video 0 2nd (video 2 above it)
+                    [0.7, 0.9, 0.1],   # "a dog plays": video 0 2nd (the uncaptioned video 1 above it)
+                    [0.3, 0.0, 0.6]])  # "a cat sleeps": video 2 1st
+    # t2v ranks 2, 2, 1. v2t: video 0's column (0.2, 0.7, 0.3): its best caption (0.7) is 1st;
+    # video 2's column (0.8, 0.1, 0.6): its caption (0.6) is 2nd; video 1 has no caption, so no v2t query.
+    results = retrieval_metrics(sim, text_to_video)
+    check_equal(results, {"t2v_r1": 100 / 3, "t2v_r5": 100, "t2v_medr": 2, "t2v_meanr": 5 / 3,
+                          "v2t_r1": 50, "v2t_medr": 1.5, "v2t_meanr": 1.5})
+
+
+def test_caption_protocol_config():
+    config = ml_collections.ConfigDict()
+    assert caption_protocol(config) == "first"
+    config.retrieval = dict(captions="paragraph")
+    assert caption_protocol(config) == "paragraph"
+    config.rerank = dict(k=4)
+    with pytest.raises(ValueError, match="rerank.k"):
+        caption_protocol(config)
+    config.retrieval.captions = "every"
+    with pytest.raises(ValueError, match="retrieval.captions='every'"):
+        caption_protocol(config)

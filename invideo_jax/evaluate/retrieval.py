@@ -20,6 +20,11 @@ exp(logit_scale), 100 for a CLIP logit scale: temperature=0.01 (the default) on 
 gives its ranks. InternVideo2 applies it to raw cosines: temperature=1. InternVideo1's reported
 zero-shot retrieval numbers used DSL (OpenGVLab/InternVideo#32), so results state the re-ranking.
 
+Caption protocols (`caption_queries`): 'first' (each video's first caption), 'all' (every caption a query:
+MSVD, VATEX; text-to-video ranks every caption, video-to-text takes the video's best caption), 'paragraph' (a
+video's captions joined with spaces into one query: DiDeMo, ActivityNet paragraph retrieval, as InternVideo2's
+`is_paragraph_retrieval`). MSR-VTT 1k-A is 'first' on the 1k-A test list (1000 videos, one caption each).
+
 Matching re-ranking (InternVideo2 `evaluation`, k_test): each text's k most similar videos and each video's k most
 similar texts are scored again by a cross-encoder (the matching head's "match" logit); the other pairs rank below
 them (`rerank_top_k`, then `retrieval_metrics(t2v_scores, ..., v2t_similarity=v2t_scores)`).
@@ -27,6 +32,23 @@ them (`rerank_top_k`, then `retrieval_metrics(t2v_scores, ..., v2t_similarity=v2
 import numpy as np
 
 from invideo_jax.evaluate.multiview import softmax
+
+
+CAPTION_PROTOCOLS = ("first", "all", "paragraph")
+
+
+def caption_queries(captions, protocol: str):
+    """(texts, text_to_video) of the caption tuples of each video under a caption protocol; videos without
+    captions give no query (they stay candidates)."""
+    if protocol not in CAPTION_PROTOCOLS:
+        raise ValueError(f"retrieval.captions={protocol!r} must be one of {CAPTION_PROTOCOLS}")
+    if protocol == "all":
+        pairs = [(text, video) for video, texts in enumerate(captions) for text in texts]
+    elif protocol == "paragraph":
+        pairs = [(" ".join(texts), video) for video, texts in enumerate(captions) if texts]
+    else:
+        pairs = [(texts[0], video) for video, texts in enumerate(captions) if texts]
+    return [text for text, _ in pairs], np.array([video for _, video in pairs], np.int64)
 
 
 def retrieval_metrics(similarity, text_to_video, *, dual_softmax: bool = False,

@@ -27,15 +27,22 @@ def class_embeddings(encode_text: Callable, tokenizer: Tokenizer, class_names: S
     """float32 (C, E) unit class embeddings. `encode_text` maps int32 ids (N, L) to features (N, E);
     it sees every prompt of every class in batches of one shape (the last one padded), so a jitted
     function compiles once."""
-    ids = tokenizer.encode([t.format(name) for name in class_names for t in templates])
+    prompts = [t.format(name) for name in class_names for t in templates]
+    features = l2_normalize(encode_texts(encode_text, tokenizer, prompts, batch_size))
+    return l2_normalize(features.reshape(len(class_names), len(templates), -1).mean(axis=1))
+
+
+def encode_texts(encode_text: Callable, tokenizer: Tokenizer, texts: Sequence[str], batch_size: int = 256):
+    """float32 (N, E) features of `texts`, encoded in batches of one shape (the last one padded), so a jitted
+    `encode_text` compiles once."""
+    ids = tokenizer.encode(list(texts))
     batch_size = min(batch_size, len(ids))
     features = []
     for start in range(0, len(ids), batch_size):
         batch = ids[start:start + batch_size]
         padded = np.pad(batch, ((0, batch_size - len(batch)), (0, 0)), mode="edge")
         features.append(np.asarray(encode_text(padded), np.float32)[:len(batch)])
-    features = l2_normalize(np.concatenate(features))
-    return l2_normalize(features.reshape(len(class_names), len(templates), -1).mean(axis=1))
+    return np.concatenate(features)
 
 
 def zero_shot_logits(video_features, class_embeddings: np.ndarray, scale: float = 100.0) -> np.ndarray:

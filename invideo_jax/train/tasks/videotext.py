@@ -2,7 +2,8 @@
 
 Evaluation on the eval split (multi-view: each video's unit features averaged over its views):
   zero-shot classification from prompt-ensembled class names (`config.zero_shot`), and text->video /
-  video->text retrieval with each video's first caption, reported twice: plain cosine ranking (`retrieval/...`)
+  video->text retrieval with each video's first caption (or every caption, or its paragraph:
+  `config.retrieval.captions`), reported twice: plain cosine ranking (`retrieval/...`)
   and with dual-softmax re-ranking (`retrieval_dsl/...`), so numbers are never ambiguous.
 """
 import jax
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from invideo_jax import losses
+from invideo_jax.data import pipeline
 from invideo_jax.data.tokenizer import load_tokenizer
 from invideo_jax.evaluate import loop, multiview, retrieval, zero_shot
 from invideo_jax.models.multimodal import VideoTextModel
@@ -99,14 +101,26 @@ def rerank_k(config) -> int:
     return config.rerank.k if "rerank" in config else 0
 
 
+def caption_protocol(config) -> str:
+    """`config.retrieval.captions` (no such field: 'first'), checked; matching re-ranking needs 'first'."""
+    protocol = config.retrieval.captions if "retrieval" in config else "first"
+    if protocol not in retrieval.CAPTION_PROTOCOLS:
+        raise ValueError(f"retrieval.captions={protocol!r} must be one of {retrieval.CAPTION_PROTOCOLS}")
+    if protocol != "first" and rerank_k(config):
+        raise ValueError(f"retrieval.captions={protocol!r}: matching re-ranking (rerank.k) supports 'first' only")
+    return protocol
+
+
 def evaluate_video_text(state, predict, mesh, config, encode_text, tokenizer, match=None) -> dict:
     """Retrieval (plain and dual-softmax) and, with `config.zero_shot.class_names`, zero-shot classification on the
     eval split; shared by the video-text tasks (videotext, align).
 
     `predict` gives per-view `video_features` and `text_features` (and optionally `audio_video_features`, reported
-    as `retrieval_av/...`); each video's views' unit features are averaged and normalised, and its first caption is
-    its text. `encode_text(params, batch_stats, ids)` -> (N, E) text
-    features of the zero-shot prompts, `tokenizer()` -> the data's tokenizer (called only for zero-shot).
+    as `retrieval_av/...`); each video's views' unit features are averaged and normalised. Its texts follow
+    `config.retrieval.captions` (`retrieval.CAPTION_PROTOCOLS`): 'first' (default) uses the first caption `predict`
+    encoded; 'all' and 'paragraph' read every caption of the eval annotations and encode them here.
+    `encode_text(params, batch_stats, ids)` -> (N, E) text features (of those captions and the zero-shot prompts),
+    `tokenizer()` -> the data's tokenizer (called only for them).
 
     Matching re-ranking (`config.rerank.k` > 0 and `match`): `predict` also gives per-view `context` tokens and the
     caption's `text_hidden` / `text_mask`; each video's views' context tokens are averaged (as the official averages
@@ -124,14 +138,22 @@ def evaluate_video_text(state, predict, mesh, config, encode_text, tokenizer, ma
         return zero_shot.l2_normalize(pooled)
 
     video = per_video(out["video_features"])
-    text = zero_shot.l2_normalize(out["text_features"][keep][first_view])
-    result = {"num_videos": len(videos)}
+    protocol = caption_protocol(config)
+    if protocol == "first":
+        text, text_to_video = zero_shot.l2_normalize(out["text_features"][keep][first_view]), np.arange(len(videos))
+    else:
+        source = pipeline.make_source(config.data, "eval")
+        texts, text_to_video = retrieval.caption_queries([source[int(i)][0].captions for i in videos], protocol)
+        encode = jax.jit(encode_text)
+        text = zero_shot.l2_normalize(zero_shot.encode_texts(
+            lambda ids: encode(state.params, state.batch_stats, ids), tokenizer(), texts))
+    result = {"num_videos": len(videos), "num_texts": len(text_to_video)}
     sides = [("", video)]
     if "audio_video_features" in out:  # the align task with audio: retrieval of the audio-visual features too
         sides.append(("_av", per_video(out["audio_video_features"])))
     for side, features in sides:
         for prefix, dual_softmax in (("retrieval", False), ("retrieval_dsl", True)):
-            metrics = retrieval.retrieval_metrics(text @ features.T, np.arange(len(videos)), dual_softmax=dual_softmax)
+            metrics = retrieval.retrieval_metrics(text @ features.T, text_to_video, dual_softmax=dual_softmax)
             result.update({f"{prefix}{side}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
     k = rerank_k(config)
     if match is not None and k:
