@@ -78,7 +78,7 @@ class QFormerAlign(nn.Module):
 
     def caption_logits(self, hidden):
         h = self.caption_norm(nn.gelu(self.caption_transform(hidden), approximate=False))
-        word = self.qformer.variables["params"]["word"]
+        word = nn.unbox(self.qformer.variables["params"]["word"])
         return (jnp.einsum("bld,vd->blv", h.astype(jnp.float32), jnp.asarray(word, jnp.float32))
                 + self.caption_bias.astype(jnp.float32))
 
