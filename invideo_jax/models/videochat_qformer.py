@@ -73,6 +73,8 @@ class QFormerAlign(nn.Module):
         text_features = _unit(self.text_proj(text_hidden[:, 0]))
         _, caption_hidden = self.qformer(vision, caption_ids, text_mask, train=train, causal_text=True,
                                          return_text=True)
+        if self.is_initializing():  # creates `itm_head`, which the task calls through `match`
+            self.match(vision, text, text_mask)
         return {"query_features": query_features, "text_features": text_features, "vision": vision,
                 "temp": self.temp, "caption_logits": self.caption_logits(caption_hidden)}
 
