@@ -49,6 +49,7 @@ def check(before, after, frozen, may_stay=lambda path: False):
     assert any(not np.array_equal(before[p], after[p]) for p in before if not frozen(p))
 
 
+@pytest.mark.slow
 def test_stage1_qformer_alignment_trains_with_the_encoder_frozen():
     config = recipes.get_config("tiny,stage=1,dtype=float32,remat=none,epoch_steps=10")
     config.batch_size = B
@@ -101,6 +102,7 @@ def lm_batch(tok_dir, config, qa, instruction_ids=False):
     return batch
 
 
+@pytest.mark.slow
 def test_stage2_captioning_trains_bridge_and_encoder_with_the_llm_frozen(tok_dir):
     config = recipes.get_config("tiny,stage=2,dtype=float32,remat=none,epoch_steps=10")
     config.videochat.update(llm_tokenizer=tok_dir, max_text_tokens=48)
@@ -111,6 +113,7 @@ def test_stage2_captioning_trains_bridge_and_encoder_with_the_llm_frozen(tok_dir
     check(before, after, lambda p: p.startswith("llm/"))
 
 
+@pytest.mark.slow
 def test_stage3_instruction_tuning_trains_lora_and_reads_the_instruction(tok_dir):
     config = recipes.get_config("tiny,stage=3,dtype=float32,remat=none,epoch_steps=10")
     config.model.kwargs.qformer_config.text_input = True
