@@ -1,21 +1,43 @@
-"""InternVideo2 stage 3 / VideoChat2: the size tables and the model of each variant (kwargs of models.videochat).
+"""InternVideo2 stage 3 / VideoChat2: the size tables, the model of each variant and the three training stages.
 
-  python -c "from configs import videochat2; print(videochat2.get_config('8b'))"
+  python -m invideo_jax.main --config=configs/videochat2.py:8b,stage=1 --workdir=W1 \
+      --config.data.train_annotations=CAPTIONS.json --config.data.root=VIDEOS
+  python -m invideo_jax.main --config=configs/videochat2.py:8b,stage=2 --workdir=W2 \
+      --config.init_from.stage1.checkpoint=W1/checkpoints --config.init_from.llm.checkpoint=LLM_CKPT \
+      --config.videochat.llm_tokenizer=MISTRAL_DIR --config.data.train_annotations=CAPTIONS.json
+  python -m invideo_jax.main --config=configs/videochat2.py:8b,stage=3,epoch_steps=N --workdir=W3 \
+      --config.init_from.stage1.checkpoint=W1/checkpoints --config.init_from.stage2.checkpoint=W2/checkpoints \
+      --config.videochat.llm_tokenizer=MISTRAL_DIR --config.videochat.instruction_files="(('IT.json', 'ROOT'),)"
+  python -m invideo_jax.aot --config=configs/videochat2.py:8b,stage=3 --topology=v5p-32 --predict=false
 
-Variants (`get_config(arg)`, arg 'VARIANT[,frames=8,scan=True,remat=full,dtype=bfloat16,lora=True]'):
+Variants (`get_config(arg)`, arg 'VARIANT[,stage=3,frames=0,epoch_steps=1000,scan=True,remat=full,dtype=bfloat16,
+lora=True]'; frames 0 = the stage's official count: 4 in stages 1 and 2, 8 in stage 3):
   8b       InternVideo2-Chat-8B: InternVideo2-1B (39 of 40 blocks, CLS kept, exact GELU) + Q-Former (32 + 64 queries;
            its file holds the text embeddings and FFNs, but its chat passes no instruction) +
-           Mistral-7B-Instruct-v0.3 with LoRA on every linear layer and the head
+           Mistral-7B-Instruct-v0.3 with LoRA on every linear layer and the head; template 'internvideo2'
   mistral  VideoChat2-Mistral: UMT-L/16 (23 of 24 blocks) + Q-Former with instruction text + Mistral-7B-Instruct-v0.2,
-           LoRA as above
+           LoRA as above; template 'mistral'
   vicuna   VideoChat2-Vicuna: UMT-L/16 + Q-Former with instruction text + Vicuna-7B v0, LoRA on q_proj / v_proj
-           (peft's LLaMA default)
-  tiny     a few-million-parameter model of the 8b layout, for tests
-LoRA r=16, alpha=32, dropout 0.1 (the released recipe); the base LLM is frozen (`optim.frozen`), everything else
-trains. The stage-3 recipe: 8 frames, 4 clips per GPU on 32 GPUs (global batch 128), AdamW lr 2e-5, weight decay 0.02,
-cosine schedule with warm-up 0.6 epoch from a floor of 0.25 x lr, 3 epochs, prompts up to 512 text tokens + 96 visual.
-The training task and data are the next issue's: `config.task` names it, and this config serves today to build the
-model abstractly (`build_model`, the parameter counts below) and, with the AOT entry point, to compile its step.
+           (peft's LLaMA default); template 'vicuna'
+  tiny     a few-million-parameter model of the 8b layout, for tests; template 'mistral'
+
+Stages (train/tasks/videochat_qformer.py, train/tasks/videochat.py; the official AdamW 0.9/0.999, weight decay 0.02
+on every >= 2-D parameter, query tokens included, cosine per step with warm-up from the floor min_lr_multi x lr, no
+gradient clipping; global batch = the per-GPU batch x 32 GPUs of the slurm scripts; `epoch_steps` = records / global
+batch sets total_steps = epochs x epoch_steps and the warm-up):
+  1  Q-Former alignment (VTC + VTM + captioning, weights 1), encoder frozen, 32 queries; captions (json annotations,
+     BERT tokenizer, 32 tokens); 4 frames, batch 128 x 32, lr 1e-4, 10 epochs, warm-up 0.2 epoch, floor 0.01
+  2  captioning through the frozen LLM: encoder, Q-Former (no text), 96 queries and projection train; the caption
+     answers "Describe the following video concisely."; 4 frames, batch 16 x 32, max 32 text tokens, lr 1e-4,
+     1 epoch, warm-up 0.2, floor 0.01. init_from: stage1 (encoder, vision_layernorm, Q-Former query side) and
+     llm (a checkpoint of this model's layout holding params/llm, e.g. converted from the Hugging Face directory)
+  3  instruction tuning: encoder, Q-Former (reading the instruction), queries, projection and LoRA (r 16, alpha 32,
+     dropout 0.1) train, the base LLM is frozen; 8 frames, batch 4 x 32 = 128, 512 text tokens + 96 visual, lr 2e-5,
+     3 epochs, warm-up 0.6, floor 0.25. init_from: stage1 (the Q-Former text embeddings and FFNs, P6) then stage2
+Data augmentation as the official: one random frame per segment, RandomResizedCrop(224, scale 0.5-1) + flip,
+ImageNet mean/std. BOS (P1): we train with the real BOS embedding at position 0 (the official stage-3 training
+writes the integer id there); see data/instruction.py. Official numbers: InternVideo2-Chat-8B MVBench 60.3,
+VideoChat2-Mistral 60.4, VideoChat2-Vicuna 51.1.
 
 Parameter counts (checked by tests/test_videochat_sizes.py; the LLMs equal transformers' own count of the official
 configs, built on the meta device):
@@ -25,12 +47,15 @@ configs, built on the meta device):
   trainable (everything but the base LLM) 1,219,837,056
 """
 import jax.numpy as jnp
+import ml_collections
 
 from configs import common, internvideo2
 from invideo_jax.models import llm as llm_lib
 from invideo_jax.models import lora
 from invideo_jax.models.internvideo2 import InternVideo2
 from invideo_jax.models.videochat import VideoChat
+from invideo_jax.models.videochat_qformer import QFormerAlign
+from invideo_jax.train.tasks import videochat as videochat_task
 
 LLM_SIZES = {  # transformers config.json values of the official checkpoints
     "vicuna_7b": dict(vocab_size=32001, width=4096, depth=32, num_heads=32, num_kv_heads=32, mlp_dim=11008,
@@ -54,8 +79,18 @@ VARIANTS = {  # vision, LLM size, Q-Former text parameters, LoRA targets
     "vicuna": ("umt_l16", "vicuna_7b", True, r"(q|v)_proj$"),
     "tiny": ("tiny", "tiny", False, llm_lib.LORA_ALL_LINEAR),
 }
-STAGE3 = dict(batch_size=128, base_lr=2e-5, weight_decay=0.02, warmup_epochs=0.6, min_lr_ratio=0.25, epochs=3,
-              max_text_tokens=512)
+# The official per-stage recipes (config_7b_stage{1,2,3}.py): global batch (per GPU x 32), peak lr, warm-up epochs,
+# min_lr_multi, epochs, frames, text tokens.
+STAGES = {
+    1: dict(batch_size=128 * 32, base_lr=1e-4, warmup_epochs=0.2, min_lr_ratio=0.01, epochs=10, frames=4,
+            max_text_tokens=32),
+    2: dict(batch_size=16 * 32, base_lr=1e-4, warmup_epochs=0.2, min_lr_ratio=0.01, epochs=1, frames=4,
+            max_text_tokens=32),
+    3: dict(batch_size=4 * 32, base_lr=2e-5, warmup_epochs=0.6, min_lr_ratio=0.25, epochs=3, frames=8,
+            max_text_tokens=512),
+}
+WEIGHT_DECAY = 0.02
+TEMPLATES = {"8b": "internvideo2", "mistral": "mistral", "vicuna": "vicuna", "tiny": "mistral"}
 
 
 def vision_config(name: str, frames: int = 8, image_size: int = 224, **overrides) -> tuple:
@@ -87,21 +122,51 @@ def model_kwargs(variant: str, frames: int = 8, scan: bool = True, remat: str = 
     return dict(vision_kind=kind, vision_config=vision_kwargs, qformer_config=qformer, llm_config=llm)
 
 
-def build_model(config) -> VideoChat:
+def build_model(config):
+    """The model of a stage config: QFormerAlign (stage 1) or VideoChat."""
     kwargs = config.model.kwargs.to_dict() if hasattr(config.model.kwargs, "to_dict") else dict(config.model.kwargs)
-    return VideoChat(**kwargs)
+    return (QFormerAlign if config.task == "videochat2_qformer" else VideoChat)(**kwargs)
+
+
+def stage_model_kwargs(variant: str, stage: int, frames: int, scan: bool, remat: str, dtype, lora: bool) -> dict:
+    """The kwargs of a stage's model: stage 1 QFormerAlign (32 queries, text), stage 2 VideoChat without Q-Former
+    text and LoRA, stage 3 the variant's VideoChat."""
+    kwargs = model_kwargs(variant, frames, scan, remat, dtype, lora and stage == 3)
+    if stage == 1:
+        qformer = dict(kwargs["qformer_config"], num_extra_query=0, text_input=True)
+        return dict(vision_kind=kwargs["vision_kind"], vision_config=kwargs["vision_config"], qformer_config=qformer,
+                    embed_dim=qformer["width"])
+    if stage == 2:
+        kwargs["qformer_config"]["text_input"] = False
+    return kwargs
 
 
 def get_config(arg=None):
-    arg = common.parse_arg(arg, variant="8b", frames=8, scan=True, remat="full", dtype="bfloat16", lora=True)
-    kwargs = model_kwargs(arg.variant, arg.frames, arg.scan, arg.remat, jnp.dtype(arg.dtype), arg.lora)
-    c = common.train_config("videochat2_instruct", kwargs, model_name="videochat")
-    c.data.num_frames = arg.frames
-    c.batch_size = STAGE3["batch_size"]
-    c.optim.update(base_lr=STAGE3["base_lr"], lr_batch_denom=0, weight_decay=STAGE3["weight_decay"], clip_grad=0.0,
-                   warmup_lr=STAGE3["base_lr"] * STAGE3["min_lr_ratio"],
-                   min_lr=STAGE3["base_lr"] * STAGE3["min_lr_ratio"])
-    if arg.lora:
-        c.optim.frozen = (lora.frozen_base("llm/"),)
-    c.max_text_tokens = STAGE3["max_text_tokens"]
+    arg = common.parse_arg(arg, variant="8b", stage=3, frames=0, epoch_steps=1000, scan=True, remat="full",
+                           dtype="bfloat16", lora=True)
+    if arg.stage not in STAGES:
+        raise ValueError(f"config arg stage={arg.stage}: expected 1, 2 or 3")
+    recipe = STAGES[arg.stage]
+    frames = arg.frames or recipe["frames"]
+    kwargs = stage_model_kwargs(arg.variant, arg.stage, frames, arg.scan, arg.remat, jnp.dtype(arg.dtype), arg.lora)
+    task = "videochat2_qformer" if arg.stage == 1 else "videochat2"
+    c = common.train_config(task, kwargs, model_name="videochat")
+    c.data.update(num_frames=frames, sampling="segment", train_crop="rrc", rrc_scale=(0.5, 1.0), normalize="imagenet")
+    c.batch_size = recipe["batch_size"]
+    c.total_steps = int(recipe["epochs"] * arg.epoch_steps)
+    c.optim.update(base_lr=recipe["base_lr"], lr_batch_denom=0, weight_decay=WEIGHT_DECAY, clip_grad=0.0,
+                   warmup_steps=int(recipe["warmup_epochs"] * arg.epoch_steps),
+                   warmup_lr=recipe["base_lr"] * recipe["min_lr_ratio"],
+                   min_lr=recipe["base_lr"] * recipe["min_lr_ratio"])
+    c.mesh.update(dict(data=1, fsdp=-1))  # FSDP over every chip (docs/scale.md)
+    c.eval_batch_size = c.batch_size
+    if arg.stage == 1:
+        c.data.update(format="json", tokenizer="bert", text_length=recipe["max_text_tokens"])
+        c.loss = ml_collections.ConfigDict(dict(vtc=1.0, vtm=1.0, cap=1.0))
+        c.optim.frozen = ("vision_encoder/",)
+        return c
+    c.videochat = videochat_task.default_videochat_config()
+    c.videochat.update(stage=arg.stage, template=TEMPLATES[arg.variant], max_text_tokens=recipe["max_text_tokens"])
+    c.init_from = videochat_task.stage_init_from(arg.stage, kwargs)
+    c.optim.frozen = (lora.frozen_base("llm/"),) if arg.stage == 3 and arg.lora else ("llm/",)
     return c

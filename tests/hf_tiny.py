@@ -55,13 +55,15 @@ TEXTS = ["a video of a cat playing with a red ball", "the dog runs across the gr
          "a person is cooking dinner in the kitchen", "the answer is (A) the ball"] * 4
 
 
-def train_tokenizer(path: str, vocab_size: int = 120) -> int:
+def train_tokenizer(path: str, vocab_size: int = 120, split_words: bool = False) -> int:
     """A LLaMA-style BPE tokenizer (Metaspace, byte fallback, <unk> <s> </s> = 0 1 2) trained on TEXTS and saved as
-    `path`/tokenizer.json + tokenizer_config.json; returns its vocabulary size."""
+    `path`/tokenizer.json + tokenizer_config.json; returns its vocabulary size. `split_words`: no merge spans a
+    space (as SentencePiece's pieces, which the official VideoChat2 masking arithmetic relies on)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     backend = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
-    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first",
+                                                     split=split_words)
     backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
                                          decoders.Strip(content=" ", left=1)])
     backend.train_from_iterator(TEXTS, trainers.BpeTrainer(vocab_size=vocab_size,

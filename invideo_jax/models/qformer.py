@@ -47,10 +47,11 @@ class QFormerLayer(BertLayer):
         mlp = lambda name: layers.Mlp(self.mlp_dim, self.act, name=name, **kw)
         x = add_norm(x, attention("attn")(x, mask=mask), "attn_norm")
         query, text = x[:, :num_query], x[:, num_query:]
-        if self.cross_attention:
-            y = attention("cross_attn")(query, context=context.astype(self.dtype), mask=context_mask)
-            query = add_norm(query, y, "cross_norm")
-        query = add_norm(query, mlp("query_mlp")(query), "query_mlp_norm")
+        if num_query:
+            if self.cross_attention:
+                y = attention("cross_attn")(query, context=context.astype(self.dtype), mask=context_mask)
+                query = add_norm(query, y, "cross_norm")
+            query = add_norm(query, mlp("query_mlp")(query), "query_mlp_norm")
         if text.shape[1]:
             text = add_norm(text, mlp("mlp")(text), "mlp_norm")
         return layers.constrain(jnp.concatenate([query, text], axis=1))
@@ -84,20 +85,26 @@ class QFormer(nn.Module):
         return self.num_query + self.num_extra_query
 
     @nn.compact
-    def __call__(self, vision, text_ids=None, text_mask=None, vision_mask=None, *, train: bool = False):
+    def __call__(self, vision, text_ids=None, text_mask=None, vision_mask=None, *, train: bool = False,
+                 use_queries: bool = True, causal_text: bool = False, return_text: bool = False):
         """vision (B, N, E); text_ids / text_mask (B, L) the instruction (left- or right-padded, mask 1 = token);
-        vision_mask (B, N) (default all). Returns the query outputs (B, Q + Q', width)."""
+        vision_mask (B, N) (default all). Returns the query outputs (B, Q + Q', width).
+
+        Stage 1 (BLIP-2 style alignment) also runs: the text alone (`use_queries` False: a BERT encoder, vision
+        unused), and captioning (`causal_text`: the UniLM mask, queries see the queries, each text token the queries
+        and the text up to itself). `return_text`: (query outputs, text outputs (B, L, width))."""
         if text_ids is not None and not self.text_input:
             raise ValueError("this Q-Former has no text input (text_input=False): give no instruction")
-        batch = vision.shape[0]
+        batch = vision.shape[0] if text_ids is None else text_ids.shape[0]
         queries = self.param("query_tokens", logical(nn.initializers.normal(0.02), (None, None, "embed")),
                              (1, self.num_query, self.width), self.param_dtype)
         if self.num_extra_query:
             extra = self.param("extra_query_tokens", logical(layers.zeros, (None, None, "embed")),
                                (1, self.num_extra_query, self.width), self.param_dtype)
             queries = jnp.concatenate([queries, extra], axis=1)
-        x = jnp.broadcast_to(queries, (batch,) + queries.shape[1:]).astype(jnp.float32)
-        mask = jnp.ones((batch, self.num_queries), bool)
+        num_query = self.num_queries if use_queries else 0
+        x = jnp.broadcast_to(queries, (batch,) + queries.shape[1:]).astype(jnp.float32)[:, :num_query]
+        mask = jnp.ones((batch, num_query), bool)
         if text_ids is not None:
             length = text_ids.shape[1]
             if length > self.max_len:
@@ -113,6 +120,10 @@ class QFormer(nn.Module):
         x = layers.Norm("layernorm", self.norm_eps, self.param_dtype, name="embeddings_norm")(x)
         x = nn.Dropout(self.dropout)(x, deterministic=not train).astype(self.dtype)
         attn_mask = mask[:, None, None, :]
+        if causal_text:
+            slots = jnp.arange(mask.shape[1])
+            sees = (slots[None, :] < num_query) | ((slots[:, None] >= num_query) & (slots[None, :] <= slots[:, None]))
+            attn_mask = attn_mask & sees[None, None]
         vision_mask = None if vision_mask is None else vision_mask.astype(bool)[:, None, None, :]
         layer_cls = QFormerLayer
         if self.remat != "none":
@@ -122,8 +133,8 @@ class QFormer(nn.Module):
             layer = layer_cls(self.num_heads, self.mlp_dim, i % self.cross_attention_freq == 0, self.norm_eps,
                               self.act, self.dropout, self.attn_impl, self.dtype, self.param_dtype, name=f"layer_{i}")
             rate = None if rates[i] is None else float(rates[i])
-            x = layer(x, attn_mask, self.num_queries, vision, vision_mask, rate, not train)
-        return x[:, :self.num_queries]
+            x = layer(x, attn_mask, num_query, vision, vision_mask, rate, not train)
+        return (x[:, :num_query], x[:, num_query:]) if return_text else x[:, :num_query]
 
     def dummy_inputs(self, batch: int = 1) -> tuple:
         """(vision, text_ids) that create every param at init (text_ids None without text input)."""

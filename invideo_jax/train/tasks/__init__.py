@@ -19,6 +19,8 @@ TASKS = {
     "videotext": "invideo_jax.train.tasks.videotext",
     "align": "invideo_jax.train.tasks.align",
     "distill": "invideo_jax.train.tasks.distill",
+    "videochat2_qformer": "invideo_jax.train.tasks.videochat_qformer",
+    "videochat2": "invideo_jax.train.tasks.videochat",
 }
 
 
