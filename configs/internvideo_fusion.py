@@ -19,6 +19,9 @@ ARG options: classes=710, frames=16, fusion=4, direction=multimodal_queries, epo
 train_size=658340, scan=True, remat=full, dtype=bfloat16.
 Parameter counts (jax.eval_shape; tests/test_configs.py): 1,041,664,462 in all, 56,370,894 trainable (the four
 fusion blocks, the head and the 1024-wide query token).
+
+Fits (TPU compiler via `python -m invideo_jax.aot`, docs/scale.md; bf16, remat=full, FSDP over every chip): batch
+256 on v5e-16 (16 clips per chip, peak 13.5 of 16 GiB).
 """
 import ml_collections
 

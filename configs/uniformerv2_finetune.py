@@ -21,6 +21,9 @@ dropout 0.5 in the global MLPs and before the head; softmax averaged over test v
     22 epochs (5 warm-up), no flip, test 1 clip x 3 crops.
 Expect top-1 (published, from CLIP-400M): Kinetics-400 84.4 (B/16, 8x3x4), 87.7 (L/14); with K710 post-pretraining
 85.6 (B/16), 88.8 (L/14, 8 frames), 89.7 (L/14@336, 32 frames). SSv2: 69.5 (B/16, 16 frames), 72.1 (L/14, 16).
+
+Fits (TPU compiler via `python -m invideo_jax.aot`, docs/scale.md; bf16, remat=full, FSDP over every chip): L/14 with
+710 classes at batch 512 on v5e-16 with `--config.grad_accum_steps=2` (16 clips per chip, peak 12.3 of 16 GiB).
 """
 from configs import common
 

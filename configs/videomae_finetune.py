@@ -27,7 +27,9 @@ SSv2 L. The other sizes/datasets (vit_g; ssv2 with s/l/h) take the ViT-B values 
 Fits (TPU compiler via `python -m invideo_jax.aot`, docs/scale.md) with the defaults (bf16, remat=full, FSDP over
 every chip, 1568 tokens): ViT-B on v5e-4 with 4 clips per chip per microbatch peaks at 2.06 GiB per chip (XLA
 attention) and 1.25 GiB with `attn=tpu_flash`; the paper batch 384 puts 24 clips on each chip of a v5e-16, so use
-`--config.grad_accum_steps=6` there (4 clips per chip, as compiled). ViT-L / H at paper batch were not compiled.
+`--config.grad_accum_steps=6` there (4 clips per chip, as compiled); at paper batch, ViT-B 384 on v5e-16 with
+`grad_accum_steps=2` (12 clips, 4.4 GiB), ViT-L 128 on v5e-16 (8 clips, 4.4 GiB), ViT-H 384 on v5e-32 with
+`grad_accum_steps=2` (6 clips, 4.4 GiB).
 """
 from configs import common
 from configs.videomae_pretrain import VARIANTS

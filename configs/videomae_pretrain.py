@@ -15,9 +15,9 @@ Kinetics-400 (normalised targets).
 Fits (TPU compiler via `python -m invideo_jax.aot`, docs/scale.md) with the defaults (bf16, remat=full, FSDP over
 every chip): ViT-B at batch 2048 on v5e-8 with `--config.grad_accum_steps=8` (32 clips per chip per microbatch, peak
 10.7 of 16 GiB per chip), ViT-L at batch 512 on v5e-8 with `grad_accum_steps=4` (16 clips, 7.8 GiB); a slice k times
-larger holds the same clips per chip with k times less accumulation (v5e-64 / v5e-32 with the default 1). ViT-H and
-V2-g (`vit_g,v2=True`, batch 2048) were not compiled at paper scale (the shared build machine's compile times);
-start V2-g from v5e-32 with `grad_accum_steps=8`.
+larger holds the same clips per chip with k times less accumulation (v5e-64 / v5e-32 with the default 1). ViT-H at
+batch 1024 on v5e-32 with `grad_accum_steps=4` (8 clips, 3.9 GiB); V2-g (`vit_g,v2=True`) at batch 2048 on v5e-32
+with `grad_accum_steps=8` (8 clips, 4.2 GiB).
 """
 from configs import common
 
