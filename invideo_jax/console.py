@@ -15,12 +15,20 @@ from absl import flags, logging
 LOG_FILE = "log.txt"
 # Lines logged between `quiet()` and `log_to_file` (e.g. by distributed.initialize), kept for the log file.
 _early = MemoryHandler(capacity=100_000, flushLevel=py_logging.CRITICAL + 1)
+# Orbax warns when a restored directory has no step metadata file; `init_from` restores a step's `state` item, whose
+# metadata sits one level up, so every restore would warn. The warning still goes to the log file.
+LOG_FILE_ONLY = ("Metadata file does not exist",)
+
+
+def _for_terminal(record) -> bool:
+    return not str(record.msg).startswith(LOG_FILE_ONLY)
 
 
 def quiet() -> None:
     """The terminal shows warnings and errors only, unless --alsologtostderr / --logtostderr."""
     if not (flags.FLAGS.alsologtostderr or flags.FLAGS.logtostderr):
         logging.get_absl_handler().setLevel(py_logging.WARNING)
+    logging.get_absl_handler().addFilter(_for_terminal)
     py_logging.getLogger().addHandler(_early)
 
 
