@@ -25,7 +25,7 @@ from jax.sharding import PartitionSpec as P
 from invideo_jax import distributed, sharding
 from invideo_jax.data import pipeline
 from invideo_jax.files import atomic_write
-from invideo_jax.train import checkpoint, init_from, metrics as metrics_lib, optim
+from invideo_jax.train import checkpoint, ema, init_from, metrics as metrics_lib, optim
 from invideo_jax.train.state import TrainState
 from invideo_jax.train.tasks import get_task
 
@@ -68,26 +68,30 @@ def example_batch(config, batch_size):
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), batch_shapes(config, batch_size))
 
 
-def state_shardings(boxed, tx, mesh, rule_table):
+def state_shardings(boxed, tx, mesh, rule_table, with_ema: bool = False):
     """(abstract TrainState with shardings, TrainState of shardings) from the abstract variables' logical names.
 
     `boxed`: `jax.eval_shape(task.init_variables, ...)`, whose leaves still carry their logical axis names.
+    `with_ema`: the state holds a moving average of the parameters, sharded like them.
     """
     param_sh = sharding.logical_shardings(boxed["params"], mesh, rule_table)
     stats_sh = sharding.logical_shardings(boxed.get("batch_stats", {}), mesh, rule_table)
     abstract_params = sharding.strip_boxes(boxed["params"])
     opt_sh = sharding.opt_state_shardings(tx, abstract_params, param_sh)
     repl = sharding.replicated(mesh)
-    shardings = TrainState(step=repl, params=param_sh, opt_state=opt_sh, batch_stats=stats_sh, rng=repl)
+    shardings = TrainState(step=repl, params=param_sh, opt_state=opt_sh, batch_stats=stats_sh, rng=repl,
+                           ema_params=param_sh if with_ema else {})
     abstract = jax.eval_shape(lambda: TrainState(
         step=jnp.zeros((), jnp.int32), params=abstract_params, opt_state=tx.init(abstract_params),
-        batch_stats=sharding.strip_boxes(boxed.get("batch_stats", {})), rng=jax.random.PRNGKey(0)))
+        batch_stats=sharding.strip_boxes(boxed.get("batch_stats", {})), rng=jax.random.PRNGKey(0),
+        ema_params=abstract_params if with_ema else {}))
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     return abstract, shardings
 
 
-def make_train_step(task, tx, schedule, grad_accum_steps: int = 1):
+def make_train_step(task, tx, schedule, grad_accum_steps: int = 1, ema_decay: float = 0.0):
     """A pure step: new state and metrics. A non-finite loss or gradient leaves params and optimiser untouched.
+    `ema_decay` > 0 also moves `state.ema_params` towards the new params (train/ema.py).
 
     `grad_accum_steps` = k > 1 splits the global batch into k microbatches (example i goes to microbatch i mod k, so
     each stays spread over the batch shards) and scans over them inside the step: the gradient, loss and metrics are
@@ -132,6 +136,9 @@ def make_train_step(task, tx, schedule, grad_accum_steps: int = 1):
         new_state = state.replace(
             step=state.step + 1, rng=rng, params=keep(params, state.params),
             opt_state=keep(opt_state, state.opt_state), batch_stats=keep(batch_stats, state.batch_stats))
+        if ema_decay:
+            new_state = new_state.replace(ema_params=keep(ema.update(state.ema_params, params, ema_decay),
+                                                          state.ema_params))
         metrics = dict(metrics, grad_norm=grad_norm, lr=schedule(state.step), skipped=1 - finite.astype(jnp.int32))
         if "bad" in batch:
             metrics["bad_videos"] = batch["bad"].sum()
@@ -203,6 +210,7 @@ def train(config, workdir: str, stop_after: int = 0):
     nonfinite = config.get("nonfinite", "skip")
     if nonfinite not in NONFINITE:
         raise ValueError(f"config.nonfinite={nonfinite!r}: expected one of {NONFINITE}")
+    ema_decay = ema.check_decay(config.get("ema_decay", 0.0))
     os.makedirs(workdir, exist_ok=True)
     start_time = time.perf_counter()
     mesh = sharding.make_mesh(config.mesh)
@@ -218,14 +226,15 @@ def train(config, workdir: str, stop_after: int = 0):
         boxed = jax.eval_shape(task.init_variables, jax.random.PRNGKey(0), batch)
         tx, schedule = optim.make_optimizer(config.optim, sharding.strip_boxes(boxed["params"]),
                                             total_steps=config.total_steps, global_batch=config.batch_size)
-        abstract, shardings = state_shardings(boxed, tx, mesh, rule_table)
+        abstract, shardings = state_shardings(boxed, tx, mesh, rule_table, with_ema=bool(ema_decay))
 
         def init_state(rng):
             init_rng, state_rng = jax.random.split(rng)
             variables = nn.unbox(task.init_variables(init_rng, batch))
             return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                               opt_state=tx.init(variables["params"]),
-                              batch_stats=variables.get("batch_stats", {}), rng=state_rng)
+                              batch_stats=variables.get("batch_stats", {}), rng=state_rng,
+                              ema_params=variables["params"] if ema_decay else {})  # own copy after init_from
 
         # ------------------------------------------------------------ data
         # A task may read its batches from elsewhere (distill: stored teacher targets).
@@ -243,10 +252,12 @@ def train(config, workdir: str, stop_after: int = 0):
             for source in init_sources(config, task):
                 state = state.replace(params=init_from.restore_subtrees(state.params, source),
                                       batch_stats=init_from.restore_batch_stats(state.batch_stats, source))
+            if ema_decay:
+                state = state.replace(ema_params=ema.start(state.params))
             start_step = 0
 
         # ------------------------------------------------------------ steps
-        train_step = jax.jit(make_train_step(task, tx, schedule, config.get("grad_accum_steps", 1)),
+        train_step = jax.jit(make_train_step(task, tx, schedule, config.get("grad_accum_steps", 1), ema_decay),
                              in_shardings=(shardings, batch_sh), out_shardings=(shardings, sharding.replicated(mesh)),
                              donate_argnums=(0,))
         predict = jax.jit(task.predict, in_shardings=(shardings.params, shardings.batch_stats, batch_sh))
@@ -273,6 +284,8 @@ def train(config, workdir: str, stop_after: int = 0):
                                         "unchanged; see 'skipped' in metrics.jsonl)", summary["skipped"], step)
                 if evaluate and config.eval_every and step % config.eval_every == 0 and step != config.total_steps:
                     _log_eval(writer, step, evaluate(state, predict, mesh))
+                    if ema_decay:
+                        _log_eval(writer, step, evaluate(_with_ema_weights(state), predict, mesh), "eval_ema")
                 preempted = sigterm.agreed()
                 stopping = step == stop_after or preempted
                 ckpt.save(step, state, data_iterator=train_iter, force=stopping or step == config.total_steps)
@@ -297,6 +310,10 @@ def train(config, workdir: str, stop_after: int = 0):
             result["eval"] = evaluate(state, predict, mesh)
             _log_eval(writer, config.total_steps, result["eval"])
             predictions = result["eval"].pop("predictions", None)
+            if ema_decay:
+                result["eval_ema"] = evaluate(_with_ema_weights(state), predict, mesh)
+                result["eval_ema"].pop("predictions", None)
+                _log_eval(writer, config.total_steps, result["eval_ema"], "eval_ema")
         writer.close()
         ckpt.close()
     result["wall_s"] = round(time.perf_counter() - start_time, 1)
@@ -323,8 +340,13 @@ def _stop_on_nonfinite(step, pending, writer, progress, ckpt):
         + " (a restart resumes there; config.nonfinite='skip' steps over such batches)")
 
 
-def _log_eval(writer, step, result):
-    writer.write(step, {f"eval/{k}": v for k, v in result.items() if k != "predictions"})
+def _log_eval(writer, step, result, prefix: str = "eval"):
+    writer.write(step, {f"{prefix}/{k}": v for k, v in result.items() if k != "predictions"})
+
+
+def _with_ema_weights(state):
+    """The state with the moving average in place of the parameters (what evaluation reads)."""
+    return state.replace(params=state.ema_params)
 
 
 def init_sources(config, task) -> list:
