@@ -61,7 +61,6 @@ def train_config(task: str, model_kwargs: dict, model_name: str = "vit") -> ml_c
     c.log_every = 50
     c.checkpoint_every = 1000
     c.keep_checkpoints = 3
-    c.ema_decay = 0.0  # > 0: a moving average of the weights, evaluated and checkpointed (train/ema.py)
     c.nonfinite = "skip"  # non-finite loss/gradient: "skip" the step (counted, logged) or "stop" the run with an error
     c.eval_every = 0  # 0: evaluate only at the end
     # Classification evaluated on another label set that the head covers (K710 -> K400/600/700): class-name files.

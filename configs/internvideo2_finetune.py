@@ -34,9 +34,9 @@ Every recipe: AdamW (0.9, 0.999), weight decay 0.05 (probes 0), warm-up from 1e-
 the official learning rates scaled by clips / 256 (`total_batch_size * num_sample / 256`, also the minimum and
 warm-up rates), RandAugment m7-n4-mstd0.5 (probes m5-n2-mstd0.25), random resized crop, random erasing 0.25, mixup
 0.8 / cutmix 1.0, label smoothing 0.1, LayerScale 1e-5, bf16. EMA is off in the official scripts
-(`--config.ema_decay=0.9999` turns it on). Heads from K710: the official K400/K600/K700 runs start their head from the
-K710 head's rows (the first 400 for K400; label_mixto600/700.json); here `init=k710` restores the encoder, the pool
-and `fc_norm`, and the head starts anew. A K710 model is evaluated on K400/600/700 directly with
+(`--config.optim.ema_decay=0.9999` turns it on). Heads from K710: the official K400/K600/K700 runs start their head
+from the K710 head's rows (the first 400 for K400; label_mixto600/700.json); here `init=k710` restores the encoder,
+the pool and `fc_norm`, and the head starts anew. A K710 model is evaluated on K400/600/700 directly with
 `config.label_map` (class-name files; evaluate/label_map.py).
 Not here: the SSv2 linear probe (`internvideo2_cat` model, CLS + mean merge), MiT, SSv1, ANet, HACS, 16-frame
 full tuning (pass frames=16; the official f16 scripts were not read).

@@ -68,30 +68,26 @@ def example_batch(config, batch_size):
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), batch_shapes(config, batch_size))
 
 
-def state_shardings(boxed, tx, mesh, rule_table, with_ema: bool = False):
+def state_shardings(boxed, tx, mesh, rule_table):
     """(abstract TrainState with shardings, TrainState of shardings) from the abstract variables' logical names.
 
     `boxed`: `jax.eval_shape(task.init_variables, ...)`, whose leaves still carry their logical axis names.
-    `with_ema`: the state holds a moving average of the parameters, sharded like them.
     """
     param_sh = sharding.logical_shardings(boxed["params"], mesh, rule_table)
     stats_sh = sharding.logical_shardings(boxed.get("batch_stats", {}), mesh, rule_table)
     abstract_params = sharding.strip_boxes(boxed["params"])
     opt_sh = sharding.opt_state_shardings(tx, abstract_params, param_sh)
     repl = sharding.replicated(mesh)
-    shardings = TrainState(step=repl, params=param_sh, opt_state=opt_sh, batch_stats=stats_sh, rng=repl,
-                           ema_params=param_sh if with_ema else {})
+    shardings = TrainState(step=repl, params=param_sh, opt_state=opt_sh, batch_stats=stats_sh, rng=repl)
     abstract = jax.eval_shape(lambda: TrainState(
         step=jnp.zeros((), jnp.int32), params=abstract_params, opt_state=tx.init(abstract_params),
-        batch_stats=sharding.strip_boxes(boxed.get("batch_stats", {})), rng=jax.random.PRNGKey(0),
-        ema_params=abstract_params if with_ema else {}))
+        batch_stats=sharding.strip_boxes(boxed.get("batch_stats", {})), rng=jax.random.PRNGKey(0)))
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     return abstract, shardings
 
 
-def make_train_step(task, tx, schedule, grad_accum_steps: int = 1, ema_decay: float = 0.0):
+def make_train_step(task, tx, schedule, grad_accum_steps: int = 1):
     """A pure step: new state and metrics. A non-finite loss or gradient leaves params and optimiser untouched.
-    `ema_decay` > 0 also moves `state.ema_params` towards the new params (train/ema.py).
 
     `grad_accum_steps` = k > 1 splits the global batch into k microbatches (example i goes to microbatch i mod k, so
     each stays spread over the batch shards) and scans over them inside the step: the gradient, loss and metrics are
@@ -136,9 +132,6 @@ def make_train_step(task, tx, schedule, grad_accum_steps: int = 1, ema_decay: fl
         new_state = state.replace(
             step=state.step + 1, rng=rng, params=keep(params, state.params),
             opt_state=keep(opt_state, state.opt_state), batch_stats=keep(batch_stats, state.batch_stats))
-        if ema_decay:
-            new_state = new_state.replace(ema_params=keep(ema.update(state.ema_params, params, ema_decay),
-                                                          state.ema_params))
         metrics = dict(metrics, grad_norm=grad_norm, lr=schedule(state.step), skipped=1 - finite.astype(jnp.int32))
         if "bad" in batch:
             metrics["bad_videos"] = batch["bad"].sum()
@@ -210,7 +203,6 @@ def train(config, workdir: str, stop_after: int = 0):
     nonfinite = config.get("nonfinite", "skip")
     if nonfinite not in NONFINITE:
         raise ValueError(f"config.nonfinite={nonfinite!r}: expected one of {NONFINITE}")
-    ema_decay = ema.check_decay(config.get("ema_decay", 0.0))
     os.makedirs(workdir, exist_ok=True)
     start_time = time.perf_counter()
     mesh = sharding.make_mesh(config.mesh)
@@ -226,15 +218,14 @@ def train(config, workdir: str, stop_after: int = 0):
         boxed = jax.eval_shape(task.init_variables, jax.random.PRNGKey(0), batch)
         tx, schedule = optim.make_optimizer(config.optim, sharding.strip_boxes(boxed["params"]),
                                             total_steps=config.total_steps, global_batch=config.batch_size)
-        abstract, shardings = state_shardings(boxed, tx, mesh, rule_table, with_ema=bool(ema_decay))
+        abstract, shardings = state_shardings(boxed, tx, mesh, rule_table)
 
         def init_state(rng):
             init_rng, state_rng = jax.random.split(rng)
             variables = nn.unbox(task.init_variables(init_rng, batch))
             return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                               opt_state=tx.init(variables["params"]),
-                              batch_stats=variables.get("batch_stats", {}), rng=state_rng,
-                              ema_params=variables["params"] if ema_decay else {})  # own copy after init_from
+                              batch_stats=variables.get("batch_stats", {}), rng=state_rng)
 
         # ------------------------------------------------------------ data
         # A task may read its batches from elsewhere (distill: stored teacher targets).
@@ -252,12 +243,12 @@ def train(config, workdir: str, stop_after: int = 0):
             for source in init_sources(config, task):
                 state = state.replace(params=init_from.restore_subtrees(state.params, source),
                                       batch_stats=init_from.restore_batch_stats(state.batch_stats, source))
-            if ema_decay:
-                state = state.replace(ema_params=ema.start(state.params))
+            if config.optim.ema_decay:  # the average starts from the restored weights
+                state = state.replace(opt_state=ema.restart(state.opt_state, state.params))
             start_step = 0
 
         # ------------------------------------------------------------ steps
-        train_step = jax.jit(make_train_step(task, tx, schedule, config.get("grad_accum_steps", 1), ema_decay),
+        train_step = jax.jit(make_train_step(task, tx, schedule, config.get("grad_accum_steps", 1)),
                              in_shardings=(shardings, batch_sh), out_shardings=(shardings, sharding.replicated(mesh)),
                              donate_argnums=(0,))
         predict = jax.jit(task.predict, in_shardings=(shardings.params, shardings.batch_stats, batch_sh))
@@ -284,7 +275,7 @@ def train(config, workdir: str, stop_after: int = 0):
                                         "unchanged; see 'skipped' in metrics.jsonl)", summary["skipped"], step)
                 if evaluate and config.eval_every and step % config.eval_every == 0 and step != config.total_steps:
                     _log_eval(writer, step, evaluate(state, predict, mesh))
-                    if ema_decay:
+                    if config.optim.ema_decay:
                         _log_eval(writer, step, evaluate(_with_ema_weights(state), predict, mesh), "eval_ema")
                 preempted = sigterm.agreed()
                 stopping = step == stop_after or preempted
@@ -310,7 +301,7 @@ def train(config, workdir: str, stop_after: int = 0):
             result["eval"] = evaluate(state, predict, mesh)
             _log_eval(writer, config.total_steps, result["eval"])
             predictions = result["eval"].pop("predictions", None)
-            if ema_decay:
+            if config.optim.ema_decay:
                 result["eval_ema"] = evaluate(_with_ema_weights(state), predict, mesh)
                 result["eval_ema"].pop("predictions", None)
                 _log_eval(writer, config.total_steps, result["eval_ema"], "eval_ema")
@@ -345,8 +336,8 @@ def _log_eval(writer, step, result, prefix: str = "eval"):
 
 
 def _with_ema_weights(state):
-    """The state with the moving average in place of the parameters (what evaluation reads)."""
-    return state.replace(params=state.ema_params)
+    """The state with the moving average of the weights (train/ema.py) in place of the weights."""
+    return state.replace(params=ema.averaged(state.opt_state))
 
 
 def init_sources(config, task) -> list:
