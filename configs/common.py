@@ -63,6 +63,8 @@ def train_config(task: str, model_kwargs: dict, model_name: str = "vit") -> ml_c
     c.keep_checkpoints = 3
     c.nonfinite = "skip"  # non-finite loss/gradient: "skip" the step (counted, logged) or "stop" the run with an error
     c.eval_every = 0  # 0: evaluate only at the end
+    # Classification evaluated on another label set that the head covers (K710 -> K400/600/700): class-name files.
+    c.label_map = ml_collections.ConfigDict(dict(source="", target=""))
     c.eval_batch_size = 64
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1))
     c.sharding_rules = "fsdp"

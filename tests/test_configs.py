@@ -3,8 +3,8 @@ import jax
 import numpy as np
 import pytest
 
-from configs import (demo, internvideo_fusion, internvideo_mm_pretrain, internvideo_pipeline, uniformerv2_finetune,
-                     videomae_finetune, videomae_pretrain)
+from configs import (demo, internvideo2_finetune, internvideo_fusion, internvideo_mm_pretrain, internvideo_pipeline,
+                     uniformerv2_finetune, videomae_finetune, videomae_pretrain)
 from invideo_jax import sharding, stages
 from invideo_jax.train import optim, trainer
 from invideo_jax.train.tasks import get_task
@@ -39,6 +39,9 @@ VIT_B_K400 = 12 * block(768) + 2 * 16 * 16 * 3 * 768 + 768 + 2 * 768 + 768 * 400
     (uniformerv2_finetune, "B/16,dataset=ssv2,frozen=True,scan=False", None),
     (internvideo_mm_pretrain, "B/16", None),
     (internvideo_mm_pretrain, "L/14,scan=False,frames=16", None),
+    (internvideo2_finetune, "1B,dataset=k710", None),
+    (internvideo2_finetune, "S,dataset=ssv2", None),
+    (internvideo2_finetune, "B,dataset=k400,mode=attentive", None),
 ])
 def test_recipes_build(module, arg, expected):
     count = build(module.get_config(arg))
@@ -115,3 +118,44 @@ def test_videomae_finetune_recipes_follow_the_official_scripts(arg, values):
     assert c.total_steps == epochs * (train_size // batch)
     assert (c.data.sampling, c.data.flip, c.data.eval_clips) == (
         ("segment", False, 2) if "ssv2" in arg else ("dense", True, 5))
+
+
+@pytest.mark.parametrize("arg, values", [
+    # OpenGVLab/InternVideo InternVideo2/single_modality/scripts/finetuning: (official lr, epochs, videos per step,
+    # num_sample, frames, drop-path, layer decay, weight decay, official min lr, warm-up epochs, test clips)
+    ("1B,dataset=k710", (5e-5, 9, 256, 2, 8, 0.3, 0.9, 0.05, 1e-6, 2, 4)),
+    ("6B,dataset=k710", (2.5e-5, 6, 256, 2, 8, 0.35, 0.915, 0.05, 0.0, 1, 4)),
+    ("L,dataset=k710", (2e-4, 14, 256, 2, 8, 0.1, 0.75, 0.05, 1e-6, 2, 4)),
+    ("1B,dataset=k600", (1e-5, 3, 256, 2, 8, 0.3, 0.9, 0.05, 1e-6, 0, 4)),
+    ("S,dataset=k400", (2e-5, 5, 1024, 2, 8, 0.1, 0.75, 0.05, 1e-6, 1, 4)),
+    ("1B,dataset=ssv2", (1e-4, 8, 256, 2, 8, 0.3, 0.915, 0.05, 1e-6, 3, 2)),
+    ("1B,dataset=k400,mode=linear", (1e-3, 15, 1024, 1, 16, 0.0, 1.0, 0.0, 1e-6, 3, 1)),
+    ("1B,dataset=k710,mode=attentive", (2e-4, 25, 1024, 1, 16, 0.0, 1.0, 0.0, 0.0, 5, 1)),
+])
+def test_internvideo2_recipes_follow_the_official_scripts(arg, values):
+    c = internvideo2_finetune.get_config(arg)
+    lr, epochs, videos, num_sample, frames, drop_path, layer_decay, weight_decay, min_lr, warmup, clips = values
+    train_size = internvideo2_finetune.DATASETS[arg.split("dataset=")[1].split(",")[0]]["train_size"]
+    steps_per_epoch = train_size // videos
+    assert (c.batch_size, c.data.num_sample, c.data.num_frames, c.model.kwargs.num_frames) == (
+        videos * num_sample, num_sample, frames, frames)
+    # the official scaling: lr, min lr and warm-up lr x (videos x num_sample) / 256
+    assert (c.optim.base_lr, c.optim.lr_batch_denom) == (lr, 256)
+    assert c.optim.min_lr == pytest.approx(min_lr * videos * num_sample / 256)
+    assert c.optim.warmup_lr == pytest.approx(1e-6 * videos * num_sample / 256)
+    assert (c.model.kwargs.drop_path, c.optim.layer_decay, c.optim.weight_decay) == (drop_path, layer_decay,
+                                                                                    weight_decay)
+    assert (c.total_steps, c.optim.warmup_steps) == (epochs * steps_per_epoch, warmup * steps_per_epoch)
+    assert (c.data.eval_clips, c.data.eval_crops, c.data.sampling) == (clips, 3, "segment")
+    assert c.data.format == ("rawframes" if "ssv2" in arg else "videomae")
+
+
+def test_internvideo2_probes_train_only_their_head():
+    """Linear: fc_norm + head; attentive: also the attention pool (clip_projector); the encoder never."""
+    for mode, trainable in (("linear", {"fc_norm", "head"}), ("attentive", {"clip_projector", "fc_norm", "head"}),
+                            ("finetune", {"encoder", "clip_projector", "fc_norm", "head"})):
+        config = internvideo2_finetune.get_config(f"S,dataset=k400,mode={mode}")
+        task = get_task(config)
+        boxed = jax.eval_shape(task.init_variables, jax.random.PRNGKey(0), trainer.example_batch(config, 1))
+        rows = optim.describe(sharding.strip_boxes(boxed["params"]), config.optim)
+        assert {row.path.split("/")[0] for row in rows if not row.frozen} == trainable, mode

@@ -42,12 +42,45 @@ def test_json_array_and_lines(tmp_path):
     assert read_annotations(lines, "json", root="/d") == expected
 
 
+def test_rawframe_list(tmp_path):
+    """Official RawFrameClsDataset lists: `frame_dir total_frames label`, space separated."""
+    path = _write(tmp_path, "train.csv", "ssv2/74225 62 140\n/abs/k400/abseiling_0 300 0\n")
+    assert read_annotations(path, "rawframes", root="/data") == [
+        VideoRecord("/data/ssv2/74225", 140, frame_count=62), VideoRecord("/abs/k400/abseiling_0", 0, frame_count=300)]
+
+
+def test_json_windows(tmp_path):
+    entries = [{"video": "a.mp4", "video_start_frame": 10, "video_end_frame": 25},
+               {"video": "b.mp4", "caption": "c", "start": 1, "end": 2.5},
+               {"video": "c.mp4", "video_start_frame": 4, "video_end_frame": 4}]
+    assert read_annotations(_write(tmp_path, "w.json", json.dumps(entries)), "json") == [
+        VideoRecord("a.mp4", frame_window=(10, 25)), VideoRecord("b.mp4", captions=("c",), time_window=(1.0, 2.5)),
+        VideoRecord("c.mp4", frame_window=(4, 4))]
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"video_start_frame": 3}, "'video_start_frame' and 'video_end_frame' must both be given"),
+    ({"video_start_frame": 9, "video_end_frame": 3}, "0 <= video_start_frame <= video_end_frame"),
+    ({"video_start_frame": 1.5, "video_end_frame": 3}, "frame indices"),
+    ({"start": 2.0, "end": 2.0}, "0 <= start < end"),
+    ({"start": -1, "end": 2}, "seconds"),
+    ({"end": 2}, "'start' and 'end' must both be given"),
+    ({"start": 0, "end": 2, "video_start_frame": 0, "video_end_frame": 9}, "not both"),
+])
+def test_bad_windows_are_named(tmp_path, entry, message):
+    path = _write(tmp_path, "w.json", json.dumps([dict(video="a.mp4", **entry)]))
+    with pytest.raises(ValueError, match=f"w.json: entry 0: .*{message}"):
+        read_annotations(path, "json")
+
+
 @pytest.mark.parametrize("format, text, where", [
     ("videomae", "a.mp4 1\nb.mp4\n", ":2:"),
     ("videomae", "a.mp4 x\n", ":1:"),
     ("videomae", "a.mp4 0 -1\n", ":1:"),
     ("uniformer", "a.mp4,1\na.mp4 1\n", ":2:"),
     ("videomae_v2", "a.mp4 0 -1\na.mp4 1\n", ":2:"),
+    ("rawframes", "a 30 1\nb 30\n", ":2:"),
+    ("rawframes", "a 0 1\n", ":1:"),
     ("json", '{"video": "a.mp4"}\n{"caption": "no path"}\n', ":2:"),
     ("json", '{"video": "a.mp4"}\n{"video": \n', ":2:"),
     ("json", '[{"video": "a.mp4", "caption": 3}]', "entry 0"),

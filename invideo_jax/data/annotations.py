@@ -1,20 +1,27 @@
-"""Annotation readers: VideoMAE, UniFormerV2, VideoMAE V2 pre-train and InternVideo JSON lists."""
+"""Annotation readers: VideoMAE, UniFormerV2, VideoMAE V2 pre-train, rawframe and InternVideo JSON lists."""
 import dataclasses
 import json
 import os
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-FORMATS = ("videomae", "uniformer", "videomae_v2", "json")
+FORMATS = ("videomae", "uniformer", "videomae_v2", "rawframes", "json")
 
 
 @dataclasses.dataclass(frozen=True)
 class VideoRecord:
-    """One annotated example: a video (or image) path, its class (-1 if none) and captions."""
+    """One annotated example: a video (or image) path, its class (-1 if none) and captions.
+
+    `frame_count` > 0: `path` is a directory of that many numbered frame images (rawframes). `frame_window`
+    (first, last frame, both included) or `time_window` (start, end seconds) restricts sampling to part of a video.
+    """
 
     path: str
     label: int = -1
     captions: tuple[str, ...] = ()
     is_image: bool = False
+    frame_count: int = 0
+    frame_window: tuple[int, int] | None = None
+    time_window: tuple[float, float] | None = None
 
 
 def is_image_path(path: str) -> bool:
@@ -22,10 +29,10 @@ def is_image_path(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
 
 
-def make_record(path: str, root: str = "", label: int = -1, captions=()) -> VideoRecord:
-    """A record with `path` joined to `root` (absolute paths are kept)."""
+def make_record(path: str, root: str = "", label: int = -1, captions=(), **fields) -> VideoRecord:
+    """A record with `path` joined to `root` (absolute paths are kept); `fields`: other VideoRecord fields."""
     full_path = os.path.join(root, path) if root else path
-    return VideoRecord(full_path, label, tuple(captions), is_image_path(path))
+    return VideoRecord(full_path, label, tuple(captions), is_image_path(path), **fields)
 
 
 def _fields(line: str, separator: str | None, count: int, where: str) -> list[str]:
@@ -60,6 +67,33 @@ def _videomae_v2(line: str, where: str, root: str) -> VideoRecord:
     return make_record(path, root)
 
 
+def _rawframes(line: str, where: str, root: str) -> VideoRecord:
+    path, count, label = _fields(line, None, 3, where)
+    frame_count = _integer(count, where)
+    if frame_count < 1:
+        raise ValueError(f"{where}: frame count must be >= 1, got {frame_count}: {line!r}")
+    return make_record(path, root, _integer(label, where), frame_count=frame_count)
+
+
+def _window(entry, where: str) -> dict:
+    """The record fields of an entry's `video_start_frame`/`video_end_frame` or `start`/`end` (seconds) window."""
+    windows = {}
+    for first, last, field, kinds in (("video_start_frame", "video_end_frame", "frame_window", (int,)),
+                                      ("start", "end", "time_window", (int, float))):
+        if first not in entry and last not in entry:
+            continue
+        low, high = entry.get(first), entry.get(last)
+        numbers = all(isinstance(v, kinds) and not isinstance(v, bool) for v in (low, high))
+        if not numbers or not 0 <= low <= high or (field == "time_window" and low == high):
+            order = "<=" if field == "frame_window" else "<"
+            raise ValueError(f"{where}: {first!r} and {last!r} must both be given with 0 <= {first} {order} {last}"
+                             f" ({'frame indices' if field == 'frame_window' else 'seconds'}): {low!r}, {high!r}")
+        windows[field] = (low, high) if field == "frame_window" else (float(low), float(high))
+    if len(windows) > 1:
+        raise ValueError(f"{where}: give a frame window or a window in seconds, not both")
+    return windows
+
+
 def _json_entry(entry, where: str, root: str) -> VideoRecord:
     if not isinstance(entry, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(entry).__name__}")
@@ -73,7 +107,7 @@ def _json_entry(entry, where: str, root: str) -> VideoRecord:
     label = entry.get("label", -1)
     if not isinstance(label, int):
         raise ValueError(f"{where}: 'label' must be an integer, got {label!r}")
-    return make_record(path, root, label, captions)
+    return make_record(path, root, label, captions, **_window(entry, where))
 
 
 def _read_json(path: str, root: str) -> list[VideoRecord]:
@@ -97,7 +131,8 @@ def _read_json(path: str, root: str) -> list[VideoRecord]:
     return records
 
 
-_LINE_PARSERS = {"videomae": _videomae, "uniformer": _uniformer, "videomae_v2": _videomae_v2}
+_LINE_PARSERS = {"videomae": _videomae, "uniformer": _uniformer, "videomae_v2": _videomae_v2,
+                 "rawframes": _rawframes}
 
 
 def read_annotations(path: str, format: str, root: str = "") -> list[VideoRecord]:

@@ -3,12 +3,18 @@
 Configuration (`default_data_config()`, locked: unknown fields fail):
   train_annotations, eval_annotations  annotation files (any format but 'tfds')
   format             'videomae' (`path label`), 'uniformer' (`path,label`), 'videomae_v2'
-                     (`path 0 -1`), 'json' (InternVideo lists) or 'tfds' (packed ArrayRecord)
+                     (`path 0 -1`), 'rawframes' (`frame_dir num_frames label`), 'json' (InternVideo lists,
+                     optionally with a `video_start_frame`/`video_end_frame` or `start`/`end` seconds window) or
+                     'tfds' (packed ArrayRecord)
   root               directory joined to relative video paths
+  frame_template, frame_start_index   file names of 'rawframes' folders: frame i is
+                     frame_template.format(i + frame_start_index) (official: 'img_{:05}.jpg' from 1)
   tfds_dir, tfds_name, train_split, eval_split   where a 'tfds' dataset lives and its splits
   num_frames         frames per clip (T)
   sampling           'dense' (T frames `sampling_rate` apart) or 'segment' (one per T equal parts)
   sampling_rate      frame stride of dense clips
+  num_sample         repeated augmentation: each decoded training video gives this many independently augmented
+                     clips, next to each other in the batch (batch_size counts clips and must divide by it)
   crop_size          output height and width
   short_side         evaluation frames (and 'resize_crop' training frames) are resized to this short
                      side before cropping; must be >= crop_size
@@ -35,7 +41,8 @@ Configuration (`default_data_config()`, locked: unknown fields fail):
   audio              add each clip's audio track as a log-mel spectrogram ('audio', 'audio_mask'; data/audio.py)
   audio_mel_bins, audio_frames   its mel bins and filterbank frames (InternVideo2-6B: 64 and 998, 10 s)
 
-Batches are dicts of numpy arrays: 'video' float32 (B, T, H, W, 3) normalised, 'label' int32 (-1 if
+Batches are dicts of numpy arrays: 'video' float32 (B, T, H, W, 3) normalised, with num_sample = n > 1, rows
+k n .. k n + n - 1 are clips of one video; 'label' int32 (-1 if
 none), 'targets' float32 (B, num_classes) when num_classes > 0, 'bad' int32 (1 where a bad video was
 replaced by another example), 'caption' str when the annotations have captions (one drawn at random per
 training clip; the first in evaluation), 'text' int32 (B, text_length) with a tokenizer; with `audio`, 'audio'
@@ -53,7 +60,8 @@ from absl import logging
 
 from invideo_jax.data import audio, transforms
 from invideo_jax.data.annotations import FORMATS, read_annotations
-from invideo_jax.data.video import BadVideo, decode_frames, dense_indices, frame_rate, segment_indices
+from invideo_jax.data.video import (BadVideo, decode_frames, dense_indices, frame_rate, read_frame_folder,
+                                    segment_indices, within)
 
 MAX_REPLACEMENTS = 10
 _CHOICES = {
@@ -68,8 +76,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     """Every data field with its default (see the module docstring); locked."""
     config = ml_collections.ConfigDict(dict(
         train_annotations="", eval_annotations="", format="videomae", root="",
+        frame_template="img_{:05}.jpg", frame_start_index=1,
         tfds_dir="", tfds_name="", train_split="train", eval_split="validation",
-        num_frames=16, sampling="dense", sampling_rate=4,
+        num_frames=16, sampling="dense", sampling_rate=4, num_sample=1,
         crop_size=224, short_side=224, train_crop="rrc", rrc_scale=(0.08, 1.0),
         rrc_ratio=(3 / 4, 4 / 3), flip=True, randaug="", random_erase=0.0,
         mixup=0.0, cutmix=0.0, label_smoothing=0.0, num_classes=0, normalize="imagenet",
@@ -87,10 +96,10 @@ def check_data_config(cfg: ml_collections.ConfigDict) -> None:
         if cfg[field] not in choices:
             raise ValueError(f"data.{field}={cfg[field]!r}: expected one of {choices}")
     for field in ("num_frames", "sampling_rate", "crop_size", "eval_clips", "eval_crops",
-                  "min_frames", "prefetch", "text_length", "audio_mel_bins", "audio_frames"):
+                  "min_frames", "prefetch", "text_length", "audio_mel_bins", "audio_frames", "num_sample"):
         if cfg[field] < 1:
             raise ValueError(f"data.{field}={cfg[field]} must be >= 1")
-    for field in ("num_classes", "workers", "threads", "mixup", "cutmix"):
+    for field in ("num_classes", "workers", "threads", "mixup", "cutmix", "frame_start_index"):
         if cfg[field] < 0:
             raise ValueError(f"data.{field}={cfg[field]} must be >= 0")
     for field in ("random_erase", "label_smoothing"):
@@ -104,6 +113,8 @@ def check_data_config(cfg: ml_collections.ConfigDict) -> None:
             raise ValueError(f"data.{field}={cfg[field]} must be an increasing positive pair")
     if (cfg.mixup or cfg.cutmix) and not cfg.num_classes:
         raise ValueError("data.mixup/cutmix need data.num_classes > 0")
+    if cfg.format == "rawframes" and cfg.audio:
+        raise ValueError("data.audio needs video files; data.format='rawframes' has no audio track")
     if cfg.randaug:
         try:
             transforms.parse_rand_augment(cfg.randaug)
@@ -112,19 +123,28 @@ def check_data_config(cfg: ml_collections.ConfigDict) -> None:
 
 
 class FileVideoSource:
-    """Annotated video files: item i is (VideoRecord, path). With `cache`, whole decoded videos stay in memory."""
+    """Annotated video files or frame folders: item i is (VideoRecord, path). With `cache`, whole decoded videos
+    stay in memory."""
 
-    def __init__(self, records, cache: bool = False):
+    def __init__(self, records, cache: bool = False, frame_template: str = "img_{:05}.jpg",
+                 frame_start_index: int = 1):
         self.records = records
         self.has_captions = any(record.captions for record in records)
         self.cache = {} if cache else None
+        self.frame_template, self.frame_start_index = frame_template, frame_start_index
 
-    def decode(self, path: str, indices_for, min_frames: int) -> np.ndarray:
+    def _read(self, record, indices_for, min_frames: int) -> np.ndarray:
+        if record.frame_count:
+            return read_frame_folder(record.path, record.frame_count, indices_for, template=self.frame_template,
+                                     start_index=self.frame_start_index, min_frames=min_frames)
+        return decode_frames(record.path, indices_for, min_frames=min_frames)
+
+    def decode(self, record, indices_for, min_frames: int) -> np.ndarray:
         if self.cache is None:
-            return decode_frames(path, indices_for, min_frames=min_frames)
-        if path not in self.cache:
-            self.cache[path] = decode_frames(path, np.arange, min_frames=min_frames)
-        frames = self.cache[path]
+            return self._read(record, indices_for, min_frames)
+        if record.path not in self.cache:
+            self.cache[record.path] = self._read(record, np.arange, min_frames)
+        frames = self.cache[record.path]
         return frames[np.asarray(indices_for(len(frames)))]
 
     def __len__(self) -> int:
@@ -146,7 +166,8 @@ def make_source(cfg: ml_collections.ConfigDict, split: str):
     path = cfg[f"{split}_annotations"]
     if not path:
         raise ValueError(f"data.{split}_annotations is empty: name an annotation file")
-    return FileVideoSource(read_annotations(path, cfg.format, cfg.root), cache=cfg.cache_videos)
+    return FileVideoSource(read_annotations(path, cfg.format, cfg.root), cache=cfg.cache_videos,
+                           frame_template=cfg.frame_template, frame_start_index=cfg.frame_start_index)
 
 
 def clip_indices(cfg, video_frames: int, *, rng=None, view: int = 0) -> np.ndarray:
@@ -158,12 +179,29 @@ def clip_indices(cfg, video_frames: int, *, rng=None, view: int = 0) -> np.ndarr
                            num_views=cfg.eval_clips)
 
 
+def windowed(record, media, indices_for):
+    """`indices_for` restricted to the record's frame window, or to the frames of its window in seconds (frames
+    round(start * fps) to round(end * fps)); unchanged for a record without a window."""
+    if record.frame_window is not None:
+        return within(indices_for, *record.frame_window)
+    if record.time_window is not None:
+        fps = frame_rate(media)
+        if fps <= 0:
+            raise BadVideo("no frame rate in the header: cannot place the window given in seconds")
+        start, end = record.time_window
+        return within(indices_for, round(start * fps), round(end * fps))
+    return indices_for
+
+
 def _decode_example(source, index: int, indices_for, min_frames: int):
     record, video = source[index]
     try:
+        indices_for, picked = recorded(windowed(record, video, indices_for))
         if isinstance(source, FileVideoSource):
-            return record, video, source.decode(video, indices_for, min_frames)
-        return record, video, decode_frames(video, indices_for, min_frames=min_frames)
+            frames = source.decode(record, indices_for, min_frames)
+        else:
+            frames = decode_frames(video, indices_for, min_frames=min_frames)
+        return record, video, frames, picked[-1]
     except BadVideo as e:
         raise BadVideo(f"{record.path}: {e}") from e
 
@@ -171,8 +209,8 @@ def _decode_example(source, index: int, indices_for, min_frames: int):
 def load_clips(source, index: int, rng: np.random.Generator, indices_for, min_frames: int):
     """Decodes example `index`; a bad video is logged and replaced by a random other example.
 
-    Returns (record, media, frames, bad): `media` is the decoded example's path or bytes, bad = 1 when a
-    replacement was used.
+    Returns (record, media, frames, indices, bad): `media` is the decoded example's path or bytes, `indices` the
+    frames decoded (in the whole video), bad = 1 when a replacement was used.
     """
     for attempt in range(MAX_REPLACEMENTS + 1):
         try:
@@ -228,25 +266,40 @@ class TrainExample:
             return transforms.multiscale_crop_box(height, width, rng, cfg.crop_size)
         return transforms.short_side_crop_box(height, width, cfg.short_side, cfg.crop_size, rng=rng)
 
-    def __call__(self, index: int, rng: np.random.Generator) -> dict:
+    def _augment(self, frames: np.ndarray, rng) -> np.ndarray:
         cfg = self.cfg
-        indices_for, picked = recorded(lambda n: clip_indices(cfg, n, rng=rng))
-        record, media, frames, bad = load_clips(self.source, index, rng, indices_for, cfg.min_frames)
         box = self._crop_box(frames.shape[1], frames.shape[2], rng)
         clip = transforms.resize_box(frames, box, cfg.crop_size)
         if cfg.flip and rng.random() < 0.5:
             clip = clip[:, :, ::-1]
         if self.rand_augment:
             clip = transforms.rand_augment(clip, rng, self.rand_augment)
-        video = transforms.random_erase(transforms.normalize(clip, cfg.normalize), rng,
-                                        cfg.random_erase)
-        example = {"video": video, "label": np.int32(_checked_label(record, cfg.num_classes)),
-                   "bad": np.int32(bad)}
-        if self.source.has_captions:
-            example["caption"] = str(rng.choice(record.captions)) if record.captions else ""
+        return transforms.random_erase(transforms.normalize(clip, cfg.normalize), rng, cfg.random_erase)
+
+    def __call__(self, index: int, rng: np.random.Generator) -> dict:
+        """One clip's fields; with num_sample = n > 1, n clips of the video decoded once, stacked (n, ...)."""
+        cfg = self.cfg
+        record, media, frames, indices, bad = load_clips(self.source, index, rng,
+                                                         lambda n: clip_indices(cfg, n, rng=rng), cfg.min_frames)
+        examples = []
+        for _ in range(cfg.num_sample):
+            example = {"video": self._augment(frames, rng), "label": np.int32(_checked_label(record, cfg.num_classes)),
+                       "bad": np.int32(bad)}
+            if self.source.has_captions:
+                example["caption"] = str(rng.choice(record.captions)) if record.captions else ""
+            examples.append(example)
         if cfg.audio:
-            example.update(clip_audio(cfg, media, picked[-1], rng=rng))
-        return example
+            sound = clip_audio(cfg, media, indices, rng=rng)
+            for example in examples:
+                example.update(sound)
+        if cfg.num_sample == 1:
+            return examples[0]
+        return {key: np.stack([example[key] for example in examples]) for key in examples[0]}
+
+
+def flatten_samples(batch: dict) -> dict:
+    """(videos, num_sample, ...) fields -> (videos * num_sample, ...): a video's clips next to each other."""
+    return {key: value.reshape((-1,) + value.shape[2:]) for key, value in batch.items()}
 
 
 class MixTargets:
@@ -315,6 +368,9 @@ def train_iterator(cfg, *, seed: int, batch_size: int, process_index: int | None
                    process_count: int | None = None):
     """An endless iterator of this host's training batches; resumable with get_state/set_state."""
     check_data_config(cfg)
+    if batch_size % cfg.num_sample:
+        raise ValueError(f"data.num_sample={cfg.num_sample}: the batch of {batch_size} clips on this host does not "
+                         f"divide into videos of {cfg.num_sample} clips")
     source = make_source(cfg, "train")
     process_index, process_count = process_slice(process_index, process_count)
     host_seed = int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
@@ -322,8 +378,10 @@ def train_iterator(cfg, *, seed: int, batch_size: int, process_index: int | None
     if not len(dataset):
         raise ValueError(f"No training examples for host {process_index} of {process_count}")
     dataset = (dataset.seed(host_seed).shuffle().repeat().random_map(TrainExample(source, cfg))
-               .to_iter_dataset(read_options(cfg, batch_size))
-               .batch(batch_size, drop_remainder=True))
+               .to_iter_dataset(read_options(cfg, batch_size // cfg.num_sample))
+               .batch(batch_size // cfg.num_sample, drop_remainder=True))
+    if cfg.num_sample > 1:
+        dataset = dataset.map(flatten_samples)
     if cfg.num_classes:
         dataset = dataset.random_map(MixTargets(cfg), seed=host_seed)
     return iter(with_workers(_tokenized(dataset, cfg, source), cfg))
@@ -353,15 +411,14 @@ class EvalViews:
             clips = np.zeros((count, cfg.num_frames, size, size, 3), np.float32)
             label, bad, caption = -1, 0, ""
         else:
-            indices_for, picked = recorded(
-                lambda n: np.stack([clip_indices(cfg, n, view=k) for k in range(cfg.eval_clips)]))
-            record, media, frames, bad = load_clips(self.source, index, np.random.default_rng(index), indices_for,
-                                                    cfg.min_frames)
+            indices_for = lambda n: np.stack([clip_indices(cfg, n, view=k) for k in range(cfg.eval_clips)])
+            record, media, frames, indices, bad = load_clips(self.source, index, np.random.default_rng(index),
+                                                             indices_for, cfg.min_frames)
             clips = transforms.normalize(self._views(frames), cfg.normalize)
             label = _checked_label(record, cfg.num_classes)
             caption = record.captions[0] if record.captions else ""
             if cfg.audio:
-                sounds = [clip_audio(cfg, media, clip) for clip in picked[-1]]
+                sounds = [clip_audio(cfg, media, clip) for clip in indices]
         views = {"video": clips, "label": np.full(count, label, np.int32),
                  "bad": np.full(count, bad, np.int32),
                  "video_index": np.full(count, index, np.int32),

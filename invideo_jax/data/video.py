@@ -1,9 +1,11 @@
-"""PyAV decoding of chosen frames, and the frame-index samplers (dense and segment)."""
+"""PyAV decoding of chosen frames, frame folders (rawframes), and the frame-index samplers (dense and segment)."""
 import io
+import os
 from typing import Callable
 
 import av
 import numpy as np
+from PIL import Image
 
 from invideo_jax.data.transforms import spaced_offset
 
@@ -100,6 +102,42 @@ def decode_frames(source: str | bytes, indices_for: Callable[[int], np.ndarray],
         raise BadVideo(f"frame {missing[0]} of {count} could not be decoded (truncated?)")
     clip = np.stack([frames[i] for i in indices.ravel().tolist()])
     return clip.reshape(indices.shape + clip.shape[1:])
+
+
+def read_frame_folder(directory: str, frame_count: int, indices_for: Callable[[int], np.ndarray], *,
+                      template: str = "img_{:05}.jpg", start_index: int = 1, min_frames: int = 1) -> np.ndarray:
+    """Frames indices_for(frame_count) (any shape) of a folder of numbered images: frame i is the file
+    template.format(i + start_index) (the official rawframe lists: `img_{:05}.jpg` from 1).
+
+    Returns uint8 (*indices.shape, H, W, 3), like decode_frames. Raises BadVideo naming a missing folder or frame.
+    """
+    if not os.path.isdir(directory):
+        raise BadVideo(f"frame folder {directory} does not exist")
+    if frame_count < min_frames:
+        raise BadVideo(f"{frame_count} frames, fewer than min_frames={min_frames}")
+    indices = np.asarray(indices_for(frame_count))
+    frames = {}
+    for index in np.unique(indices).tolist():
+        path = os.path.join(directory, template.format(index + start_index))
+        try:
+            with Image.open(path) as image:
+                frames[index] = np.asarray(image.convert("RGB"))
+        except OSError as e:  # missing or unreadable file (PIL's UnidentifiedImageError is an OSError)
+            raise BadVideo(f"frame {index} of {frame_count}: {type(e).__name__}: {e}") from e
+    clip = np.stack([frames[i] for i in indices.ravel().tolist()])
+    return clip.reshape(indices.shape + clip.shape[1:])
+
+
+def within(indices_for: Callable[[int], np.ndarray], first: int, last: int) -> Callable[[int], np.ndarray]:
+    """`indices_for` applied to the frames first..last (both included, clipped to the video) instead of the whole
+    video: the window's length goes in, and the indices come out shifted by its start."""
+
+    def windowed(video_frames: int) -> np.ndarray:
+        start = min(max(first, 0), video_frames - 1)
+        stop = max(min(last, video_frames - 1), start)
+        return start + np.asarray(indices_for(stop - start + 1))
+
+    return windowed
 
 
 def frame_rate(source: str | bytes) -> float:

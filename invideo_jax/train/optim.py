@@ -15,6 +15,8 @@ Config fields (`default_optim_config()`):
   frozen           regexes (re.match on '/'-joined paths) of parameters that get zero updates and no state
   no_decay         extra regexes (re.match) of parameters without weight decay
   layer_decay_prefix  regex (re.match) of the encoder subtree: '' for a bare ViT, 'encoder/' in composites
+  ema_decay        > 0: also keep a moving average of the weights in the optimiser state (train/ema.py; official
+                   `--model_ema` 0.9999); 0 turns it off
 
 Layer ids inside the encoder: 0 for patch_embed / cls_token / pos_embed, i + 1 for `blocks_{i}`, and
 num_layers + 1 for everything else (also everything outside the encoder). Scanned blocks (`blocks/...`,
@@ -28,6 +30,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+
+from invideo_jax.train import ema
 
 _NO_DECAY = re.compile(r"(^|/)(pos_embed|positional_embedding|cls_token|mask_token)$|(bias|scale)$")
 _EMBEDDINGS = ("patch_embed", "cls_token", "pos_embed")
@@ -50,7 +54,7 @@ def default_optim_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         base_lr=1e-3, lr_batch_denom=256, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05,
         warmup_steps=0, warmup_lr=1e-6, min_lr=1e-6, layer_decay=1.0, num_layers=0, clip_grad=0.0,
-        frozen=(), no_decay=(), layer_decay_prefix="",
+        frozen=(), no_decay=(), layer_decay_prefix="", ema_decay=0.0,
     )).lock()
 
 
@@ -70,6 +74,8 @@ def make_optimizer(cfg, params, *, total_steps: int, global_batch: int):
         scales = _rule_tree(params, rows, "lr_scale")
         tx = optax.chain(tx, optax.stateless(
             lambda updates, _: jax.tree.map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales)))
+    if cfg.ema_decay:
+        tx = optax.chain(tx, ema.track(cfg.ema_decay))
     return tx, schedule
 
 

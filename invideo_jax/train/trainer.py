@@ -25,7 +25,7 @@ from jax.sharding import PartitionSpec as P
 from invideo_jax import distributed, sharding
 from invideo_jax.data import pipeline
 from invideo_jax.files import atomic_write
-from invideo_jax.train import checkpoint, init_from, metrics as metrics_lib, optim
+from invideo_jax.train import checkpoint, ema, init_from, metrics as metrics_lib, optim
 from invideo_jax.train.state import TrainState
 from invideo_jax.train.tasks import get_task
 
@@ -243,6 +243,8 @@ def train(config, workdir: str, stop_after: int = 0):
             for source in init_sources(config, task):
                 state = state.replace(params=init_from.restore_subtrees(state.params, source),
                                       batch_stats=init_from.restore_batch_stats(state.batch_stats, source))
+            if config.optim.ema_decay:  # the average starts from the restored weights
+                state = state.replace(opt_state=ema.restart(state.opt_state, state.params))
             start_step = 0
 
         # ------------------------------------------------------------ steps
@@ -273,6 +275,8 @@ def train(config, workdir: str, stop_after: int = 0):
                                         "unchanged; see 'skipped' in metrics.jsonl)", summary["skipped"], step)
                 if evaluate and config.eval_every and step % config.eval_every == 0 and step != config.total_steps:
                     _log_eval(writer, step, evaluate(state, predict, mesh))
+                    if config.optim.ema_decay:
+                        _log_eval(writer, step, evaluate(_with_ema_weights(state), predict, mesh), "eval_ema")
                 preempted = sigterm.agreed()
                 stopping = step == stop_after or preempted
                 ckpt.save(step, state, data_iterator=train_iter, force=stopping or step == config.total_steps)
@@ -297,6 +301,10 @@ def train(config, workdir: str, stop_after: int = 0):
             result["eval"] = evaluate(state, predict, mesh)
             _log_eval(writer, config.total_steps, result["eval"])
             predictions = result["eval"].pop("predictions", None)
+            if config.optim.ema_decay:
+                result["eval_ema"] = evaluate(_with_ema_weights(state), predict, mesh)
+                result["eval_ema"].pop("predictions", None)
+                _log_eval(writer, config.total_steps, result["eval_ema"], "eval_ema")
         writer.close()
         ckpt.close()
     result["wall_s"] = round(time.perf_counter() - start_time, 1)
@@ -323,8 +331,13 @@ def _stop_on_nonfinite(step, pending, writer, progress, ckpt):
         + " (a restart resumes there; config.nonfinite='skip' steps over such batches)")
 
 
-def _log_eval(writer, step, result):
-    writer.write(step, {f"eval/{k}": v for k, v in result.items() if k != "predictions"})
+def _log_eval(writer, step, result, prefix: str = "eval"):
+    writer.write(step, {f"{prefix}/{k}": v for k, v in result.items() if k != "predictions"})
+
+
+def _with_ema_weights(state):
+    """The state with the moving average of the weights (train/ema.py) in place of the weights."""
+    return state.replace(params=ema.averaged(state.opt_state))
 
 
 def init_sources(config, task) -> list:

@@ -6,11 +6,14 @@ statistics are the task's model state), 'fusion' (FusedVideoModel: the two encod
 VideoMAE pre-training checkpoint; UniFormerV2 restores its whole `backbone` from the visual tower of a multimodal
 checkpoint (`params/visual/backbone`); InternVideo2 its trunk and attention pool from a stage-2 alignment checkpoint
 (`params/vision_encoder`; from a stage-1 checkpoint map `params/student/...` instead).
+
+`config.label_map` (source and target class-name files, evaluate/label_map.py) evaluates on the target's classes
+with the head's rows of those classes: a Kinetics-710 model on Kinetics-400/600/700 validation lists.
 """
 import jax.numpy as jnp
 
 from invideo_jax import losses
-from invideo_jax.evaluate import loop, multiview
+from invideo_jax.evaluate import label_map, loop, multiview
 from invideo_jax.models.fusion import FusedVideoModel
 from invideo_jax.models.internvideo2 import InternVideo2
 from invideo_jax.models.uniformerv2 import UniFormerV2
@@ -36,6 +39,7 @@ class Task:
         self.model = model_cls(**config.model.kwargs)
         if not self.model.num_classes:
             raise ValueError("config.model.kwargs.num_classes must be > 0 for the classification task")
+        self.eval_rows = label_map.from_config(config, self.model.num_classes)
 
     def init_variables(self, rng, batch):
         return self.model.init({"params": rng, "dropout": rng}, batch["video"])
@@ -47,11 +51,13 @@ class Task:
         return loss, ({"loss": loss, "accuracy": accuracy}, model_state)
 
     def predict(self, params, model_state, batch):
-        return {"logits": self.model.apply(model_variables(params, model_state), batch["video"])["logits"]}
+        logits = self.model.apply(model_variables(params, model_state), batch["video"])["logits"]
+        return {"logits": logits if self.eval_rows is None else logits[:, self.eval_rows]}
 
     def evaluate(self, state, predict, mesh) -> dict:
         """Multi-view top-1/top-5 accuracy over the eval split (softmax averaged over each video's views)."""
-        accumulator = multiview.MultiViewAccumulator(self.config.data.num_classes)
+        classes = self.config.data.num_classes if self.eval_rows is None else len(self.eval_rows)
+        accumulator = multiview.MultiViewAccumulator(classes)
         for out in loop.predictions(state, predict, self.config, mesh):
             accumulator.add(out["logits"], out["video_index"], out["mask"], out["label"])
         return accumulator.result()
