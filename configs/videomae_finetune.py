@@ -10,7 +10,9 @@ layer_decay (each defaults to the recipe's), train_size=240436 (SSv2: 168913), f
 remat=full|none|dots, dtype=bfloat16, attn=auto|xla|tpu_flash (the attention kernel).
 
 Recipes (official MCG-NJU/VideoMAE `scripts/*/finetune.sh`, 64 GPUs unless noted, all with `--num_sample 2`
-repeated augmentation, which this project does not have yet: the batch here counts decoded clips):
+repeated augmentation; the batch here counts clips, and these presets decode one clip per video: add
+`--config.data.num_sample=2 --config.batch_size=<2 x batch> --config.optim.lr_batch_denom=512` for the official
+layout, two augmented clips per decoded video at the official learning rate):
   K400 (dense 16x4 sampling, test 5 clips x 3 crops)
     vit_s  lr 5e-4, 150 ep, batch 12 x 32 GPUs, drop-path 0.1, layer decay 0.75
     vit_b  lr 5e-4, 75 ep (1600-ep model; 1e-3 and 100 ep for the 800-ep one), drop-path 0.1, layer decay 0.75

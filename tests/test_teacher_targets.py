@@ -158,6 +158,7 @@ def test_a_rerun_skips_complete_shards_and_a_half_written_shard_is_never_read(se
     ("seed", SEED + 1, "seed: cache 3, run 4"),
     ("data.crop_size", 24, "data.crop_size: cache 32, run 24"),
     ("model.kwargs.mask_ratio", 0.5, "teachers.mask_ratio: cache 0.75, run 0.5"),
+    ("data.num_sample", 2, "data.num_sample=2: stored teacher targets hold one clip per video"),
 ])
 def test_a_cache_of_other_settings_is_refused_naming_the_fields(setup, field, value, match):
     paths, _ = setup

@@ -182,6 +182,8 @@ def train_iterator(directory: str, cfg, fingerprint: dict, *, seed: int, batch_s
     pipeline.check_data_config(cfg)
     if cfg.mixup or cfg.cutmix:
         raise ValueError("data.mixup/cutmix: stored teacher targets belong to unmixed clips; set both to 0")
+    if cfg.get("num_sample", 1) != 1:
+        raise ValueError(f"data.num_sample={cfg.num_sample}: stored teacher targets hold one clip per video; set 1")
     cache = open_cache(directory, fingerprint)
     source = pipeline.make_source(cfg, "train")
     if len(source) != cache.manifest["num_examples"]:
