@@ -281,15 +281,18 @@ def memory_row(compiled, hbm_gib) -> dict:
 
 
 def model_settings(config, name: str) -> list:
-    """The distinct values of a model setting (`dtype`, `remat`, `attn_impl`) anywhere in `config.model.kwargs`."""
+    """The distinct values of a model setting (`dtype`, `remat`, `attn_impl`) anywhere in `config.model.kwargs`, as
+    JSON values (a dtype object becomes its name)."""
     found = []
 
     def visit(tree):
         for key, value in tree.items():
             if hasattr(value, "items"):
                 visit(value)
-            elif key == name and value not in found:
-                found.append(value)
+            elif key == name:
+                value = value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+                if value not in found:
+                    found.append(value)
 
     visit(config.model.kwargs)
     return found

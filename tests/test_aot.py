@@ -95,3 +95,14 @@ def _tiny_config(batch):
             node = node[parent]
         node[leaf] = int(value)
     return c
+
+
+def test_model_settings_are_json_values_even_when_a_config_holds_dtype_objects():
+    import jax.numpy as jnp
+    import ml_collections
+    config = ml_collections.ConfigDict({"model": {"kwargs": {
+        "dtype": jnp.dtype(jnp.bfloat16), "llm": {"dtype": jnp.dtype(jnp.bfloat16), "remat": "full"},
+        "vision": {"dtype": "float32"}}}})
+    assert aot.model_settings(config, "dtype") == ["bfloat16", "float32"]
+    assert json.loads(json.dumps(aot.model_settings(config, "dtype"))) == ["bfloat16", "float32"]
+    assert aot.model_settings(config, "remat") == ["full"]
