@@ -108,6 +108,10 @@ def main(argv) -> int:
     if args.num_beams != 1:
         _error(f"--num_beams={args.num_beams}: only 1 is supported (the official default; no beam search)")
         return 2
+    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.max_new_tokens < 1:
+        _error(f"--temperature={args.temperature} must be >= 0, --top_p={args.top_p} in (0, 1] and "
+               f"--max_new_tokens={args.max_new_tokens} >= 1")
+        return 2
     try:
         videos = [path for path, _ in discovery.find_videos(paths.resolve(args.video))]
         if len(videos) > 1 and args.question is None:
