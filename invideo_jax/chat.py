@@ -4,7 +4,8 @@
       [--tokenizer DIR] [--llm_dir DIR] [--frames N] [--temperature 1.0] [--top_p 0.9] [--num_beams 1]
       [--max_new_tokens 200] [--greedy] [--seed 0] [--system TEXT] [--json]
 
-NAME: a registry preset (`python -m invideo_jax.registry list`) or a config file PATH.py[:ARG] of task 'videochat2'.
+NAME: internvideo2_chat_8b, videochat2_mistral_7b, videochat2_vicuna_7b (evaluate/videochat.py), or a config file
+PATH.py[:ARG] of task 'videochat2' (e.g. configs/videochat2.py:mistral).
 PATH: an Orbax directory of ours, or the official files (repeat --checkpoint, in order; --llm_dir for the base LLM a
 VideoChat2 stage file lacks); the LLM tokenizer comes from --tokenizer, the config, or the checkpoint directory
 (evaluate/videochat.py). With --question, each video (one file, or every video of a folder) gets that question;
@@ -29,7 +30,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m invideo_jax.chat", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[2:]))
-    parser.add_argument("--model", required=True, help="a VideoChat registry name or config file PATH.py[:ARG]")
+    parser.add_argument("--model", required=True, help="a chat model name or a config file PATH.py[:ARG]")
     parser.add_argument("--checkpoint", required=True, action="append",
                         help="a directory of ours, or official files in order (repeat the flag)")
     parser.add_argument("--llm_dir", default="", help="the base LLM directory official stage files lack")

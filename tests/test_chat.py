@@ -92,3 +92,31 @@ def test_bad_input_is_one_line_without_traceback(files, case, code, message):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+
+
+def test_official_layout_files_load_to_the_same_model(files, chat, tmp_path):
+    """Our params written in InternVideo2-Chat's key layout (a safetensors directory with the tokenizer, as the
+    Hugging Face release) load through the converter to the same weights and replies; at 16 frames the learned
+    pos_embed is resampled (1 + 8 x 4 -> 1 + 16 x 4 positions)."""
+    import shutil
+
+    import jax
+    import numpy as np
+    import safetensors.numpy
+
+    from invideo_jax.convert import videochat2
+
+    state = videochat2.to_state_dict(jax.tree.map(np.asarray, chat.params), "internvideo2")
+    safetensors.numpy.save_file({k: np.ascontiguousarray(v, np.float32) for k, v in state.items()},
+                                str(tmp_path / "model.safetensors"))
+    shutil.copy(os.path.join(files["tokenizer"], "tokenizer.json"), tmp_path)
+    shutil.copy(os.path.join(files["tokenizer"], "tokenizer_config.json"), tmp_path)
+    official = videochat.load(videochat_tiny.NAME, str(tmp_path))
+    for (path, mine), theirs in zip(jax.tree_util.tree_leaves_with_path(chat.params),
+                                    jax.tree.leaves(official.params)):
+        np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs), err_msg=jax.tree_util.keystr(path))
+    video = files["videos"][0]
+    assert greedy(official, video, "What is it?") == greedy(chat, video, "What is it?")
+    longer = videochat.load(videochat_tiny.NAME, str(tmp_path), frames=16)
+    assert longer.params["vision_encoder"]["pos_embed"].shape[-2] == 1 + 16 * 4
+    assert longer.read_clip(video).shape == (16, 28, 28, 3)

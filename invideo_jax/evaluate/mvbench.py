@@ -168,7 +168,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m invideo_jax.evaluate.mvbench", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[2:]))
-    parser.add_argument("--model", required=True, help="a VideoChat registry name or config file PATH.py[:ARG]")
+    parser.add_argument("--model", required=True, help="a chat model name or a config file PATH.py[:ARG]")
     parser.add_argument("--checkpoint", required=True, action="append",
                         help="a directory of ours, or official files in order (repeat the flag)")
     parser.add_argument("--llm_dir", default="", help="the base LLM directory official stage files lack")

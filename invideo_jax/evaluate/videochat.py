@@ -1,12 +1,20 @@
 """Answering questions about a video with a VideoChat2 / InternVideo2-Chat model: loading, frames, prompts, decoding.
 
-`load(NAME, CHECKPOINT)` builds the registry preset or config file NAME (task 'videochat2') and reads its weights:
+`load(NAME, CHECKPOINT)` builds NAME -- one of the chat models below, a registry preset or a config file of task
+'videochat2' -- and reads its weights:
 an Orbax directory of ours (a run's workdir, its `checkpoints/`, or what the converter wrote), or the official files
 (VideoChat2 .pth stage files in order, with `llm_dir` for the base LLM they lack; the InternVideo2-Chat-8B
 safetensors directory, which holds the LLM too) through convert/videochat2.py. `frames` other than the checkpoint's
 count rebuilds the encoder for them: a learned pos_embed (InternVideo2) is resampled in time as the original does at
 run time; UMT's table is computed for any count. The LLM tokenizer comes from `tokenizer`, else the config's
 `videochat.llm_tokenizer`, else the checkpoint directory.
+
+Chat models (`CHAT_MODELS`; configs/videochat2.py at stage 3; the registry's presets are encoders and video-text
+models, whose inference interface a chat model does not share):
+  internvideo2_chat_8b   InternVideo2-Chat-8B; CHECKPOINT: the Hugging Face directory (safetensors, LLM included)
+  videochat2_mistral_7b  VideoChat2-Mistral; CHECKPOINT: umt_l16_qformer.pth, then the stage-3 .pth; llm_dir:
+                         Mistral-7B-Instruct-v0.2
+  videochat2_vicuna_7b   VideoChat2-Vicuna; the same with the Vicuna files and Vicuna-7B v0
 
 Frames (`segment_centres`, the MVBench loader's get_index): the clip [start, end] seconds (default the whole video)
 in `num_frames` equal segments, the frame at the centre of each; Resize(short side) + CenterCrop, then mean/std
@@ -46,6 +54,9 @@ PLACEHOLDER = "<VideoHere>"
 CHAT_INSTRUCTION = "Watch the video and answer the question."
 PROMPT_BUCKET = 64
 OFFICIAL_FILES = (".pth", ".pt", ".bin", ".safetensors")
+CHAT_MODELS = {"internvideo2_chat_8b": "configs/videochat2.py:8b",
+               "videochat2_mistral_7b": "configs/videochat2.py:mistral",
+               "videochat2_vicuna_7b": "configs/videochat2.py:vicuna"}
 
 
 def segment_centres(frame_count: int, num_frames: int, fps: float = 0.0, bounds=None) -> np.ndarray:
@@ -273,7 +284,11 @@ def load(name: str, checkpoints, *, tokenizer: str = "", llm_dir: str = "", fram
     for path in checkpoints:
         if not os.path.exists(path):
             raise FileNotFoundError(f"checkpoint not found: {path}")
-    preset = registry.get(name)
+    try:
+        preset = registry.get(CHAT_MODELS.get(name, name))
+    except ValueError:
+        raise ValueError(f"unknown chat model {name!r}; known: {', '.join(CHAT_MODELS)}, or a config file "
+                         "PATH.py[:ARG] of task 'videochat2'") from None
     config = registry.build_config(preset)
     if config.task != "videochat2":
         raise ValueError(f"{name} is not a VideoChat model (its task is {config.task!r}, expected 'videochat2')")
