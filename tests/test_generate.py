@@ -116,6 +116,7 @@ def test_command_line_generates_from_a_saved_model_directory(tmp_path):
     assert result.stdout.strip().splitlines()[-1] == prompt + tokenizer.decode(expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("temperature,top_p", [(0.0, 1.0), (0.8, 0.9)])
 def test_stream_yields_the_tokens_generate_returns(temperature, top_p):
     """Step by step (greedy and sampled with the same key), stopping rows padded, ending once every row stopped."""

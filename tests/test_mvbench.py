@@ -44,6 +44,12 @@ def test_prompts_of_each_template():
         "[INST] Where does it go? [/INST]")
 
 
+def test_replies_are_cut_as_the_official_answer_cuts_them():
+    assert videochat.clean_answer("mistral", " (B) a cat</s> [INST] more") == "(B) a cat"
+    assert videochat.clean_answer("vicuna", " Assistant: a red ball###Human: next") == "a red ball"
+    assert videochat.clean_answer("vicuna", "(A) left\n###") == "(A) left"
+
+
 def test_segment_centre_frames():
     # 100 frames, whole video: segment 99 / 16 = 6.1875, index k = int(3.09375 + round(6.1875 k))
     np.testing.assert_array_equal(videochat.segment_centres(100, 16),
