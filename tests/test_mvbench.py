@@ -148,3 +148,28 @@ def test_run_writes_predictions_whose_counts_give_the_accuracies(tmp_path):
     assert summary["overall"]["accuracy"] == sum(r["correct"] for r in rows) / 5
     assert summary["strict_accuracy"] == sum(r["strict_correct"] for r in rows) / 5
     assert summary["settings"]["frames"] == 16
+
+
+@pytest.mark.slow
+def test_the_qformer_reads_the_instruction_and_its_padding_changes_nothing(tmp_path):
+    """A tiny VideoChat whose Q-Former reads text: the instruction changes the visual tokens; padding the instruction
+    to a longer row (inference uses the Q-Former's whole position table) leaves them unchanged."""
+    import dataclasses
+
+    import jax
+
+    from configs import videochat2 as recipes
+    from invideo_jax.data import tokenizer as text_tokenizer
+    from invideo_jax.models.videochat import VideoChat
+
+    kwargs = recipes.model_kwargs("tiny", frames=4, scan=False, remat="none", dtype=np.float32, lora=False)
+    kwargs["qformer_config"]["text_input"] = True
+    model = VideoChat(**kwargs)
+    params = model.init(jax.random.PRNGKey(0), *model.dummy_inputs())["params"]
+    words = text_tokenizer.train_word_tokenizer([mvbench.SYSTEM, videochat.CHAT_INSTRUCTION], str(tmp_path), 16)
+    chat = videochat.ChatModel(model, params, "mistral", None, words, 4, 28, "clip")
+    clip = np.random.default_rng(0).normal(size=(4, 28, 28, 3)).astype(np.float32)
+    short = np.asarray(chat.visual_tokens(clip, videochat.CHAT_INSTRUCTION))
+    assert not np.allclose(short, np.asarray(chat.visual_tokens(clip, "")), atol=1e-4)
+    padded = dataclasses.replace(chat, qformer_tokenizer=dataclasses.replace(words, context_length=32))
+    np.testing.assert_allclose(np.asarray(padded.visual_tokens(clip, videochat.CHAT_INSTRUCTION)), short, atol=1e-5)

@@ -27,7 +27,7 @@ Prompts (`prompt`; `<VideoHere>` marks the visual tokens, split as the official 
                 (InternVideo2-Chat-8B's `chat`; the text after the visual tokens starts with its own BOS)
 An answer prefix (MVBench's `Best option:(`) follows the last tag after a space. Only the first text piece gets BOS
 (but internvideo2, above). The Q-Former reads `instruction` (chat: "Watch the video and answer the question.";
-MVBench: its system prompt; internvideo2 and models without Q-Former text: nothing).
+MVBench: its system prompt; internvideo2 and models without Q-Former text: nothing), up to its max_len tokens.
 
 Decoding: `generate.py` on the spliced embeddings, prompts left-padded to a multiple of 64 tokens (one compile per
 bucket); stops at EOS (mistral, internvideo2) or `###` (vicuna); a leading <unk> / BOS token is dropped and the text
@@ -292,7 +292,10 @@ def load(name: str, checkpoints, *, tokenizer: str = "", llm_dir: str = "", fram
     config = registry.build_config(preset)
     if config.task != "videochat2":
         raise ValueError(f"{name} is not a VideoChat model (its task is {config.task!r}, expected 'videochat2')")
-    overrides = {"videochat.llm_tokenizer": _tokenizer_dir(tokenizer, config, checkpoints)}
+    # the Q-Former reads up to its position table (the official max_txt_len 512), not training's 32 tokens: MVBench's
+    # system prompt is longer than that (padding is masked, so a longer row changes nothing else)
+    overrides = {"videochat.llm_tokenizer": _tokenizer_dir(tokenizer, config, checkpoints),
+                 "videochat.instruction_length": config.model.kwargs.qformer_config.get("max_len", 512)}
     if qformer_tokenizer_path:
         overrides["videochat.qformer_tokenizer_path"] = paths.resolve(qformer_tokenizer_path)
     saved = registry.build_config(preset, overrides=overrides)
