@@ -95,7 +95,7 @@ def converse(chat, video: str, args) -> bool:
                 pieces.append(piece)
                 print(piece, end="", flush=True)
             print(flush=True)
-            reply = "".join(pieces).strip()
+            reply = videochat.clean_answer(chat.template, "".join(pieces))
         history.append((question, reply))
     return True
 

@@ -50,6 +50,15 @@ def test_replies_are_cut_as_the_official_answer_cuts_them():
     assert videochat.clean_answer("vicuna", "(A) left\n###") == "(A) left"
 
 
+def test_streamed_pieces_hold_back_and_cut_stop_texts():
+    pieces = {1: "a", 2: " red", 3: " ball", 4: "#", 5: "#", 6: "#", 7: "Human", 8: "</", 9: "s>", 10: " x"}
+    decode = lambda ids: "".join(pieces[i] for i in ids)
+    assert list(videochat.reply_pieces([1, 2, 3, 4, 5, 6, 7], decode)) == ["a", " red", " ball"]
+    assert list(videochat.reply_pieces([1, 4, 2, 8, 9, 10], decode)) == ["a", "# red"]  # "#" waits for " red"
+    assert list(videochat.reply_pieces([1, 8, 2], decode)) == ["a", "</ red"]  # "</" then not "s>": shown late
+    assert list(videochat.reply_pieces([4, 4], decode)) == []
+
+
 def test_segment_centre_frames():
     # 100 frames, whole video: segment 99 / 16 = 6.1875, index k = int(3.09375 + round(6.1875 k))
     np.testing.assert_array_equal(videochat.segment_centres(100, 16),

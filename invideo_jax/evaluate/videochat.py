@@ -22,7 +22,8 @@ in `num_frames` equal segments, the frame at the centre of each; Resize(short si
 
 Prompts (`prompt`; `<VideoHere>` marks the visual tokens, split as the official inference does, pitfall P8):
   mistral       {system}[INST] <Video><VideoHere></Video> [/INST] [INST] q1 [/INST] a1</s> [INST] q [/INST]
-  vicuna        {system}###Human: <Video><VideoHere></Video>\\n###Human: q1\\n###Assistant: a1###Human: q\\n###Assistant:
+  vicuna        {system}###Human: <Video><VideoHere></Video>\\n###Human: q1\\n###Assistant: a1###
+                Human: q\\n###Assistant:   (one string; the official ask() ends each question with a newline)
   internvideo2  {system}[INST] <Video><VideoHere></Video>[/INST] [INST] q1 [/INST]a1</s> [INST] q [/INST]
                 (InternVideo2-Chat-8B's `chat`; the text after the visual tokens starts with its own BOS)
 An answer prefix (MVBench's `Best option:(`) follows the last tag after a space. Only the first text piece gets BOS
@@ -53,6 +54,7 @@ from invideo_jax.models.vit import VisionTransformer
 PLACEHOLDER = "<VideoHere>"
 CHAT_INSTRUCTION = "Watch the video and answer the question."
 PROMPT_BUCKET = 64
+STOP_TEXTS = ("</s>", "###")
 OFFICIAL_FILES = (".pth", ".pt", ".bin", ".safetensors")
 CHAT_MODELS = {"internvideo2_chat_8b": "configs/videochat2.py:8b",
                "videochat2_mistral_7b": "configs/videochat2.py:mistral",
@@ -90,7 +92,8 @@ def prompt(template: str, question: str, history=(), system: str = "", answer_pr
 
 def clean_answer(template: str, text: str) -> str:
     """The reply as the official post-processing leaves it: cut at `</s>` / `###`, vicuna after `Assistant:`."""
-    text = text.split("</s>")[0].split("###")[0]
+    for stop in STOP_TEXTS:
+        text = text.split(stop)[0]
     if template == "vicuna":
         text = text.split("Assistant:")[-1]
     return text.strip()
@@ -183,24 +186,12 @@ class ChatModel:
 
     def stream_answer(self, visual, text: str, *, max_new_tokens: int = 200, temperature: float = 1.0,
                       top_p: float = 0.9, seed: int = 0):
-        """Yields the reply's text in pieces as the tokens come (stop text held back and cut); the pieces join to
-        `clean_answer` of the whole reply up to its surrounding whitespace."""
+        """Yields the reply's text in pieces as the tokens come (`reply_pieces`); `clean_answer` of the joined pieces
+        is `answer`'s reply for the same settings."""
         embeds, mask = self._inputs(visual, text)
-        tokens, shown = [], 0
-        for step in gen.stream(self.llm, self.params["llm"], embeds=embeds, mask=mask,
-                               **self._sampling(max_new_tokens, temperature, top_p, seed)):
-            tokens.append(int(step[0]))
-            reply = self.decode(tokens)
-            cut = min((reply.find(s) for s in ("</s>", "###") if s in reply), default=-1)
-            if cut >= 0:
-                reply = reply[:cut]
-            else:  # hold back what may begin a stop text
-                reply = reply[:len(reply) - _stop_prefix(reply)]
-            if len(reply) > shown:
-                yield reply[shown:]
-                shown = len(reply)
-            if cut >= 0:
-                return
+        steps = gen.stream(self.llm, self.params["llm"], embeds=embeds, mask=mask,
+                           **self._sampling(max_new_tokens, temperature, top_p, seed))
+        yield from reply_pieces((int(step[0]) for step in steps), self.decode)
 
     def decode(self, tokens) -> str:
         tokens = list(tokens)
@@ -210,9 +201,24 @@ class ChatModel:
         return self.tokenizer.decode(tokens)
 
 
-def _stop_prefix(text: str) -> int:
-    """The length of the longest end of `text` that begins `</s>` or `###`."""
-    return max((k for s in ("</s>", "###") for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+def reply_pieces(tokens, decode):
+    """The text of a reply in pieces as its token ids come (`decode`: ids -> text): cut at the first stop text, and
+    what may be the start of one held back until the next token tells."""
+    ids, shown = [], 0
+    for token in tokens:
+        ids.append(token)
+        reply = decode(ids)
+        cut = min((reply.find(s) for s in STOP_TEXTS if s in reply), default=-1)
+        if cut >= 0:
+            reply = reply[:cut]
+        else:
+            reply = reply[:len(reply) - max((k for s in STOP_TEXTS for k in range(1, len(s))
+                                              if reply.endswith(s[:k])), default=0)]
+        if len(reply) > shown:
+            yield reply[shown:]
+            shown = len(reply)
+        if cut >= 0:
+            return
 
 
 # ----------------------------------------------------------------------------------------------------------
