@@ -13,7 +13,8 @@ the top-p nucleus (the smallest set of most likely tokens whose probability reac
 
 `generate()` takes token ids or input embeddings (visual tokens spliced into a prompt, models/videochat.py) with a
 left-padding mask. The cache holds prompt + max_new_tokens slots; the whole loop is one compiled function per
-(batch, prompt length, max_new_tokens, sampling settings).
+(batch, prompt length, max_new_tokens, sampling settings). `stream()` gives the same tokens one step at a time (a chat
+prints them as they come): the same prefill and decode step, driven from the host.
 """
 import functools
 from typing import Optional, Sequence
@@ -52,49 +53,56 @@ def _ends_with_stop(buffer, t, stop_sequences):
     return hit
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_p", "stop_sequences",
-                                             "pad_id"))
-def _generate(model, params, ids, embeds, mask, rng, *, max_new_tokens, temperature, top_p, stop_sequences, pad_id):
+def _prefill(model, params, ids, embeds, mask, rng, *, max_new_tokens, temperature, top_p, pad_id):
+    """The prompt through the model: the decode state with the first new token drawn."""
     inputs = embeds if ids is None else ids
     batch, prompt_len = inputs.shape[:2]
-    variables = {"params": params}
     cache = model.init_cache(batch, prompt_len + max_new_tokens)
     slots = jnp.concatenate([mask.astype(bool), jnp.ones((batch, max_new_tokens), bool)], axis=1)
     positions = jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)
-    out = model.apply(variables, ids, embeds=embeds, mask=slots, positions=positions, cache=cache)
+    out = model.apply({"params": params}, ids, embeds=embeds, mask=slots, positions=positions, cache=cache)
     start = jnp.sum(mask.astype(jnp.int32), axis=1)  # the position of the first new token
     rng, key = jax.random.split(rng)
     first = next_token(out["logits"][:, -1], key, temperature, top_p)
-
-    def decode(state):
-        t, token, cache, done, buffer, lengths, rng = state
-        buffer = buffer.at[:, t].set(jnp.where(done, pad_id, token))
-        lengths = lengths + (~done).astype(jnp.int32)
-        done = done | _ends_with_stop(buffer, t, stop_sequences)
-        step = model.apply(variables, token[:, None], mask=slots, positions=(start + t)[:, None], cache=cache,
-                           cache_index=prompt_len + t)
-        rng, key = jax.random.split(rng)
-        token = next_token(step["logits"][:, 0], key, temperature, top_p)
-        return t + 1, token, step["cache"], done, buffer, lengths, rng
-
-    def running(state):
-        t, _, _, done, *_ = state
-        return (t < max_new_tokens) & ~jnp.all(done)
-
-    state = (jnp.int32(0), first, out["cache"], jnp.zeros(batch, bool),
-             jnp.full((batch, max_new_tokens), pad_id, jnp.int32), jnp.zeros(batch, jnp.int32), rng)
-    _, _, _, _, tokens, lengths, _ = jax.lax.while_loop(running, decode, state)
-    return tokens, lengths
+    return dict(t=jnp.int32(0), token=first, cache=out["cache"], done=jnp.zeros(batch, bool),
+                tokens=jnp.full((batch, max_new_tokens), pad_id, jnp.int32), lengths=jnp.zeros(batch, jnp.int32),
+                rng=rng, slots=slots, start=start)
 
 
-def generate(model, params, ids=None, *, embeds=None, mask=None, max_new_tokens: int = 32, temperature: float = 0.0,
-             top_p: float = 1.0, stop_sequences: Sequence[Sequence[int]] = (), pad_id: int = 0,
-             rng: Optional[jax.Array] = None) -> dict:
-    """Continue left-padded prompts: `ids` (B, P) or `embeds` (B, P, D), `mask` (B, P) 1 = token (default all).
+def _decode_step(model, params, state, *, temperature, top_p, stop_sequences, pad_id):
+    """Records `state['token']` (pad_id in finished rows) as new token t, then runs it through the model and draws
+    the next one."""
+    t, token, done = state["t"], state["token"], state["done"]
+    tokens = state["tokens"].at[:, t].set(jnp.where(done, pad_id, token))
+    lengths = state["lengths"] + (~done).astype(jnp.int32)
+    done = done | _ends_with_stop(tokens, t, stop_sequences)
+    prompt_len = state["slots"].shape[1] - tokens.shape[1]
+    step = model.apply({"params": params}, token[:, None], mask=state["slots"],
+                       positions=(state["start"] + t)[:, None], cache=state["cache"], cache_index=prompt_len + t)
+    rng, key = jax.random.split(state["rng"])
+    token = next_token(step["logits"][:, 0], key, temperature, top_p)
+    return dict(state, t=t + 1, token=token, cache=step["cache"], done=done, tokens=tokens, lengths=lengths, rng=rng)
 
-    Returns `tokens` (B, max_new_tokens) int32 (after a row stops: `pad_id`) and `lengths` (B,): the tokens each row
-    generated, a completed stop sequence included. A row stops once its new tokens end with a stop sequence.
-    """
+
+_prefill_jit = jax.jit(_prefill, static_argnames=("model", "max_new_tokens", "temperature", "top_p", "pad_id"))
+_decode_step_jit = jax.jit(_decode_step, static_argnames=("model", "temperature", "top_p", "stop_sequences", "pad_id"),
+                           donate_argnames=("state",))
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_p", "stop_sequences",
+                                             "pad_id"))
+def _generate(model, params, ids, embeds, mask, rng, *, max_new_tokens, temperature, top_p, stop_sequences, pad_id):
+    state = _prefill(model, params, ids, embeds, mask, rng, max_new_tokens=max_new_tokens, temperature=temperature,
+                     top_p=top_p, pad_id=pad_id)
+    running = lambda s: (s["t"] < max_new_tokens) & ~jnp.all(s["done"])
+    step = functools.partial(_decode_step, model, params, temperature=temperature, top_p=top_p,
+                             stop_sequences=stop_sequences, pad_id=pad_id)
+    state = jax.lax.while_loop(running, step, state)
+    return state["tokens"], state["lengths"]
+
+
+def _checked(ids, embeds, mask, max_new_tokens, temperature, top_p, stop_sequences, pad_id, rng) -> tuple:
+    """(positional arrays, static keywords) of a generation call, the arguments checked."""
     if (ids is None) == (embeds is None):
         raise ValueError("generate: give exactly one of `ids` and `embeds`")
     if max_new_tokens < 1:
@@ -109,11 +117,39 @@ def generate(model, params, ids=None, *, embeds=None, mask=None, max_new_tokens:
     if mask.shape != inputs.shape[:2]:
         raise ValueError(f"mask {mask.shape} does not match the prompts {inputs.shape[:2]}")
     rng = jax.random.PRNGKey(0) if rng is None else rng
-    tokens, lengths = _generate(model, params, None if ids is None else jnp.asarray(ids, jnp.int32),
-                                None if embeds is None else jnp.asarray(embeds), mask, rng,
-                                max_new_tokens=max_new_tokens, temperature=float(temperature), top_p=float(top_p),
-                                stop_sequences=stop_sequences, pad_id=int(pad_id))
+    arrays = (None if ids is None else jnp.asarray(ids, jnp.int32), None if embeds is None else jnp.asarray(embeds),
+              mask, rng)
+    return arrays, dict(max_new_tokens=max_new_tokens, temperature=float(temperature), top_p=float(top_p),
+                        stop_sequences=stop_sequences, pad_id=int(pad_id))
+
+
+def generate(model, params, ids=None, *, embeds=None, mask=None, max_new_tokens: int = 32, temperature: float = 0.0,
+             top_p: float = 1.0, stop_sequences: Sequence[Sequence[int]] = (), pad_id: int = 0,
+             rng: Optional[jax.Array] = None) -> dict:
+    """Continue left-padded prompts: `ids` (B, P) or `embeds` (B, P, D), `mask` (B, P) 1 = token (default all).
+
+    Returns `tokens` (B, max_new_tokens) int32 (after a row stops: `pad_id`) and `lengths` (B,): the tokens each row
+    generated, a completed stop sequence included. A row stops once its new tokens end with a stop sequence.
+    """
+    arrays, static = _checked(ids, embeds, mask, max_new_tokens, temperature, top_p, stop_sequences, pad_id, rng)
+    tokens, lengths = _generate(model, params, *arrays, **static)
     return {"tokens": tokens, "lengths": lengths}
+
+
+def stream(model, params, ids=None, *, embeds=None, mask=None, max_new_tokens: int = 32, temperature: float = 0.0,
+           top_p: float = 1.0, stop_sequences: Sequence[Sequence[int]] = (), pad_id: int = 0,
+           rng: Optional[jax.Array] = None):
+    """`generate` one token at a time (same arguments, same tokens): yields numpy (B,) int32, the token each row adds
+    at this step (`pad_id` in rows that have stopped), until every row has stopped or after max_new_tokens steps.
+    The prefill and the decode step are compiled once each; the host checks the rows between steps."""
+    arrays, static = _checked(ids, embeds, mask, max_new_tokens, temperature, top_p, stop_sequences, pad_id, rng)
+    stopping = {k: static[k] for k in ("temperature", "top_p", "stop_sequences", "pad_id")}
+    state = _prefill_jit(model, params, *arrays, **{k: v for k, v in static.items() if k != "stop_sequences"})
+    for _ in range(max_new_tokens):
+        yield np.where(np.asarray(state["done"]), static["pad_id"], np.asarray(state["token"])).astype(np.int32)
+        state = _decode_step_jit(model, params, state, **stopping)
+        if np.all(np.asarray(state["done"])):
+            return
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple:

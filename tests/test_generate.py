@@ -114,3 +114,21 @@ def test_command_line_generates_from_a_saved_model_directory(tmp_path):
         env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == prompt + tokenizer.decode(expected)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("temperature,top_p", [(0.0, 1.0), (0.8, 0.9)])
+def test_stream_yields_the_tokens_generate_returns(temperature, top_p):
+    """Step by step (greedy and sampled with the same key), stopping rows padded, ending once every row stopped."""
+    hf, model, params = models()
+    ids, mask = gen.left_pad([[1, 5, 9, 14], [1, 2, 3, 4, 5, 6]], pad_id=0)
+    kw = dict(mask=mask, max_new_tokens=10, temperature=temperature, top_p=top_p, rng=jax.random.PRNGKey(4))
+    free = np.asarray(gen.generate(model, params, ids, **kw)["tokens"])
+    stop = int(free[0, 2])
+    out = gen.generate(model, params, ids, stop_sequences=[[stop]], pad_id=0, **kw)
+    steps = np.stack(list(gen.stream(model, params, ids, stop_sequences=[[stop]], pad_id=0, **kw)), axis=1)
+    expected = np.asarray(out["tokens"])
+    np.testing.assert_array_equal(steps, expected[:, :steps.shape[1]])
+    assert steps.shape[1] == int(np.max(np.asarray(out["lengths"])))  # no step after the last row stopped
+    if temperature == 0:
+        np.testing.assert_array_equal(steps[1], hf_greedy(hf, ids, mask, 10)[1][:steps.shape[1]])

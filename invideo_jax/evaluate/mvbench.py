@@ -1,0 +1,223 @@
+"""MVBench-style evaluation of a VideoChat model over a JSON list of questions, per-question predictions written.
+
+  python -m invideo_jax.evaluate.mvbench --model NAME --checkpoint PATH --questions QUESTIONS.json \
+      --video_root DIR --output PREDICTIONS.json [--tokenizer DIR] [--frames 16] [--normalize clip]
+
+QUESTIONS.json: a list of {"video": path (relative to --video_root), "question": str, "answer": str,
+"candidates": [str, ...] (multiple choice; without it the question is open-ended), "task": str (default "default"),
+optional "start" / "end" seconds}. MVBench's per-task files hold these fields (add "task").
+
+The official protocol (Ask-Anything mvbench.ipynb; evaluate/videochat.py loads, prompts and decodes):
+  frames       16 segment centres of [start, end] (the whole video without bounds), short side + centre crop;
+               mean/std: CLIP's by default, as the notebook (pitfall P2)
+  question     "Question: {question}\\nOptions:\\n(A) {c0}\\n(B) {c1}..." (trailing newline stripped); the ground
+               truth "({letter}) {answer}"
+  prompts      SYSTEM is the Q-Former's instruction, the conversation's system prefix, and again before the question
+               (system_llm); the question ends with "\\nOnly give the best option."; the reply starts after
+               "Best option:(" (the assistant turn left open)
+  decoding     greedy, 100 new tokens; the prediction is "(" + the reply's first line
+  correct      (official check_ans) the prediction's first space-separated word, lower-cased, dots removed, is a
+               substring of the ground truth's "(x)", or "(x)" is a substring of that word
+Pitfall P13, our documented choice: the official rule counts an empty reply ("(") as correct, since "(" is in every
+"(x)". `correct` and `accuracy` keep the official rule, so numbers compare with the published ones; `letter` is the
+strictly parsed option ("(" + one letter + ")", space, dot or end) and `strict_accuracy` counts a question correct
+only when that letter is the ground truth's.
+Open-ended questions: the question alone with the chat prompt, greedy decoding, no answer prefix; the prediction is
+the reply's first line, correct when it equals the answer after lower-casing, trimming, collapsing spaces and
+dropping a final dot (exact match).
+A video that does not decode counts as wrong (its record says why; `bad_videos` counts them).
+
+The output (written atomically): {"summary": {"overall", "per_task": {task: {"correct", "total", "accuracy"}},
+"strict_accuracy", "bad_videos", "settings"}, "predictions": [one record per question, in order]}.
+"""
+import argparse
+import json
+import os
+import re
+import sys
+
+SYSTEM = ("Carefully watch the video and pay attention to the cause and sequence of events, the detail and movement "
+          "of objects, and the action and pose of persons. Based on your observations, select the best option that "
+          "accurately addresses the question.\n")
+QUESTION_PROMPT = "\nOnly give the best option."
+ANSWER_PROMPT = "Best option:("
+RETURN_PROMPT = "("
+FRAMES = 16
+MAX_NEW_TOKENS = 100
+
+
+def format_question(question: str, candidates, answer: str) -> tuple:
+    """(question text, ground truth "(x) answer") of a multiple-choice question."""
+    if answer not in candidates:
+        raise ValueError(f"the answer {answer!r} is not one of the candidates {list(candidates)!r}")
+    text = f"Question: {question}\nOptions:\n" + "".join(
+        f"({chr(ord('A') + k)}) {c}\n" for k, c in enumerate(candidates))
+    return text.rstrip(), f"({chr(ord('A') + list(candidates).index(answer))}) {answer}"
+
+
+def official_correct(prediction: str, ground_truth: str) -> bool:
+    """MVBench's check_ans (see the module docstring; an empty reply "(" is correct, pitfall P13)."""
+    option = prediction.lower().split(" ")[0].replace(".", "")
+    truth = ground_truth.lower().split(" ")[0]
+    return option in truth or truth in option
+
+
+def option_letter(prediction: str) -> str:
+    """The option letter of a prediction "(x)..." parsed strictly (upper case), or '' when there is none."""
+    match = re.match(r"\(([A-Za-z])(\)|\s|\.|$)", prediction)
+    return match.group(1).upper() if match else ""
+
+
+def normalize_answer(text: str) -> str:
+    return " ".join(text.lower().split()).removesuffix(".").strip()
+
+
+def read_questions(path: str, root: str = "") -> list:
+    """The question records of a JSON list, checked (module docstring); video paths joined to `root`."""
+    with open(path) as f:
+        try:
+            entries = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{path}: expected a non-empty JSON list of questions")
+    questions = []
+    for k, entry in enumerate(entries):
+        where = f"{path}: question {k}"
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(f), str) for f in ("video", "question",
+                                                                                          "answer")):
+            raise ValueError(f"{where}: needs string fields 'video', 'question' and 'answer'")
+        candidates = entry.get("candidates")
+        if candidates is not None and (not isinstance(candidates, list) or not candidates
+                                       or not all(isinstance(c, str) for c in candidates)):
+            raise ValueError(f"{where}: 'candidates' must be a non-empty list of strings")
+        bounds = None
+        if "start" in entry or "end" in entry:
+            start, end = entry.get("start"), entry.get("end")
+            if not (isinstance(start, (int, float)) and isinstance(end, (int, float)) and 0 <= start < end):
+                raise ValueError(f"{where}: 'start' and 'end' must both be seconds with 0 <= start < end")
+            bounds = (float(start), float(end))
+        record = {"index": k, "task": str(entry.get("task", "default")), "video": os.path.join(root, entry["video"]),
+                  "question": entry["question"], "answer": entry["answer"], "candidates": candidates,
+                  "bounds": bounds}
+        if candidates is not None:
+            try:
+                record["text"], record["ground_truth"] = format_question(entry["question"], candidates,
+                                                                         entry["answer"])
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
+        questions.append(record)
+    return questions
+
+
+def answer_question(chat, question: dict, max_new_tokens: int = MAX_NEW_TOKENS) -> dict:
+    """One question's prediction record (see the module docstring)."""
+    from invideo_jax.data.video import BadVideo
+    from invideo_jax.evaluate import videochat
+
+    record = {k: question[k] for k in ("index", "task", "video", "question", "answer")}
+    choice = question["candidates"] is not None
+    record["kind"] = "multiple_choice" if choice else "open_ended"
+    if choice:
+        record["ground_truth"] = question["ground_truth"]
+    try:
+        clip = chat.read_clip(question["video"], question["bounds"])
+    except BadVideo as e:
+        return dict(record, prediction=None, letter="", correct=False, strict_correct=False,
+                    error=f"video does not decode: {e}")
+    if choice:
+        visual = chat.visual_tokens(clip, SYSTEM)
+        text = videochat.prompt(chat.template, SYSTEM + question["text"] + QUESTION_PROMPT, system=SYSTEM,
+                                answer_prefix=ANSWER_PROMPT)
+    else:
+        visual = chat.visual_tokens(clip, videochat.CHAT_INSTRUCTION)
+        text = videochat.prompt(chat.template, question["question"])
+    reply = chat.answer(visual, text, max_new_tokens=max_new_tokens)
+    first_line = reply.strip().split("\n")[0]
+    if not choice:
+        correct = normalize_answer(first_line) == normalize_answer(question["answer"])
+        return dict(record, prediction=first_line, letter="", correct=correct, strict_correct=correct)
+    prediction = RETURN_PROMPT + first_line
+    letter = option_letter(prediction)
+    return dict(record, prediction=prediction, letter=letter,
+                correct=official_correct(prediction, question["ground_truth"]),
+                strict_correct=letter == question["ground_truth"][1])
+
+
+def summarize(predictions: list) -> dict:
+    """Per-task and overall accuracy (total correct / total), the strict accuracy, and the bad videos."""
+    def score(rows, key="correct"):
+        correct = sum(bool(r[key]) for r in rows)
+        return {"correct": correct, "total": len(rows), "accuracy": correct / len(rows) if rows else 0.0}
+
+    tasks = sorted({r["task"] for r in predictions})
+    return {"overall": score(predictions),
+            "per_task": {t: score([r for r in predictions if r["task"] == t]) for t in tasks},
+            "strict_accuracy": score(predictions, "strict_correct")["accuracy"],
+            "bad_videos": sum("error" in r for r in predictions)}
+
+
+def write(path: str, summary: dict, predictions: list) -> None:
+    from invideo_jax import files
+
+    text = json.dumps({"summary": summary, "predictions": predictions}, indent=1, ensure_ascii=False)
+    files.atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m invideo_jax.evaluate.mvbench", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    parser.add_argument("--model", required=True, help="a chat model name or a config file PATH.py[:ARG]")
+    parser.add_argument("--checkpoint", required=True, action="append",
+                        help="a directory of ours, or official files in order (repeat the flag)")
+    parser.add_argument("--llm_dir", default="", help="the base LLM directory official stage files lack")
+    parser.add_argument("--tokenizer", default="", help="the LLM's model directory with tokenizer.json")
+    parser.add_argument("--qformer_tokenizer", default="", help="the Q-Former's BERT vocabulary (text input)")
+    parser.add_argument("--questions", required=True, help="JSON list of questions (module docstring)")
+    parser.add_argument("--video_root", default="", help="folder of the questions' video paths")
+    parser.add_argument("--output", required=True, help="the JSON file written (summary + predictions)")
+    parser.add_argument("--frames", type=int, default=FRAMES, help="frames per video (official: 16)")
+    parser.add_argument("--normalize", default="clip", help="mean/std: clip (the official notebook) or imagenet")
+    parser.add_argument("--max_new_tokens", type=int, default=MAX_NEW_TOKENS)
+    return parser.parse_args(argv)
+
+
+def main(argv) -> int:
+    args = parse_args(argv)
+    import logging
+
+    from invideo_jax import console, paths
+    from invideo_jax.evaluate import videochat
+
+    # no log file here: Orbax's note on every restore of a step's state item (console.LOG_FILE_ONLY) is dropped
+    logging.getLogger("absl").addFilter(lambda record: not str(record.msg).startswith(console.LOG_FILE_ONLY))
+    try:
+        questions = read_questions(paths.resolve(args.questions), paths.resolve(args.video_root))
+        chat = videochat.load(args.model, args.checkpoint, tokenizer=args.tokenizer, llm_dir=args.llm_dir,
+                              frames=args.frames, normalize=args.normalize,
+                              qformer_tokenizer_path=args.qformer_tokenizer)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {' '.join(str(e).split())[:1000]}", file=sys.stderr)
+        return 2
+    predictions = []
+    for question in questions:
+        predictions.append(answer_question(chat, question, args.max_new_tokens))
+        row = predictions[-1]
+        print(f"[{len(predictions)}/{len(questions)}] {row['task']}: {row['prediction']!r} "
+              f"({'correct' if row['correct'] else 'wrong'})", flush=True)
+    summary = summarize(predictions)
+    summary["settings"] = {"model": args.model, "checkpoint": args.checkpoint, "frames": args.frames,
+                           "normalize": args.normalize, "max_new_tokens": args.max_new_tokens,
+                           "questions": paths.resolve(args.questions)}
+    write(paths.resolve(args.output), summary, predictions)
+    for task, s in summary["per_task"].items():
+        print(f"{task}: {s['accuracy']:.4f} ({s['correct']}/{s['total']})")
+    o = summary["overall"]
+    print(f"overall: {o['accuracy']:.4f} ({o['correct']}/{o['total']}); strict letter accuracy "
+          f"{summary['strict_accuracy']:.4f}; bad videos {summary['bad_videos']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
