@@ -102,14 +102,11 @@ def converse(chat, video: str, args) -> bool:
 
 def main(argv) -> int:
     args = parse_args(argv)
-    import logging
-
     from invideo_jax import console, paths
     from invideo_jax.data import discovery
     from invideo_jax.evaluate import videochat
 
-    # no log file here: Orbax's note on every restore of a step's state item (console.LOG_FILE_ONLY) is dropped
-    logging.getLogger("absl").addFilter(lambda record: not str(record.msg).startswith(console.LOG_FILE_ONLY))
+    console.drop_restore_notes()
     if args.num_beams != 1:
         _error(f"--num_beams={args.num_beams}: only 1 is supported (the official default; no beam search)")
         return 2

@@ -24,6 +24,11 @@ def _for_terminal(record) -> bool:
     return not str(record.msg).startswith(LOG_FILE_ONLY)
 
 
+def drop_restore_notes() -> None:
+    """For commands with no log file (chat, evaluation): Orbax's restore notes (`LOG_FILE_ONLY`) go nowhere."""
+    py_logging.getLogger("absl").addFilter(_for_terminal)
+
+
 def quiet() -> None:
     """The terminal shows warnings and errors only, unless --alsologtostderr / --logtostderr."""
     if not (flags.FLAGS.alsologtostderr or flags.FLAGS.logtostderr):

@@ -185,13 +185,10 @@ def parse_args(argv):
 
 def main(argv) -> int:
     args = parse_args(argv)
-    import logging
-
     from invideo_jax import console, paths
     from invideo_jax.evaluate import videochat
 
-    # no log file here: Orbax's note on every restore of a step's state item (console.LOG_FILE_ONLY) is dropped
-    logging.getLogger("absl").addFilter(lambda record: not str(record.msg).startswith(console.LOG_FILE_ONLY))
+    console.drop_restore_notes()
     try:
         questions = read_questions(paths.resolve(args.questions), paths.resolve(args.video_root))
         chat = videochat.load(args.model, args.checkpoint, tokenizer=args.tokenizer, llm_dir=args.llm_dir,
