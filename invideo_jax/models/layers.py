@@ -27,8 +27,13 @@ def logical(init: Callable, names: Sequence[Optional[str]]) -> Callable:
     return nn.with_logical_partitioning(init, tuple(names))
 
 
-def scaled(init: Callable, factor: float) -> Callable:
-    return lambda *args: init(*args) * factor
+def scaled(init: Callable, factor) -> Callable:
+    """`init` times `factor` (a number or a traced scalar), in the initialiser's dtype."""
+    def scaled_init(*args):
+        value = init(*args)
+        return value * jnp.asarray(factor, value.dtype)
+
+    return scaled_init
 
 
 def constrain(x: jax.Array) -> jax.Array:
@@ -282,7 +287,10 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """x + ls1(attn(norm1(x))), then x + ls2(mlp(norm2(x))), each branch with drop-path."""
+    """x + ls1(attn(norm1(x))), then x + ls2(mlp(norm2(x))), each branch with drop-path.
+
+    `init_scale` multiplies the initial output kernels (attn/proj, mlp/fc2); see `Transformer.depth_scaled_init`.
+    """
 
     num_heads: int
     mlp_dim: int
@@ -298,20 +306,22 @@ class Block(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, rate, deterministic: bool):
-        x = x + self._attention(x, rate, deterministic)
-        x = x + self._mlp(x, rate, deterministic)
+    def __call__(self, x, rate, deterministic: bool, init_scale=1.0):
+        x = x + self._attention(x, rate, deterministic, init_scale)
+        x = x + self._mlp(x, rate, deterministic, init_scale)
         return constrain(x.astype(self.dtype))
 
-    def _attention(self, x, rate, deterministic):
+    def _attention(self, x, rate, deterministic, init_scale=1.0):
         y = Norm(self.norm, self.norm_eps, self.param_dtype, name="norm1")(x)
         y = Attention(self.num_heads, self.qkv_bias, self.qk_norm, self.norm_eps, attn_impl=self.attn_impl,
-                      name="attn", dtype=self.dtype, param_dtype=self.param_dtype)(y, is_causal=self.is_causal)
+                      proj_init=scaled(xavier, init_scale), name="attn", dtype=self.dtype,
+                      param_dtype=self.param_dtype)(y, is_causal=self.is_causal)
         return self._branch(y, rate, deterministic, "ls1")
 
-    def _mlp(self, x, rate, deterministic):
+    def _mlp(self, x, rate, deterministic, init_scale=1.0):
         y = Norm(self.norm, self.norm_eps, self.param_dtype, name="norm2")(x)
-        y = Mlp(self.mlp_dim, self.act, name="mlp", dtype=self.dtype, param_dtype=self.param_dtype)(y)
+        y = Mlp(self.mlp_dim, self.act, out_init=scaled(xavier, init_scale), name="mlp", dtype=self.dtype,
+                param_dtype=self.param_dtype)(y)
         return self._branch(y, rate, deterministic, "ls2")
 
     def _branch(self, y, rate, deterministic, ls_name):
@@ -336,6 +346,9 @@ class Transformer(nn.Module):
     Returns the final tokens and, if `return_layers` is set, the outputs of those layer indices (stacked).
     `bias` (an attention bias all layers share, e.g. BEATs' relative position bias), when given, is every block's
     fourth argument.
+    `depth_scaled_init`: block i (0-based) starts with its output kernels divided by sqrt(2 (i + 1)), InternVideo2's
+    `fix_init_weight`; each block gets the factor as its `init_scale` argument, so every way of initialising (`init`,
+    `init_with_output`, `lazy_init`, a parent module) applies it.
     """
 
     depth: int
@@ -345,6 +358,7 @@ class Transformer(nn.Module):
     remat: str = "none"
     return_layers: tuple = ()
     block_cls: Any = Block
+    depth_scaled_init: bool = False
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True, bias=None):
@@ -355,24 +369,28 @@ class Transformer(nn.Module):
         if self.remat != "none":
             block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan,
                                  static_argnums=(3,))
+        init_scales = 1.0 / np.sqrt(2.0 * np.arange(1, self.depth + 1)) if self.depth_scaled_init else None
         extra = () if bias is None else (bias,)
         if not self.scan:
             hidden = []
             for i in range(self.depth):
                 rate = None if rates is None else float(rates[i])
-                x = block_cls(name=f"blocks_{i}", **self.block)(x, rate, deterministic, *extra)
+                scale = {} if init_scales is None else {"init_scale": float(init_scales[i])}
+                x = block_cls(name=f"blocks_{i}", **self.block)(x, rate, deterministic, *extra, **scale)
                 hidden.append(x)
             return x, self._pick(hidden)
 
-        def body(module, carry, rate, extra):
-            out = module(carry, rate, deterministic, *extra)
+        def body(module, carry, xs, extra):
+            rate, init_scale = xs
+            scale = {} if init_scale is None else {"init_scale": init_scale}
+            out = module(carry, rate, deterministic, *extra, **scale)
             return out, (out if self.return_layers else None)
 
         scanned = nn.scan(
             body, variable_axes={"params": 0, "batch_stats": 0}, split_rngs={"params": True, "dropout": True},
             in_axes=(0, nn.broadcast), length=self.depth, metadata_params={nn.PARTITION_NAME: "layers"},
         )
-        xs = None if rates is None else jnp.asarray(rates, jnp.float32)
+        xs = tuple(None if a is None else jnp.asarray(a, jnp.float32) for a in (rates, init_scales))
         x, stacked = scanned(block_cls(name="blocks", **self.block), x, xs, extra)
         return x, (stacked[jnp.asarray(self.return_layers)] if self.return_layers else None)
 
