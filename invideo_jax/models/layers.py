@@ -343,7 +343,8 @@ class Transformer(nn.Module):
 
     `block_cls` may be a Block subclass with the same call signature (its `batch_stats` are scanned like params).
 
-    Returns the final tokens and, if `return_layers` is set, the outputs of those layer indices (stacked).
+    Returns the final tokens and, if `return_layers` is set, the outputs of those layer indices (stacked); scanned,
+    the stack carries k slots for them, not every layer's output.
     `bias` (an attention bias all layers share, e.g. BEATs' relative position bias), when given, is every block's
     fourth argument.
     `depth_scaled_init`: block i (0-based) starts with its output kernels divided by sqrt(2 (i + 1)), InternVideo2's
@@ -370,6 +371,7 @@ class Transformer(nn.Module):
             block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan,
                                  static_argnums=(3,))
         init_scales = 1.0 / np.sqrt(2.0 * np.arange(1, self.depth + 1)) if self.depth_scaled_init else None
+        keep = self._keep_matrix()
         extra = () if bias is None else (bias,)
         if not self.scan:
             hidden = []
@@ -381,18 +383,38 @@ class Transformer(nn.Module):
             return x, self._pick(hidden)
 
         def body(module, carry, xs, extra):
-            rate, init_scale = xs
+            x, slots = carry
+            rate, init_scale, keep_here = xs
             scale = {} if init_scale is None else {"init_scale": init_scale}
-            out = module(carry, rate, deterministic, *extra, **scale)
-            return out, (out if self.return_layers else None)
+            x = module(x, rate, deterministic, *extra, **scale)
+            if keep_here is not None:  # the slots of the returned layers this layer fills
+                slots = jnp.where(keep_here.reshape((-1,) + (1,) * x.ndim), x[None], slots)
+            return (x, slots), None
 
         scanned = nn.scan(
             body, variable_axes={"params": 0, "batch_stats": 0}, split_rngs={"params": True, "dropout": True},
             in_axes=(0, nn.broadcast), length=self.depth, metadata_params={nn.PARTITION_NAME: "layers"},
         )
-        xs = tuple(None if a is None else jnp.asarray(a, jnp.float32) for a in (rates, init_scales))
-        x, stacked = scanned(block_cls(name="blocks", **self.block), x, xs, extra)
-        return x, (stacked[jnp.asarray(self.return_layers)] if self.return_layers else None)
+        xs = (None if rates is None else jnp.asarray(rates, jnp.float32),
+              None if init_scales is None else jnp.asarray(init_scales, jnp.float32),
+              None if keep is None else jnp.asarray(keep))
+        slots = None
+        if keep is not None:
+            slots = nn.with_logical_constraint(jnp.zeros((len(self.return_layers),) + x.shape, x.dtype),
+                                               (None,) + ACT_NAMES)
+        (x, slots), _ = scanned(block_cls(name="blocks", **self.block), (x, slots), xs, extra)
+        return x, slots
+
+    def _keep_matrix(self):
+        """(depth, k) bool: layer l's output goes to slot j (return_layers[j], negative from the end); None if k = 0."""
+        if not self.return_layers:
+            return None
+        for layer in self.return_layers:
+            if not -self.depth <= layer < self.depth:
+                raise ValueError(f"return_layers {tuple(self.return_layers)}: layer {layer} is outside a stack of "
+                                 f"depth {self.depth}")
+        wanted = np.asarray(self.return_layers) % self.depth
+        return np.arange(self.depth)[:, None] == wanted[None, :]
 
     def _pick(self, hidden):
         return jnp.stack([hidden[i] for i in self.return_layers]) if self.return_layers else None
