@@ -43,8 +43,9 @@ def _convert(key: str, value: str, default):
 def train_config(task: str, model_kwargs: dict, model_name: str = "vit") -> ml_collections.ConfigDict:
     """The fields every training stage has, with defaults; recipes override them. Returned unlocked.
 
-    `model_name` (`c.model.name`) tells a task which model class takes `model_kwargs` (classification:
-    'vit' or 'uniformerv2').
+    `model_name` (`c.model.name`): the classification task builds that model class from `model_kwargs` (one of
+    `invideo_jax.train.tasks.classification.MODELS`: 'vit', 'uniformerv2', 'fusion', 'internvideo2'); every other
+    task has one model and does not read it.
     """
     from invideo_jax.data.pipeline import default_data_config
     from invideo_jax.train.optim import default_optim_config
@@ -66,6 +67,8 @@ def train_config(task: str, model_kwargs: dict, model_name: str = "vit") -> ml_c
     # Classification evaluated on another label set that the head covers (K710 -> K400/600/700): class-name files.
     c.label_map = ml_collections.ConfigDict(dict(source="", target=""))
     c.eval_batch_size = 64
+    c.profile_steps = 0  # N > 0: a jax.profiler trace of N train steps (from the run's 2nd step) in WORKDIR/profile
+    c.transfer_guard = ""  # e.g. "disallow": jax.transfer_guard level around each train step (implicit transfers raise)
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1))
     c.sharding_rules = "fsdp"
     # Restore subtrees of an earlier stage: checkpoint = a checkpoints dir (or a stage name in a pipeline);

@@ -38,9 +38,9 @@ initialisation (a warning says so), which only makes sense for smoke tests. No I
 
 Cost: the teachers live in the train state, so every checkpoint carries them (fp32: InternViT-6B 5.94e9 params =
 23.7 GB, VideoMAE V2-g 4.0 GB) besides the student and its AdamW moments; they have no optimiser state (frozen).
-Activations: a scanned stack with `return_layers` (layers.Transformer) keeps every layer's output, not only the last
-k; for the 6B image teacher at 32 clips (256 frames) per device that is about 48 x 256 x 257 x 3200 x 2 B = 20 GB of
-bf16 per device.
+Activations: a scanned stack with `return_layers` (layers.Transformer) carries only the k requested layers' outputs
+(it once kept all of them: for the 6B image teacher at 32 clips, 256 frames, per device about
+48 x 256 x 257 x 3200 x 2 B = 20 GB of bf16 per device; docs/scale.md measures before and after).
 
 Stored targets (large runs): run the teachers once per clip instead of in every step, then train the student alone
 (no teacher in the train state, its checkpoints or the step; `targets=` sets `config.teacher_targets`, freezes

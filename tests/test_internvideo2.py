@@ -16,6 +16,7 @@ from invideo_jax.convert.common import abstract_params, loop_to_scan
 from invideo_jax.models import internvideo2
 from invideo_jax.models.internvideo2 import InternVideo2
 from invideo_jax.models.posembed import resample_pos_embed
+from invideo_jax.models.vit import VisionTransformer
 from invideo_jax.train.init_from import restore_subtrees
 
 # Tiny model: 2 frames of 12x12, patch 4 -> 2 x 3 x 3 = 18 patch tokens + CLS; 4 heads of 8; MLP ratio 2.5.
@@ -309,16 +310,57 @@ def test_every_parameter_has_logical_axes_and_the_official_init(initialised):
             assert 0.9 < ratio <= 1.0 + 1e-6, (i, ratio)
 
 
-def test_depth_scaled_init_on_looped_and_scanned_params(tiny):
-    _, params, _, _ = tiny
-    looped = internvideo2.depth_scaled_init(params)
-    scanned = internvideo2.depth_scaled_init(loop_to_scan(params))
-    for i in range(TINY["depth"]):
-        for parent, name in (("attn", "proj"), ("mlp", "fc2")):
-            got = looped["encoder"]["transformer"][f"blocks_{i}"][parent][name]
-            want = params["encoder"]["transformer"][f"blocks_{i}"][parent][name]
-            np.testing.assert_allclose(got["kernel"], want["kernel"] / math.sqrt(2 * (i + 1)), rtol=1e-6)
-            np.testing.assert_array_equal(got["bias"], want["bias"])
-    assert jax.tree.structure(loop_to_scan(looped)) == jax.tree.structure(scanned)
-    for a, b in zip(jax.tree.leaves(loop_to_scan(looped)), jax.tree.leaves(scanned)):
-        np.testing.assert_array_equal(a, b)
+class Unscaled(nn.Module):
+    """InternVideo2's trunk without the depth scaling, under the same parameter path, so drawn with the same keys."""
+
+    model: InternVideo2
+
+    @nn.compact
+    def __call__(self, clip):
+        kwargs = dict(self.model.encoder_kwargs(), depth_scaled_init=False)
+        return VisionTransformer(name="encoder", **kwargs)(clip)
+
+
+class Parent(nn.Module):
+    """A model that embeds the encoder as its child `encoder` (as distill and align embed InternVideo2)."""
+
+    encoder: nn.Module
+
+    @nn.compact
+    def __call__(self, clip):
+        return self.encoder(clip)
+
+
+def stacked_blocks(variables, path):
+    """The trunk's blocks under `path`, stacked along a leading layer axis (looped ones stacked here), float64."""
+    params = nn.unbox(variables)["params"]
+    for name in path:
+        params = params[name]
+    blocks = loop_to_scan(params["encoder"]["transformer"])["blocks"]
+    return {k: np.asarray(v, np.float64) for k, v in traverse_util.flatten_dict(blocks, sep="/").items()}
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_depth_scaled_init_in_every_construction_path(scan):
+    """fix_init_weight: block i's (0-based) attn/proj and mlp/fc2 kernels are the unscaled draws with the same keys
+    divided by sqrt(2 (i + 1)), in float64; every other block parameter is the unscaled one exactly."""
+    depth = 3
+    model = InternVideo2(**dict(TINY, depth=depth, num_frames=1, image_size=4, scan=scan))
+    key, clip = jax.random.PRNGKey(3), video(frames=1, size=4)
+    unscaled = {(): stacked_blocks(Unscaled(model).init(key, clip), ()),
+                ("encoder",): stacked_blocks(Parent(Unscaled(model)).init(key, clip), ("encoder",))}
+    built = {"init": ((), model.init(key, clip)),
+             "init_with_output": ((), model.init_with_output(key, clip)[1]),
+             "lazy_init": ((), model.lazy_init(key, jax.ShapeDtypeStruct(clip.shape, clip.dtype))),
+             "parent": (("encoder",), Parent(model).init(key, clip))}
+    divisor = np.sqrt(2.0 * np.arange(1, depth + 1))
+    for how, (path, variables) in built.items():
+        got, want = stacked_blocks(variables, path), unscaled[path]
+        assert got.keys() == want.keys(), how
+        for name in got:
+            if name in ("attn/proj/kernel", "mlp/fc2/kernel"):
+                expected = want[name] / divisor.reshape((depth,) + (1,) * (want[name].ndim - 1))
+                np.testing.assert_allclose(got[name], expected, rtol=3e-7, atol=0,  # ~2 float32 ulps
+                                           err_msg=f"{how} {name}")
+            else:
+                np.testing.assert_array_equal(got[name], want[name], err_msg=f"{how} {name}")

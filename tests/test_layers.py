@@ -159,6 +159,47 @@ def test_scanned_and_unscanned_transformer_agree():
     np.testing.assert_allclose(hidden_scan, hidden_loop, atol=1e-6)
 
 
+def traced_shapes(jaxpr):
+    """Shapes of every value a program computes, nested programs (scan bodies, remat) included."""
+    for eqn in jaxpr.eqns:
+        yield from (v.aval.shape for v in eqn.outvars)
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                sub = getattr(sub, "jaxpr", sub)
+                if hasattr(sub, "eqns"):
+                    yield from traced_shapes(sub)
+
+
+@pytest.mark.parametrize("return_layers", [(1,), (3, 0), (-1, 2, 2)])
+def test_scanned_return_layers_keeps_only_the_requested_layers(return_layers):
+    """The scan carries one slot per requested layer: outputs equal the python loop's (1e-6) and keeping every layer
+    then indexing (exactly), and no array of all `depth` outputs is computed."""
+    depth, block = 4, dict(num_heads=2, mlp_dim=32)
+    x = jnp.asarray(np.random.default_rng(5).standard_normal((2, 6, 16)), jnp.float32)
+    loop = layers.Transformer(depth, block, return_layers=return_layers)
+    params = randomize(common.abstract_params(loop, x))
+    stacked = {"params": common.loop_to_scan(params)}
+    scan = layers.Transformer(depth, block, scan=True, remat="full", return_layers=return_layers)
+    every = layers.Transformer(depth, block, scan=True, return_layers=tuple(range(depth)))
+    out_loop, hidden_loop = jax.jit(loop.apply)({"params": params}, x)
+    out_scan, hidden_scan = jax.jit(scan.apply)(stacked, x)
+    _, hidden_every = jax.jit(every.apply)(stacked, x)
+    assert hidden_scan.shape == (len(return_layers),) + x.shape
+    np.testing.assert_allclose(out_scan, out_loop, atol=1e-6)
+    np.testing.assert_allclose(hidden_scan, hidden_loop, atol=1e-6)
+    np.testing.assert_array_equal(hidden_scan, np.asarray(hidden_every)[list(return_layers)])
+    assert (depth,) + x.shape not in set(traced_shapes(jax.make_jaxpr(scan.apply)(stacked, x).jaxpr))
+    assert (depth,) + x.shape in set(traced_shapes(jax.make_jaxpr(every.apply)(stacked, x).jaxpr))
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_return_layers_outside_the_stack_is_an_error(scan):
+    x = jnp.zeros((1, 3, 8))
+    with pytest.raises(ValueError, match=r"return_layers \(0, 2\): layer 2 is outside a stack of depth 2"):
+        layers.Transformer(2, dict(num_heads=2, mlp_dim=16), scan=scan, return_layers=(0, 2)).init(
+            jax.random.PRNGKey(0), x)
+
+
 def test_cls_token_with_fixed_and_learned_tables():
     from invideo_jax.models.vit import VisionTransformer
     for pos_embed in ("sincos_1d", "learned_sincos_3d", "none"):

@@ -10,19 +10,11 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import common
-from invideo_jax.data import synthetic
 from invideo_jax.train import trainer
 from invideo_jax.train.tasks import get_task
 
 ENCODER = dict(width=32, depth=2, num_heads=2, mlp_dim=64, patch_size=8, tubelet_size=2, num_frames=4,
                image_size=16)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("data"))
-    synthetic.write_dataset(root, num_train=16, num_val=8, num_frames=8, size=16, seed=0)
-    return root
 
 
 def _config(task, model, data_dir, num_classes):
@@ -59,8 +51,8 @@ def metric_rows(workdir):
         return [{k: v for k, v in json.loads(line).items() if k != "clips_per_s"} for line in f]
 
 
-def test_resumed_run_equals_uninterrupted_run_bitwise(tmp_path, data_dir):
-    config = classifier_config(data_dir)
+def test_resumed_run_equals_uninterrupted_run_bitwise(tmp_path, synthetic_videos):
+    config = classifier_config(synthetic_videos)
     whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
     trainer.train(config, whole)
     assert trainer.train(config, broken, stop_after=4) is None  # "preempted" after step 4
@@ -72,12 +64,12 @@ def test_resumed_run_equals_uninterrupted_run_bitwise(tmp_path, data_dir):
     assert not jax.tree.all(jax.tree.map(np.array_equal, a, saved_params(whole, 4)))  # training changed them
 
 
-def test_classifier_restores_the_pretrained_encoder(tmp_path, data_dir):
+def test_classifier_restores_the_pretrained_encoder(tmp_path, synthetic_videos):
     pretrain = str(tmp_path / "pretrain")
-    config = pretrain_config(data_dir)
+    config = pretrain_config(synthetic_videos)
     config.total_steps, config.optim.warmup_steps = 2, 1
     trainer.train(config, pretrain)
-    finetune = classifier_config(data_dir)
+    finetune = classifier_config(synthetic_videos)
     finetune.total_steps, finetune.checkpoint_every = 1, 1
     finetune.optim.update(dict(warmup_steps=0, frozen=("patch_embed", "transformer")))  # encoder stays as restored
     finetune.init_from.checkpoint = os.path.join(pretrain, "checkpoints")
@@ -89,12 +81,12 @@ def test_classifier_restores_the_pretrained_encoder(tmp_path, data_dir):
     assert "head" in target and "head" not in source
 
 
-def test_bad_config_values_name_the_field(data_dir):
-    config = pretrain_config(data_dir)
+def test_bad_config_values_name_the_field(synthetic_videos):
+    config = pretrain_config(synthetic_videos)
     config.mask.kind = "cube"
     with pytest.raises(ValueError, match="config.mask.kind"):
         get_task(config)
-    config = classifier_config(data_dir)
+    config = classifier_config(synthetic_videos)
     config.model.kwargs.num_classes = 0
     with pytest.raises(ValueError, match="num_classes"):
         get_task(config)

@@ -7,16 +7,16 @@ import pytest
 
 from configs import demo
 from invideo_jax import stages
-from invideo_jax.data import synthetic
 from invideo_jax.train import trainer
 from invideo_jax.train.tasks import get_task
 from invideo_jax.train.tasks.videotext import caption_targets, class_names
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
+def data_dir(tmp_path_factory, synthetic_videos):
+    """A workdir whose data/ is the shared synthetic dataset."""
     root = str(tmp_path_factory.mktemp("workdir"))
-    synthetic.write_dataset(os.path.join(root, "data"), num_train=16, num_val=8, num_frames=8, size=16, seed=0)
+    os.symlink(synthetic_videos, os.path.join(root, "data"))
     return root
 
 

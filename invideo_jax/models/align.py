@@ -53,7 +53,7 @@ from invideo_jax import losses
 from invideo_jax.models import layers
 from invideo_jax.models.audio import AudioTransformer
 from invideo_jax.models.bert import Bert
-from invideo_jax.models.internvideo2 import InternVideo2, depth_scaled_init
+from invideo_jax.models.internvideo2 import InternVideo2
 
 MATCH_HEADS = ("itm", "avtm")
 
@@ -194,13 +194,6 @@ class VideoTextAlign(nn.Module):
 
     def _mask(self, ids, attention_mask: Optional[Any]):
         return (ids != self.pad_id) if attention_mask is None else attention_mask
-
-    def init(self, rngs, *args, **kwargs):
-        """`nn.Module.init`, then the official depth scaling of the vision encoder's output projections."""
-        variables = super().init(rngs, *args, **kwargs)
-        params = dict(variables["params"])
-        params["vision_encoder"] = depth_scaled_init(params["vision_encoder"])
-        return {**variables, "params": params}
 
 
 def audio_visual_context(audio_tokens, has_audio, vision_tokens):

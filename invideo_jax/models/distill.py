@@ -69,7 +69,7 @@ import numpy as np
 
 from invideo_jax import losses
 from invideo_jax.models import layers
-from invideo_jax.models.internvideo2 import InternVideo2, depth_scaled_init
+from invideo_jax.models.internvideo2 import InternVideo2
 from invideo_jax.models.vit import VisionTransformer
 
 IMAGE_TEACHER_KINDS = ("internvideo2", "vit")
@@ -461,14 +461,3 @@ class Distiller(nn.Module):
         if cls:
             table = np.concatenate([np.zeros((1, width), np.float32), table])
         return self.param(name, layers.logical(lambda *_: jnp.asarray(table)[None], (None, None, "embed")), None)
-
-    def init(self, rngs, *args, **kwargs):
-        """`nn.Module.init`, then the official depth scaling of the student's (and an InternVideo2-kind image
-        teacher's) output projections."""
-        variables = super().init(rngs, *args, **kwargs)
-        params = dict(variables["params"])
-        if "student" in params:
-            params["student"] = depth_scaled_init(params["student"])
-        if "teacher_image" in params and self.teacher_image_kind == "internvideo2":
-            params["teacher_image"] = depth_scaled_init(params["teacher_image"])
-        return {**variables, "params": params}

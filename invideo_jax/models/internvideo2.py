@@ -29,16 +29,14 @@ Outputs: `tokens` (B, 1 + N, D) of the last block (CLS first; the stage-2 `x_vis
 `pooled` (B, clip_embed_dim), `logits` (B, num_classes) with a head.
 
 Differences from the official code: dense kernels start from Xavier-uniform (official: truncated normal 0.02;
-both then get the depth scaling of `depth_scaled_init`); LayerScale multiplies in the compute dtype (official:
-float32). The official `head_drop_path_rate` builds a DropPath in the pooling block that its forward never calls,
-so it has no counterpart here.
+both then get the official depth scaling, `layers.Transformer.depth_scaled_init`); LayerScale multiplies in the
+compute dtype (official: float32). The official `head_drop_path_rate` builds a DropPath in the pooling block that its
+forward never calls, so it has no counterpart here.
 """
 import math
-import re
 from typing import Any, Optional
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -77,7 +75,7 @@ class InternVideo2(nn.Module):
     """Patch embed -> +pos -> [gather visible] -> [+cls] -> blocks -> clip_projector -> [fc_norm -> head].
 
     Sizes are rows of `invideo_jax.sizes.INTERNVIDEO2_SIZES`; `invideo_jax.sizes.internvideo2_encoder` gives the kwargs.
-    `init` applies the official depth scaling of the output projections (`depth_scaled_init`).
+    The blocks' output projections start with the official depth scaling (`layers.Transformer.depth_scaled_init`).
     """
 
     width: int
@@ -120,8 +118,8 @@ class InternVideo2(nn.Module):
             image_size=self.image_size, pos_embed="learned_sincos_3d", cls_token=True, qkv_bias="none",
             qk_norm=True, norm="rmsnorm", norm_eps=self.norm_eps, act=self.act, layer_scale=self.layer_scale,
             final_norm=False, pool="none", num_classes=0, drop_path=self.drop_path, scan=self.scan,
-            remat=self.remat, attn_impl=self.attn_impl, return_layers=tuple(self.return_layers), dtype=self.dtype,
-            param_dtype=self.param_dtype)
+            remat=self.remat, attn_impl=self.attn_impl, return_layers=tuple(self.return_layers), depth_scaled_init=True,
+            dtype=self.dtype, param_dtype=self.param_dtype)
 
     @nn.compact
     def __call__(self, video, visible_idx=None, *, train: bool = False):
@@ -140,44 +138,6 @@ class InternVideo2(nn.Module):
             out["logits"] = layers.dense(self.num_classes, ("embed", "classes"), name="head", kernel_init=head_init,
                                          **kw)(x).astype(jnp.float32)
         return out
-
-    def init(self, rngs, *args, **kwargs):
-        """`nn.Module.init`, then the official depth scaling of the blocks' output projections."""
-        return depth_scaled_init(super().init(rngs, *args, **kwargs))
-
-
-def depth_scaled_init(variables):
-    """The official `fix_init_weight`: block i's (0-based) `attn/proj` and `mlp/fc2` kernels divided by sqrt(2(i+1)).
-
-    Works on variables or a params tree, boxed or not, looped (`blocks_{i}`) or scanned (`blocks`).
-    """
-    if "params" in variables:
-        return {**variables, "params": depth_scaled_init(variables["params"])}
-    stack = variables.get("encoder", {}).get("transformer")
-    if stack is None:
-        return variables
-    new_stack = dict(stack)
-    for name, block in stack.items():
-        found = re.fullmatch(r"blocks_(\d+)", name)
-        if found:
-            scale = np.asarray(1.0 / math.sqrt(2.0 * (int(found.group(1)) + 1)))
-        elif name == "blocks":
-            depth = jax.tree.leaves(block["attn"]["proj"]["kernel"])[0].shape[0]
-            scale = 1.0 / np.sqrt(2.0 * np.arange(1, depth + 1))
-        else:
-            continue
-        new_stack[name] = {**block,
-                           "attn": _scale_kernel(block["attn"], "proj", scale),
-                           "mlp": _scale_kernel(block["mlp"], "fc2", scale)}
-    return {**variables, "encoder": {**variables["encoder"], "transformer": new_stack}}
-
-
-def _scale_kernel(parent: dict, name: str, scale: np.ndarray) -> dict:
-    def apply(kernel):
-        s = scale.reshape(scale.shape + (1,) * (kernel.ndim - scale.ndim))
-        return kernel * jnp.asarray(s, kernel.dtype)
-
-    return {**parent, name: {**parent[name], "kernel": jax.tree.map(apply, parent[name]["kernel"])}}
 
 
 def resize_pos_embed(params, model: InternVideo2, src_frames: int, src_image_size: Optional[int] = None):

@@ -27,8 +27,13 @@ def logical(init: Callable, names: Sequence[Optional[str]]) -> Callable:
     return nn.with_logical_partitioning(init, tuple(names))
 
 
-def scaled(init: Callable, factor: float) -> Callable:
-    return lambda *args: init(*args) * factor
+def scaled(init: Callable, factor) -> Callable:
+    """`init` times `factor` (a number or a traced scalar), in the initialiser's dtype."""
+    def scaled_init(*args):
+        value = init(*args)
+        return value * jnp.asarray(factor, value.dtype)
+
+    return scaled_init
 
 
 def constrain(x: jax.Array) -> jax.Array:
@@ -282,7 +287,10 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """x + ls1(attn(norm1(x))), then x + ls2(mlp(norm2(x))), each branch with drop-path."""
+    """x + ls1(attn(norm1(x))), then x + ls2(mlp(norm2(x))), each branch with drop-path.
+
+    `init_scale` multiplies the initial output kernels (attn/proj, mlp/fc2); see `Transformer.depth_scaled_init`.
+    """
 
     num_heads: int
     mlp_dim: int
@@ -298,20 +306,22 @@ class Block(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, rate, deterministic: bool):
-        x = x + self._attention(x, rate, deterministic)
-        x = x + self._mlp(x, rate, deterministic)
+    def __call__(self, x, rate, deterministic: bool, init_scale=1.0):
+        x = x + self._attention(x, rate, deterministic, init_scale)
+        x = x + self._mlp(x, rate, deterministic, init_scale)
         return constrain(x.astype(self.dtype))
 
-    def _attention(self, x, rate, deterministic):
+    def _attention(self, x, rate, deterministic, init_scale=1.0):
         y = Norm(self.norm, self.norm_eps, self.param_dtype, name="norm1")(x)
         y = Attention(self.num_heads, self.qkv_bias, self.qk_norm, self.norm_eps, attn_impl=self.attn_impl,
-                      name="attn", dtype=self.dtype, param_dtype=self.param_dtype)(y, is_causal=self.is_causal)
+                      proj_init=scaled(xavier, init_scale), name="attn", dtype=self.dtype,
+                      param_dtype=self.param_dtype)(y, is_causal=self.is_causal)
         return self._branch(y, rate, deterministic, "ls1")
 
-    def _mlp(self, x, rate, deterministic):
+    def _mlp(self, x, rate, deterministic, init_scale=1.0):
         y = Norm(self.norm, self.norm_eps, self.param_dtype, name="norm2")(x)
-        y = Mlp(self.mlp_dim, self.act, name="mlp", dtype=self.dtype, param_dtype=self.param_dtype)(y)
+        y = Mlp(self.mlp_dim, self.act, out_init=scaled(xavier, init_scale), name="mlp", dtype=self.dtype,
+                param_dtype=self.param_dtype)(y)
         return self._branch(y, rate, deterministic, "ls2")
 
     def _branch(self, y, rate, deterministic, ls_name):
@@ -333,9 +343,13 @@ class Transformer(nn.Module):
 
     `block_cls` may be a Block subclass with the same call signature (its `batch_stats` are scanned like params).
 
-    Returns the final tokens and, if `return_layers` is set, the outputs of those layer indices (stacked).
+    Returns the final tokens and, if `return_layers` is set, the outputs of those layer indices (stacked); scanned,
+    the stack carries k slots for them, not every layer's output.
     `bias` (an attention bias all layers share, e.g. BEATs' relative position bias), when given, is every block's
     fourth argument.
+    `depth_scaled_init`: block i (0-based) starts with its output kernels divided by sqrt(2 (i + 1)), InternVideo2's
+    `fix_init_weight`; each block gets the factor as its `init_scale` argument, so every way of initialising (`init`,
+    `init_with_output`, `lazy_init`, a parent module) applies it.
     """
 
     depth: int
@@ -345,6 +359,7 @@ class Transformer(nn.Module):
     remat: str = "none"
     return_layers: tuple = ()
     block_cls: Any = Block
+    depth_scaled_init: bool = False
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True, bias=None):
@@ -355,26 +370,51 @@ class Transformer(nn.Module):
         if self.remat != "none":
             block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan,
                                  static_argnums=(3,))
+        init_scales = 1.0 / np.sqrt(2.0 * np.arange(1, self.depth + 1)) if self.depth_scaled_init else None
+        keep = self._keep_matrix()
         extra = () if bias is None else (bias,)
         if not self.scan:
             hidden = []
             for i in range(self.depth):
                 rate = None if rates is None else float(rates[i])
-                x = block_cls(name=f"blocks_{i}", **self.block)(x, rate, deterministic, *extra)
+                scale = {} if init_scales is None else {"init_scale": float(init_scales[i])}
+                x = block_cls(name=f"blocks_{i}", **self.block)(x, rate, deterministic, *extra, **scale)
                 hidden.append(x)
             return x, self._pick(hidden)
 
-        def body(module, carry, rate, extra):
-            out = module(carry, rate, deterministic, *extra)
-            return out, (out if self.return_layers else None)
+        def body(module, carry, xs, extra):
+            x, slots = carry
+            rate, init_scale, keep_here = xs
+            scale = {} if init_scale is None else {"init_scale": init_scale}
+            x = module(x, rate, deterministic, *extra, **scale)
+            if keep_here is not None:  # the slots of the returned layers this layer fills
+                slots = jnp.where(keep_here.reshape((-1,) + (1,) * x.ndim), x[None], slots)
+            return (x, slots), None
 
         scanned = nn.scan(
             body, variable_axes={"params": 0, "batch_stats": 0}, split_rngs={"params": True, "dropout": True},
             in_axes=(0, nn.broadcast), length=self.depth, metadata_params={nn.PARTITION_NAME: "layers"},
         )
-        xs = None if rates is None else jnp.asarray(rates, jnp.float32)
-        x, stacked = scanned(block_cls(name="blocks", **self.block), x, xs, extra)
-        return x, (stacked[jnp.asarray(self.return_layers)] if self.return_layers else None)
+        xs = (None if rates is None else jnp.asarray(rates, jnp.float32),
+              None if init_scales is None else jnp.asarray(init_scales, jnp.float32),
+              None if keep is None else jnp.asarray(keep))
+        slots = None
+        if keep is not None:
+            slots = nn.with_logical_constraint(jnp.zeros((len(self.return_layers),) + x.shape, x.dtype),
+                                               (None,) + ACT_NAMES)
+        (x, slots), _ = scanned(block_cls(name="blocks", **self.block), (x, slots), xs, extra)
+        return x, slots
+
+    def _keep_matrix(self):
+        """(depth, k) bool: layer l's output goes to slot j (return_layers[j], negative from the end); None if k = 0."""
+        if not self.return_layers:
+            return None
+        for layer in self.return_layers:
+            if not -self.depth <= layer < self.depth:
+                raise ValueError(f"return_layers {tuple(self.return_layers)}: layer {layer} is outside a stack of "
+                                 f"depth {self.depth}")
+        wanted = np.asarray(self.return_layers) % self.depth
+        return np.arange(self.depth)[:, None] == wanted[None, :]
 
     def _pick(self, hidden):
         return jnp.stack([hidden[i] for i in self.return_layers]) if self.return_layers else None

@@ -44,6 +44,7 @@ class VisionTransformer(nn.Module):
     remat: str = "none"
     attn_impl: Optional[str] = None
     return_layers: tuple = ()
+    depth_scaled_init: bool = False  # layers.Transformer.depth_scaled_init
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -86,8 +87,9 @@ class VisionTransformer(nn.Module):
         block = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, qkv_bias=self.qkv_bias, qk_norm=self.qk_norm,
                      norm=self.norm, norm_eps=self.norm_eps, act=self.act, layer_scale=self.layer_scale,
                      attn_impl=self.attn_impl, **kw)
-        x, hidden = layers.Transformer(self.depth, block, self.drop_path, self.scan, self.remat,
-                                       self.return_layers, name="transformer")(x, deterministic=not train)
+        x, hidden = layers.Transformer(self.depth, block, self.drop_path, self.scan, self.remat, self.return_layers,
+                                       depth_scaled_init=self.depth_scaled_init, name="transformer")(
+            x, deterministic=not train)
         if self.final_norm:
             x = layers.Norm(self.norm, self.norm_eps, self.param_dtype, name="norm")(x)
         out = {"tokens": x}

@@ -6,6 +6,7 @@ restarted in the same workdir resumes from its latest checkpoint, data position 
 checkpoints the current step and exits with PREEMPTED_EXIT_CODE; a non-finite loss or gradient skips the step or
 stops the run (`config.nonfinite`). See docs/fault_tolerance.md.
 """
+import contextlib
 import functools
 import json
 import os
@@ -25,7 +26,7 @@ from jax.sharding import PartitionSpec as P
 from invideo_jax import distributed, sharding
 from invideo_jax.data import pipeline
 from invideo_jax.files import atomic_write
-from invideo_jax.train import checkpoint, ema, init_from, metrics as metrics_lib, optim
+from invideo_jax.train import checkpoint, diagnostics, ema, init_from, metrics as metrics_lib, optim
 from invideo_jax.train.state import TrainState
 from invideo_jax.train.tasks import get_task
 
@@ -33,6 +34,7 @@ SUMMARY = "summary.json"
 PREDICTIONS = "predictions.npz"  # per-video outputs of the final evaluation, when the task gives them
 NONFINITE = ("skip", "stop")  # config.nonfinite: what a step with a non-finite loss or gradient does
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: what a process ended by SIGTERM reports, so schedulers requeue as usual
+TRANSFER_GUARDS = ("", "allow", "log", "disallow", "log_explicit", "disallow_explicit")  # config.transfer_guard
 
 
 class Preempted(SystemExit):
@@ -203,6 +205,9 @@ def train(config, workdir: str, stop_after: int = 0):
     nonfinite = config.get("nonfinite", "skip")
     if nonfinite not in NONFINITE:
         raise ValueError(f"config.nonfinite={nonfinite!r}: expected one of {NONFINITE}")
+    guard = config.get("transfer_guard", "")
+    if guard not in TRANSFER_GUARDS:
+        raise ValueError(f"config.transfer_guard={guard!r}: expected one of {TRANSFER_GUARDS}")
     os.makedirs(workdir, exist_ok=True)
     start_time = time.perf_counter()
     mesh = sharding.make_mesh(config.mesh)
@@ -238,8 +243,10 @@ def train(config, workdir: str, stop_after: int = 0):
         if start_step is not None:
             state = ckpt.restore(abstract, data_iterator=train_iter)
             logging.info("resumed from step %d", start_step)
+            diagnostics.log_param_overview(state.params, f"restored parameters (step {start_step})")
         else:
             state = jax.jit(init_state, out_shardings=shardings)(jax.random.PRNGKey(config.seed))
+            diagnostics.log_param_overview(state.params, "initialised parameters")
             for source in init_sources(config, task):
                 state = state.replace(params=init_from.restore_subtrees(state.params, source),
                                       batch_stats=init_from.restore_batch_stats(state.batch_stats, source))
@@ -258,10 +265,14 @@ def train(config, workdir: str, stop_after: int = 0):
         writer = metrics_lib.MetricWriter(workdir, resume_step=start_step)
         progress = metrics_lib.Progress(config.total_steps, start_step, config.batch_size)
         pending, preempted = [], False
-        with StopOnSigterm() as sigterm:
+        profiler = diagnostics.Profiler(workdir, start_step + 2, config.get("profile_steps", 0))
+        with StopOnSigterm() as sigterm, profiler:
             for step in range(start_step + 1, config.total_steps + 1):
                 batch = pipeline.make_global(next(train_iter), batch_sh)
-                state, step_metrics = train_step(state, batch)
+                profiler.before(step)
+                with jax.transfer_guard(guard) if guard else contextlib.nullcontext():  # config.transfer_guard
+                    state, step_metrics = train_step(state, batch)
+                profiler.after(step, state)
                 pending.append(step_metrics)
                 if nonfinite == "stop" and int(step_metrics["skipped"]):
                     _stop_on_nonfinite(step, pending, writer, progress, ckpt)
