@@ -12,7 +12,7 @@ import pytest
 
 from invideo_jax.train import ema, trainer
 from invideo_jax.train.state import TrainState
-from test_train import classifier_config, data_dir  # noqa: F401 (data_dir: a fixture)
+from test_train import classifier_config
 
 
 def test_three_updates_by_hand():
@@ -77,8 +77,8 @@ def _ema_leaves(opt_state) -> np.ndarray:
 
 
 @pytest.mark.slow  # ~66 s on 2 cores at load average 10: a trainer run stopped after step 3 and resumed
-def test_trainer_checkpoints_resumes_and_evaluates_the_average(tmp_path, data_dir):
-    config = classifier_config(data_dir)
+def test_trainer_checkpoints_resumes_and_evaluates_the_average(tmp_path, synthetic_videos):
+    config = classifier_config(synthetic_videos)
     config.optim.ema_decay, config.checkpoint_every, config.keep_checkpoints, config.eval_every = 0.5, 1, 10, 2
     workdir = str(tmp_path / "run")
     assert trainer.train(config, workdir, stop_after=3) is None
