@@ -6,12 +6,14 @@ python -m invideo_jax.convert.cli --format=clip_hf --model=configs/internvideo_m
 python -m invideo_jax.convert.cli --format=internvideo2 --model=1B --num_frames=8 --input=F --output=DIR
 python -m invideo_jax.convert.cli --format=internvideo2_stage2 --model=configs/internvideo2_align.py:1B --input=F ...
 python -m invideo_jax.convert.cli --format=internvideo2_clip --model=1B --input=F --output=DIR
+python -m invideo_jax.convert.cli --format=internvit --model=configs/internvideo2_distill.py:1B --input=F ...
 python -m invideo_jax.convert.cli --format=bert_hf --model=configs/internvideo2_align.py:1B --input=F ...
 python -m invideo_jax.convert.cli --format=beats --model=configs/internvideo2_align.py:6B,audio=beats_iter3 ...
 
 `--model` is a training config file `PATH[:ARG]` (the model its task builds, so scanning matches the run that
 restores it) or a preset: for the VideoMAE formats `SIZE/PATCH`, for `internvideo2` an InternVideo2 size (S, B, L,
-1B, 6B; the encoder, or a classifier with --num_classes; `internvideo2_clip` writes only its `clip_projector`).
+1B, 6B; the encoder, or a classifier with --num_classes; `internvideo2_clip` writes only its `clip_projector`;
+`internvit`: the one-frame image teacher, or with the distill config its Distiller's `teacher_image`).
 `bert_hf` converts into the text encoder of the config's model (a VideoTextAlign: BERT with its fusion layers, whose
 cross-attention starts at init); `beats` into its audio encoder (or a preset: an AUDIO_SIZES row, `beats_iter3`,
 at BEATs' 128 mel bins). The output is step 0 of
@@ -23,7 +25,7 @@ import os
 import sys
 
 from invideo_jax import config_files, paths, sizes
-from invideo_jax.convert import beats, bert, clip, common, internvideo2, videomae
+from invideo_jax.convert import beats, bert, clip, common, internvideo2, internvit, videomae
 from invideo_jax.models.align import VideoTextAlign
 from invideo_jax.models.audio import AUDIO_SIZES, AudioTransformer
 from invideo_jax.models.bert import Bert
@@ -32,9 +34,10 @@ from invideo_jax.models.videomae import VideoMAE
 from invideo_jax.models.vit import VisionTransformer
 
 BERT_FORMATS = ("bert_hf",)  # convert/bert.py's `internvideo2` text-only reading is part of internvideo2_stage2
-FORMATS = tuple(sorted([*videomae.FORMATS, *clip.FORMATS, *internvideo2.FORMATS, *beats.FORMATS, *BERT_FORMATS]))
+FORMATS = tuple(sorted([*videomae.FORMATS, *clip.FORMATS, *internvideo2.FORMATS, *internvit.FORMATS, *beats.FORMATS,
+                        *BERT_FORMATS]))
 BEATS_MEL_BINS = 128  # BEATs' own filterbank (a preset's num_mel_bins; the parameters do not depend on it)
-DEFAULT_FRAMES = {"internvideo2": 8, "internvideo2_clip": 8}  # preset --num_frames by format (else 16)
+DEFAULT_FRAMES = {"internvideo2": 8, "internvideo2_clip": 8, "internvit": 1}  # preset --num_frames by format (else 16)
 
 
 def parse_args(argv):
@@ -75,6 +78,9 @@ def build_model(args):
                          "configs/uniformerv2_finetune.py:B/16, configs/internvideo_mm_pretrain.py:B/16 or "
                          "configs/internvideo2_align.py:1B")
     frames = args.num_frames or DEFAULT_FRAMES.get(args.format, 16)
+    if args.format == "internvit":  # the image teacher as configs/internvideo2_distill.py builds it
+        return InternVideo2(**sizes.internvideo2_encoder(args.model, frames=1, image_size=args.image_size,
+                                                         scan=args.scan, layer_scale=0.1))
     if args.format in ("internvideo2", "internvideo2_clip"):
         return InternVideo2(**sizes.internvideo2_encoder(args.model, frames=frames, image_size=args.image_size,
                                                          scan=args.scan, num_classes=args.num_classes))
@@ -113,6 +119,8 @@ def convert(args, model):
     """(variables {'params': ..., ['batch_stats': ...]}, common.Report) read from args.input."""
     if args.format in clip.FORMATS:
         return clip.load_variables(args.input, model, args.format, args.drop)
+    if args.format in internvit.FORMATS:
+        return internvit.load_variables(args.input, model, args.format, args.drop)
     if args.format in beats.FORMATS:
         return beats.load_variables(args.input, model, args.format, args.drop)
     if args.format in BERT_FORMATS:

@@ -269,7 +269,7 @@ def load_variables(checkpoint, model, fmt: str = "internvideo2", drop=(), initia
     kept = [k for k in state if not any(re.search(d, k) for d in drop)]
     at_init = tuple(ours for ours, theirs in AT_INIT_PARTS
                     if any(re.search(ours, p) for p in wanted) and not any(re.search(theirs, k) for k in kept))
-    resampled = _resample_pos_embeds(state, wanted, base, vision_module(model).grid, src_frames)
+    resampled = resample_pos_embeds(state, wanted, base, vision_module(model).grid, src_frames)
 
     def initial_values():
         if initial is not None:
@@ -305,7 +305,7 @@ def to_state_dict(variables, fmt: str = "internvideo2") -> dict:
     return out
 
 
-def _resample_pos_embeds(state: dict, wanted: dict, fmt: Format, grid: tuple, src_frames) -> list:
+def resample_pos_embeds(state: dict, wanted: dict, fmt: Format, grid: tuple, src_frames) -> list:
     """Resample (in `state`) every position table whose token count differs from the target's; returns lines
     'KEY (t, h, w) -> (t', h', w')'."""
     done = []
