@@ -106,3 +106,26 @@ def test_cli_format_and_preset(tmp_path):
     preset = cli.build_model(cli.parse_args(["--format=internvit", "--model=6B", "--input=x", "--output=y"]))
     assert (preset.width, preset.depth, preset.num_heads, preset.num_frames, preset.layer_scale) == (
         3200, 48, 25, 1, 0.1)
+
+
+def test_clip_teacher_return_interval_picks_the_official_layers():
+    from invideo_jax.models.distill import teacher_return_layers
+    # the S/B/L recipe (40-layer teacher, 6 layers, interval 3.34), by hand: 39 - int(i * 3.34) for i = 0..5
+    assert teacher_return_layers(40, 6, 3.34) == (23, 26, 29, 33, 36, 39)
+    assert teacher_return_layers(48, 6) == (42, 43, 44, 45, 46, 47)
+    # wiring: the Distiller's image_layers targets are the teacher's layers 1 and 3 (depth 4, interval 2), each
+    # L2-normalised (one frame, every token visible)
+    teacher = dict(TEACHER, depth=4)
+    distiller = Distiller(student=dict(VISION, num_frames=1), teacher_image=teacher, teacher_video=None,
+                          image_layers=2, video_layers=0, frame_stride=1, mask_source="random", mask_ratio=0.0,
+                          clip_teacher_return_interval=2.0, parts="teachers")
+    video = images()
+    variables = distiller.init(jax.random.PRNGKey(0), video)
+    target = distiller.apply(variables, video)["target"]["image_layers"]
+    every = InternVideo2(**dict(teacher, return_layers=(0, 1, 2, 3))).apply(
+        {"params": variables["params"]["teacher_image"]}, video)["layers"]
+    want = np.stack([np.asarray(every[i]) for i in (1, 3)])
+    want /= np.linalg.norm(want, axis=-1, keepdims=True)
+    np.testing.assert_allclose(target, want, atol=1e-5)
+    with pytest.raises(ValueError, match="too few layers for image_layers=2 every 4.0"):
+        distiller.clone(clip_teacher_return_interval=4.0).init(jax.random.PRNGKey(0), video)
