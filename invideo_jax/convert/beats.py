@@ -83,7 +83,8 @@ def from_official(state: dict, prefix: str = "") -> dict:
             norm_v = np.sqrt((v.astype(np.float64) ** 2).sum(axis=(0, 1), keepdims=True))
             state[prefix + POS_CONV + "weight"] = (v * (g / norm_v)).astype(v.dtype)
     shared = state.get(prefix + REL_POS.format(i=0))
-    copies = sorted(k for k in state if re.fullmatch(re.escape(prefix) + REL_POS.format(i=r"[1-9]\d*"), k))
+    copy = re.escape(prefix + REL_POS).replace(re.escape("{i}"), r"[1-9]\d*")
+    copies = sorted(k for k in state if re.fullmatch(copy, k))
     for key in copies:
         if shared is None or not np.array_equal(state[key], shared):
             raise ConversionError(f"{key} differs from {prefix + REL_POS.format(i=0)}: BEATs shares layer 0's "
