@@ -19,10 +19,12 @@ encoder, the 768-wide audio-visual context (`av_concat_dim`: vision tokens throu
 tokens through `av_concat_audio_proj`) and the audio-visual losses AVTC, AVTM, AVMLM (`loss.av_con`, `av_vtm`,
 `av_mlm`, weight 1 each, on the same captions) beside VTC, VTM, MLM, and turns on `data.audio` (each clip's seconds of
 audio, 998 x 64 log-mel). Examples whose video has no audio track take part in the video losses only. Use it with
-`embed_dim=768` (`contra_dim`), `text_length=40`, `epochs=5`. The official freezes a pre-trained BEATs;
-models/audio.py now has BEATs' relative position bias, but no converter reads BEATs key names yet, so restore the
-audio encoder from your own run (an `init_from.audio` source: `{checkpoint: DIR, mapping: {audio_encoder:
-params/audio_encoder}}`) or train it (`audio_frozen=False`). A frozen encoder left at its initialisation is allowed but carries no information.
+`embed_dim=768` (`contra_dim`), `text_length=40`, `epochs=5`. The official freezes a pre-trained BEATs: convert its
+release file (`python -m invideo_jax.convert.cli --format=beats --input=BEATs_iter3_plus_AS2M.pt --output=$BEATS
+--model=configs/internvideo2_align.py:6B,audio=beats_iter3`) and restore it with an `init_from.audio` source
+(`{checkpoint: $BEATS, mapping: {audio_encoder: params}}`), or train it (`audio_frozen=False`); the released
+audio-visual stage-2 file converts whole (`--format=internvideo2_stage2`, same config). A frozen encoder left at its
+initialisation is allowed but carries no information.
 
 Recipe of the official 1B stage 2 (internvideo.md 1.9, 5.4; multi_modality scripts/pretraining/stage2/1B/config.py):
 4 frames of 224, random masking of 0.8 of the video tokens in training (`only_mask`, no teacher), text encoder

@@ -34,7 +34,17 @@ VisionTransformer g/14. Both are configurable ViTs: any rows of the size tables 
 named `init_from` sources (`teacher_image`: mapping `teacher_image` <- `params`, a checkpoint holding an
 InternVideo2-layout model; `teacher_video`: `teacher_video` <- `params/encoder`, a VideoMAE pre-training checkpoint,
 e.g. our videomae_pretrain stage or converted official weights); without a checkpoint they keep their random
-initialisation (a warning says so), which only makes sense for smoke tests. No InternViT-6B converter exists yet.
+initialisation (a warning says so), which only makes sense for smoke tests. The official image teacher file
+(InternVL-C's `internvl_c_13b_224px.pth`, the one the official stage 1 loads; its text tower is dropped) converts
+into `teacher_image` with
+
+  python -m invideo_jax.convert.cli --format=internvit --model=configs/internvideo2_distill.py:1B \
+      --input=internvl_c_13b_224px.pth --output=$INTERNVIT_6B
+
+(`$INTERNVIT_6B` is then the `init_from.teacher_image` checkpoint above). `clip_teacher_return_interval` (model
+kwargs; 1 here, as the official 1B / 6B scripts) spaces the image-teacher layers aligned as the official
+`return_index`; the distilled S/B/L scripts use 3.34 with an InternVideo2-1B teacher that sees the whole clip, which
+this Distiller does not model (its image teacher runs per frame).
 
 Cost: the teachers live in the train state, so every checkpoint carries them (fp32: InternViT-6B 5.94e9 params =
 23.7 GB, VideoMAE V2-g 4.0 GB) besides the student and its AdamW moments; they have no optimiser state (frozen).

@@ -515,9 +515,10 @@ def test_stage2_errors():
     with pytest.raises(ConversionError, match="text_encoder.cls.predictions.decoder.bias differs from "
                                               "text_encoder.cls.predictions.bias"):
         convert.load_variables(untied, model, "internvideo2_stage2")
-    audio = dict(state, **{"av_concat_vision_proj.0.weight": np.zeros((4, D), np.float32)})
-    with pytest.raises(ConversionError, match="av_concat_vision_proj.0.weight .*audio-visual stage-2 file"):
-        convert.load_variables(audio, model, "internvideo2_stage2")
+    audio = dict(state, **{"audio_proj.weight": np.zeros((EMBED, 4), np.float32)})
+    with pytest.raises(ConversionError, match="audio_proj.weight .*audio-visual stage-2 file .*needs a model with its "
+                                              "audio encoder"):
+        convert.load_variables(audio, model, "internvideo2_stage2")  # tests/test_convert_audio.py converts it
     missing = {k: v for k, v in state.items() if k != "text_proj.bias"}
     with pytest.raises(ConversionError, match=r"missing keys:\n    text_proj.bias \(8,\)"):
         convert.load_variables(missing, model, "internvideo2_stage2")

@@ -6,13 +6,17 @@ python -m invideo_jax.convert.cli --format=clip_hf --model=configs/internvideo_m
 python -m invideo_jax.convert.cli --format=internvideo2 --model=1B --num_frames=8 --input=F --output=DIR
 python -m invideo_jax.convert.cli --format=internvideo2_stage2 --model=configs/internvideo2_align.py:1B --input=F ...
 python -m invideo_jax.convert.cli --format=internvideo2_clip --model=1B --input=F --output=DIR
+python -m invideo_jax.convert.cli --format=internvit --model=configs/internvideo2_distill.py:1B --input=F ...
 python -m invideo_jax.convert.cli --format=bert_hf --model=configs/internvideo2_align.py:1B --input=F ...
+python -m invideo_jax.convert.cli --format=beats --model=configs/internvideo2_align.py:6B,audio=beats_iter3 ...
 
 `--model` is a training config file `PATH[:ARG]` (the model its task builds, so scanning matches the run that
 restores it) or a preset: for the VideoMAE formats `SIZE/PATCH`, for `internvideo2` an InternVideo2 size (S, B, L,
-1B, 6B; the encoder, or a classifier with --num_classes; `internvideo2_clip` writes only its `clip_projector`).
+1B, 6B; the encoder, or a classifier with --num_classes; `internvideo2_clip` writes only its `clip_projector`;
+`internvit`: the one-frame image teacher, or with the distill config its Distiller's `teacher_image`).
 `bert_hf` converts into the text encoder of the config's model (a VideoTextAlign: BERT with its fusion layers, whose
-cross-attention starts at init). The output is step 0 of
+cross-attention starts at init); `beats` into its audio encoder (or a preset: an AUDIO_SIZES row, `beats_iter3`,
+at BEATs' 128 mel bins). The output is step 0 of
 `CheckpointManager(DIR, item_names=('state',))` holding {'params': ...} (and 'batch_stats' for UniFormerV2 models
 with local UniBlocks).
 """
@@ -21,16 +25,19 @@ import os
 import sys
 
 from invideo_jax import config_files, paths, sizes
-from invideo_jax.convert import bert, clip, common, internvideo2, videomae
+from invideo_jax.convert import beats, bert, clip, common, internvideo2, internvit, videomae
 from invideo_jax.models.align import VideoTextAlign
+from invideo_jax.models.audio import AUDIO_SIZES, AudioTransformer
 from invideo_jax.models.bert import Bert
 from invideo_jax.models.internvideo2 import InternVideo2
 from invideo_jax.models.videomae import VideoMAE
 from invideo_jax.models.vit import VisionTransformer
 
 BERT_FORMATS = ("bert_hf",)  # convert/bert.py's `internvideo2` text-only reading is part of internvideo2_stage2
-FORMATS = tuple(sorted([*videomae.FORMATS, *clip.FORMATS, *internvideo2.FORMATS, *BERT_FORMATS]))
-DEFAULT_FRAMES = {"internvideo2": 8, "internvideo2_clip": 8}  # preset --num_frames by format (else 16)
+FORMATS = tuple(sorted([*videomae.FORMATS, *clip.FORMATS, *internvideo2.FORMATS, *internvit.FORMATS, *beats.FORMATS,
+                        *BERT_FORMATS]))
+BEATS_MEL_BINS = 128  # BEATs' own filterbank (a preset's num_mel_bins; the parameters do not depend on it)
+DEFAULT_FRAMES = {"internvideo2": 8, "internvideo2_clip": 8, "internvit": 1}  # preset --num_frames by format (else 16)
 
 
 def parse_args(argv):
@@ -58,12 +65,22 @@ def build_model(args):
     if args.model.partition(":")[0].endswith(".py"):
         from invideo_jax.train.tasks import get_task
         model = get_task(config_files.load(args.model)).model
+        if args.format in beats.FORMATS:
+            return audio_encoder(model)
         return text_encoder(model) if args.format in BERT_FORMATS else model
+    if args.format in beats.FORMATS:
+        if args.model not in AUDIO_SIZES:
+            raise ValueError(f"--format=beats needs a config file or an audio size {sorted(AUDIO_SIZES)}, "
+                             f"got {args.model!r}")
+        return AudioTransformer(**AUDIO_SIZES[args.model], num_mel_bins=BEATS_MEL_BINS, scan=args.scan)
     if args.format in (*clip.FORMATS, *BERT_FORMATS, "internvideo2_stage2"):
         raise ValueError(f"--format={args.format} needs a config file --model=PATH[:ARG], e.g. "
                          "configs/uniformerv2_finetune.py:B/16, configs/internvideo_mm_pretrain.py:B/16 or "
                          "configs/internvideo2_align.py:1B")
     frames = args.num_frames or DEFAULT_FRAMES.get(args.format, 16)
+    if args.format == "internvit":  # the image teacher as configs/internvideo2_distill.py builds it
+        return InternVideo2(**sizes.internvideo2_encoder(args.model, frames=1, image_size=args.image_size,
+                                                         scan=args.scan, layer_scale=0.1))
     if args.format in ("internvideo2", "internvideo2_clip"):
         return InternVideo2(**sizes.internvideo2_encoder(args.model, frames=frames, image_size=args.image_size,
                                                          scan=args.scan, num_classes=args.num_classes))
@@ -88,10 +105,24 @@ def text_encoder(model) -> Bert:
                      f"{type(model).__name__} (use e.g. configs/internvideo2_align.py:1B)")
 
 
+def audio_encoder(model) -> AudioTransformer:
+    """The AudioTransformer a config's model holds (VideoTextAlign with `audio_config`)."""
+    if isinstance(model, AudioTransformer):
+        return model
+    if isinstance(model, VideoTextAlign) and model.audio_config is not None:
+        return AudioTransformer(**dict(dict(dtype=model.dtype, param_dtype=model.param_dtype), **model.audio_config))
+    raise ValueError(f"--format=beats converts into an audio encoder; this config builds a {type(model).__name__} "
+                     "without one (use e.g. configs/internvideo2_align.py:6B,audio=beats_iter3)")
+
+
 def convert(args, model):
     """(variables {'params': ..., ['batch_stats': ...]}, common.Report) read from args.input."""
     if args.format in clip.FORMATS:
         return clip.load_variables(args.input, model, args.format, args.drop)
+    if args.format in internvit.FORMATS:
+        return internvit.load_variables(args.input, model, args.format, args.drop)
+    if args.format in beats.FORMATS:
+        return beats.load_variables(args.input, model, args.format, args.drop)
     if args.format in BERT_FORMATS:
         return bert.load_variables(args.input, text_encoder(model), args.format, args.drop)
     if args.format in internvideo2.FORMATS:

@@ -13,7 +13,10 @@ Formats:
                        teachers with `init_from`).
   internvideo2_stage2  multi_modality stage-2 files (`InternVideo2-stage2_1b-224p-f4.pt`, ...) <-> `VideoTextAlign`:
                        `vision_encoder.*` (the encoder above), `text_encoder.bert.*` / `text_encoder.cls.*` (the BERT
-                       rules of convert/bert.py), `vision_proj`, `text_proj`, `itm_head`, `temp`.
+                       rules of convert/bert.py), `vision_proj`, `text_proj`, `itm_head`, `temp`; the 6B
+                       audio-visual file (`InternVideo2_Stage2_audiovisual`) also `audio_encoder.*` (a BEATs: the
+                       table of convert/beats.py), `audio_proj`, `av_concat_{audio,vision}_proj.{0,1}` (Linear,
+                       LayerNorm), `av_fusion`, `avtm_head`, into a VideoTextAlign with `audio_config`.
   internvideo2_clip    the InternVideo2-CLIP extra file (`InternVideo2-CLIP-1B-224p-f8.pth`, ~14 MB): the attention
                        pooler it post-trained (`vision_encoder.clip_projector.*`) -> `params/clip_projector` of an
                        `InternVideo2` encoder, and nothing else (its other keys -- the InternVL-C LLaMA text tower's
@@ -33,9 +36,8 @@ Dropped and listed in the report (never an error): what a target has no place fo
 heads and their position embeddings for an encoder or stage-2 target, `fc_norm` / `head` for an encoder without
 classes, `img_pos_embed` / `clip_img_pos_embed` (images are not supported), a stage-2 file's `clip_teacher.*` and
 BERT's pooler, position-id buffers and tied MLM decoder (checked to equal the word embeddings /
-`cls.predictions.bias`). The 6B audio-visual stage-2 file (`audio_encoder`, `av_concat_vision_proj`, ...) is
-refused: VideoTextAlign with `audio_config` has its modules and models/audio.py BEATs' relative position bias, but
-no table maps BEATs' key names yet.
+`cls.predictions.bias`), the audio-visual file's `atm_head` (ATM, weight 0 in its configs) and a BEATs `predictor`.
+An audio-visual file into a model without `audio_config` is refused, naming its audio keys.
 Left at their initial values (listed): `fc_norm` / `head` of a classifier when the file has none (a pre-trained
 file into a fine-tuning model; `--drop='^head\\.'` does the same for a head with another number of classes).
 Position embeddings (`pos_embed`, and a Distiller's `clip_pos_embed` / `mae_pos_embed`) holding another number of
@@ -54,10 +56,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from invideo_jax.convert import bert, common
+from invideo_jax.convert import beats, bert, common
 from invideo_jax.convert.common import ConversionError, Format, conv3d, linear, norm, rule, scoped
 from invideo_jax.models import posembed
 from invideo_jax.models.align import VideoTextAlign
+from invideo_jax.models.audio import AudioTransformer
 from invideo_jax.models.distill import Distiller
 from invideo_jax.models.internvideo2 import InternVideo2
 
@@ -98,8 +101,18 @@ DISTILL_HEADS = [  # a Distiller's own params besides `student` (the stage-1 fil
     *scoped(DECODER, "final_clip_decoder/", "final_clip_decoder."),
     *scoped(DECODER, "mae_decoder_{i}/", "mae_decoder.{i}."),
 ]
+PROJECT_NORM = [*linear("dense", "0"), *norm("norm", "1")]  # nn.Sequential(Linear, LayerNorm)
+AUDIO_VISUAL = [  # the 6B InternVideo2_Stage2_audiovisual's own modules (audio_encoder: a BEATs)
+    *scoped(beats.ENCODER, "audio_encoder/", "audio_encoder."),
+    *linear("audio_proj", "audio_proj"),
+    *scoped(PROJECT_NORM, "av_concat_audio_proj/", "av_concat_audio_proj."),
+    *scoped(PROJECT_NORM, "av_concat_vision_proj/", "av_concat_vision_proj."),
+    *linear("av_fusion", "av_fusion"),
+    *linear("avtm_head", "avtm_head"),
+]
 STAGE2 = [
     *scoped(ENCODER, "vision_encoder/", "vision_encoder."),
+    *AUDIO_VISUAL,
     *scoped(bert.BERT, "text_encoder/", "text_encoder.bert."),
     *scoped(bert.MLM, "text_encoder/", "text_encoder."),
     *linear("vision_proj", "vision_proj"),
@@ -136,10 +149,12 @@ OPTIONAL = {
         (r"^vision_encoder\.(fc_norm|head)\.", None),
         (r"^clip_teacher\.", None),
         (r"^text_encoder\.bert\.pooler\.", None),
+        (r"^atm_head\.", None),
+        (r"^audio_encoder\.predictor\.", None),
     ),
 }
-# The 6B audio-visual stage-2 model's own modules (InternVideo2_Stage2_audiovisual): not supported.
-AUDIO_VISUAL = r"^(audio_encoder|audio_proj|av_concat_vision_proj|av_concat_audio_proj|av_fusion|atm_head|avtm_head)\."
+# An audio-visual stage-2 file's keys, which only a VideoTextAlign with `audio_config` holds.
+AUDIO_KEYS = r"^(audio_encoder|audio_proj|av_concat_audio_proj|av_fusion|avtm_head)\."
 # A classifier's parts that start at init when the file holds none of their keys: (our path regex, key regex).
 AT_INIT_PARTS = ((r"^params/fc_norm/", r"^fc_norm\."), (r"^params/head/", r"^head\."))
 POS_EMBEDS = ("pos_embed", "clip_pos_embed", "mae_pos_embed")
@@ -187,7 +202,11 @@ def init_inputs(model) -> tuple:
     if isinstance(model, Distiller):
         return model.clone(parts="student"), (video,), {"teacher": model.teacher_shapes(1)}
     if isinstance(model, VideoTextAlign):
-        return model, (video, jax.ShapeDtypeStruct((1, 2), jnp.int32)), {}
+        audio = {}
+        if model.audio_config is not None:  # one patch of frames creates every audio param
+            sound = AudioTransformer(**model.audio_config)
+            audio = {"audio": jax.ShapeDtypeStruct((1, sound.patch_size, sound.num_mel_bins), jnp.float32)}
+        return model, (video, jax.ShapeDtypeStruct((1, 2), jnp.int32)), audio
     return model, (video,), {}
 
 
@@ -236,11 +255,12 @@ def load_variables(checkpoint, model, fmt: str = "internvideo2", drop=(), initia
     wanted = common.flatten(jax.eval_shape(common.scan_to_loop, expected))
     drop = list(drop)
     if fmt == "internvideo2_stage2":
-        audio = sorted(k for k in state if re.match(AUDIO_VISUAL, k))
-        if audio:
+        audio = sorted(k for k in state if re.match(AUDIO_KEYS, k))
+        if audio and model.audio_config is None:
             raise ConversionError(
-                f"{audio[0]} (and {len(audio) - 1} more): an audio-visual stage-2 file (6B): not supported. Its "
-                "BEATs audio encoder (models/audio.py) has no conversion table for BEATs' key names yet")
+                f"{audio[0]} (and {len(audio) - 1} more): an audio-visual stage-2 file (6B) needs a model with its "
+                "audio encoder (configs/internvideo2_align.py with audio=beats_iter3)")
+        state = beats.from_official(state, "audio_encoder.")
         _check_tied(state)
         drop += [rf"^{re.escape(k)}$" for k in TEXT_TIED]
     for key_regex, ours_regex in OPTIONAL[fmt]:
@@ -249,7 +269,7 @@ def load_variables(checkpoint, model, fmt: str = "internvideo2", drop=(), initia
     kept = [k for k in state if not any(re.search(d, k) for d in drop)]
     at_init = tuple(ours for ours, theirs in AT_INIT_PARTS
                     if any(re.search(ours, p) for p in wanted) and not any(re.search(theirs, k) for k in kept))
-    resampled = _resample_pos_embeds(state, wanted, base, vision_module(model).grid, src_frames)
+    resampled = resample_pos_embeds(state, wanted, base, vision_module(model).grid, src_frames)
 
     def initial_values():
         if initial is not None:
@@ -279,10 +299,13 @@ def to_state_dict(variables, fmt: str = "internvideo2") -> dict:
     out = common.export({"params": params}, _format(fmt))
     if fmt == "internvideo2_stage2":
         out.update((tied, out[source].copy()) for tied, source in TEXT_TIED.items() if source in out)
+        depth = 1 + max((int(k.split(".")[3]) for k in out if k.startswith("audio_encoder.encoder.layers.")),
+                        default=0)
+        out = beats.to_official(out, "audio_encoder.", depth)
     return out
 
 
-def _resample_pos_embeds(state: dict, wanted: dict, fmt: Format, grid: tuple, src_frames) -> list:
+def resample_pos_embeds(state: dict, wanted: dict, fmt: Format, grid: tuple, src_frames) -> list:
     """Resample (in `state`) every position table whose token count differs from the target's; returns lines
     'KEY (t, h, w) -> (t', h', w')'."""
     done = []

@@ -56,9 +56,14 @@ Head widths (`head_dims`), as the official student takes them: `clip_teacher_emb
 'student' Distiller needs no teacher config when they are set: the heads of any official stage-1 file can be built,
 and `teacher_shapes` gives the teachers' outputs its call takes.
 
-Differences from the official code: the teachers are configurable ViTs of our own families (InternViT-6B is
-modelled, not ported: no converter exists yet); `clip_teacher_return_interval` (every n-th teacher layer, used by
-the distilled S/B/L recipe) is not modelled: the last k layers of each are aligned.
+Image-teacher layers (`clip_teacher_return_interval` r, official name and formula): depth - 1 - int(i * r) for
+i < image_layers (r = 1: the last k; the distilled S/B/L recipe uses r = 3.34 on a 40-layer teacher: 23, 26, 29, 33,
+36, 39); the student's are always its last k, as the official `clip_student_return_interval` 1 of every recipe.
+
+Differences from the official code: the teachers are configurable ViTs of our own families (InternViT-6B is our
+InternVideo2 trunk on one frame; convert/internvit.py reads the official teacher file into it). The distilled S/B/L
+recipe's teacher (InternVideo2-1B stage 2, `teacher_internvideo2_stage2_1B`) sees the whole clip, not each frame:
+that teacher kind is not modelled.
 """
 from typing import Any, Optional
 
@@ -87,6 +92,11 @@ PARTS = ("all", "teachers", "student")
 def num_visible(tokens_per_frame: int, ratio: float) -> int:
     """Visible patch tokens per frame: h*w - int(h*w*ratio), as the official (224/14, 0.8: 256 - 204 = 52)."""
     return tokens_per_frame - int(tokens_per_frame * ratio)
+
+
+def teacher_return_layers(depth: int, count: int, interval: float = 1.0) -> tuple:
+    """The teacher layers aligned, ascending: the official `return_index`, depth - 1 - int(i * interval), i < count."""
+    return tuple(sorted(depth - 1 - int(i * interval) for i in range(count)))
 
 
 def attention_visible_idx(attention, keep: int, key=None):
@@ -180,6 +190,7 @@ class Distiller(nn.Module):
     image_layers: int = 6  # last layers aligned with the image teacher (0: none)
     video_layers: int = 4  # last layers aligned with the video teacher (0: none)
     image_pooled: bool = True  # align the student's pooled feature with the image teacher's
+    clip_teacher_return_interval: float = 1.0  # spacing of the image-teacher layers aligned (module docstring)
     frame_stride: int = 2  # the student and the image teacher see video[:, ::frame_stride]
     mask_source: str = "image_pool"
     mask_ratio: float = 0.8
@@ -206,6 +217,7 @@ class Distiller(nn.Module):
             ("image_decoder", self.image_decoder in DECODER_KINDS, f"one of {DECODER_KINDS}"),
             ("video_decoder", self.video_decoder in DECODER_KINDS, f"one of {DECODER_KINDS}"),
             ("mask_ratio", 0 <= self.mask_ratio < 1, "in [0, 1)"),
+            ("clip_teacher_return_interval", self.clip_teacher_return_interval >= 1, ">= 1 (distinct layers)"),
             ("frame_stride", self.frame_stride >= 1, ">= 1"),
             ("student.tubelet_size", s.get("tubelet_size", 1) == 1, "1 (the student's tokens are per frame)"),
             ("image_layers", 0 <= self.image_layers <= s["depth"], f"in [0, student depth {s['depth']}]"),
@@ -238,8 +250,10 @@ class Distiller(nn.Module):
             if t["image_size"] // t["patch_size"] != grid[1] or t["image_size"] != s["image_size"]:
                 raise ValueError(f"model.kwargs.teacher_image: its {t['image_size']}/{t['patch_size']} token grid "
                                  f"differs from the student's {s['image_size']}/{s['patch_size']}")
-            if t["depth"] < self.image_layers:
-                raise ValueError(f"model.kwargs.teacher_image.depth={t['depth']} < image_layers={self.image_layers}")
+            if t["depth"] < self.image_layers or min(teacher_return_layers(
+                    t["depth"], self.image_layers, self.clip_teacher_return_interval), default=0) < 0:
+                raise ValueError(f"model.kwargs.teacher_image.depth={t['depth']} has too few layers for "
+                                 f"image_layers={self.image_layers} every {self.clip_teacher_return_interval}")
             if self.teacher_image_kind == "vit" and self.image_pooled and t.get("pool", "none") == "none":
                 raise ValueError("model.kwargs.teacher_image.pool: a vit teacher needs pool='cls' or 'mean' for "
                                  "image_pooled targets")
@@ -418,7 +432,7 @@ class Distiller(nn.Module):
         cfg = dict(self.teacher_image)
         depth = cfg["depth"]
         k = max(self.image_layers, 1)
-        cfg["return_layers"] = tuple(range(depth - k, depth))
+        cfg["return_layers"] = teacher_return_layers(depth, k, self.clip_teacher_return_interval)
         if self.teacher_image_kind == "internvideo2":
             teacher = InternVideo2(name="teacher_image", **dict(cfg, num_classes=0))
             out = teacher(images, train=False)
