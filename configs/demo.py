@@ -5,8 +5,8 @@
 Writes a synthetic dataset (8 classes of moving shapes that differ only by motion, as real mp4 files with
 VideoMAE csv and InternVideo JSON lists) into WORKDIR/data, then runs InternVideo's stages:
   pretrain     VideoMAE pre-training of a tiny video ViT (random mask 0.75, normalised-pixel targets)
-  finetune     supervised fine-tuning, the encoder restored from `pretrain` (init_from)
-  scratch      the same fine-tuning from random initialisation (same budget): the effect of pre-training
+  finetune     supervised fine-tuning on the `labels` labelled videos, the encoder restored from `pretrain`
+  scratch      the same fine-tuning from random initialisation (same labels and budget): VideoMAE's data efficiency
   multimodal   video-text pre-training (InternVideo-MM): a tiny UniFormerV2 (local UniBlocks in every layer, for
                motion, global UniBlocks on the last two), a causal text tower and a caption decoder, trained with
                the contrastive and captioning losses on the videos' captions ("a red square moves to the left"),
@@ -27,8 +27,9 @@ prompts averaged over every colour/shape template) and text<->video retrieval. W
 results tables and plots. Re-running skips finished stages.
 
 ARG options: train=1280 (videos, all used without labels by the pre-training stages), labels=160 (the first of
-them, whose labels the supervised stages use), val=640 (held-out videos), pretrain_steps, finetune_steps, multimodal_steps,
-multimodal_finetune_steps, fusion_steps, iv2_distill_steps, iv2_align_steps, iv2_finetune_steps, batch=32, workers=0.
+them, whose labels the supervised stages use), val=640 (held-out videos), pretrain_steps, finetune_steps,
+multimodal_steps, multimodal_finetune_steps, fusion_steps, iv2_distill_steps, iv2_align_steps, iv2_finetune_steps,
+batch=32, workers=0.
 Chance is 12.5% for classification and 1/val for retrieval R@1. The report gives every accuracy with its binomial
 standard error and states each of `claims` as "A beats B by x ± y points" or "not distinguishable" (report.py).
 
@@ -165,8 +166,8 @@ SMOKE = ("train=24,val=8,pretrain_steps=4,finetune_steps=4,multimodal_steps=4,mu
 def get_config(arg=None):
     if arg and arg.split(",")[0] == "smoke":
         arg = SMOKE + arg[len("smoke"):]
-    arg = common.parse_arg(arg, train=1280, labels=160, val=640, pretrain_steps=300, finetune_steps=700, multimodal_steps=600,
-                           multimodal_finetune_steps=400, fusion_steps=300, iv2_distill_steps=300,
+    arg = common.parse_arg(arg, train=1280, labels=160, val=640, pretrain_steps=300, finetune_steps=700,
+                           multimodal_steps=600, multimodal_finetune_steps=400, fusion_steps=300, iv2_distill_steps=300,
                            iv2_align_steps=400, iv2_finetune_steps=400, batch=32, workers=0)
     pretrain = common.train_config("videomae_pretrain", dict(encoder=ENCODER, **DECODER))
     pretrain = _data(pretrain, arg, num_classes=0)

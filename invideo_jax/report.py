@@ -110,9 +110,9 @@ def claims(results: dict, pairs) -> str:
     'chance')."""
     label = lambda ref: "chance" if isinstance(ref, (int, float)) else ref
     lines = [f"- {compare(label(a), measured(results, a), label(b), measured(results, b))}." for a, b in pairs]
-    note = (f"Each difference is given ± {CONFIDENCE_SE} standard errors of the difference (binomial standard errors of "
-            "the two accuracies taken as independent, which overstates it when both are measured on the same videos); a "
-            "difference inside that interval is reported as not distinguishable.")
+    note = (f"Each difference is given ± {CONFIDENCE_SE} standard errors of the difference (binomial standard errors "
+            "of the two accuracies taken as independent, which overstates it when both are measured on the same "
+            "videos); a difference inside that interval is reported as not distinguishable.")
     return "\n".join(lines + ["", note])
 
 
@@ -172,8 +172,8 @@ def write(workdir: str, config, results: dict) -> str:
     if config.get("claims"):
         parts += ["## Comparisons", "", claims(results, config.claims), ""]
     if config.get("comparison"):
-        parts += [f"## {config.get('comparison_title', 'Comparison')}", "", comparison_table(results, config.comparison),
-                  ""]
+        parts += [f"## {config.get('comparison_title', 'Comparison')}", "",
+                  comparison_table(results, config.comparison), ""]
     videotext = videotext_table(results)
     if videotext:
         parts += ["## Video-text evaluation", "", videotext, ""]
