@@ -166,7 +166,7 @@ SMOKE = ("train=24,val=8,pretrain_steps=4,finetune_steps=4,multimodal_steps=4,mu
 def get_config(arg=None):
     if arg and arg.split(",")[0] == "smoke":
         arg = SMOKE + arg[len("smoke"):]
-    arg = common.parse_arg(arg, train=1280, labels=160, val=640, pretrain_steps=300, finetune_steps=700,
+    arg = common.parse_arg(arg, train=1280, labels=160, val=640, pretrain_steps=300, finetune_steps=200,
                            multimodal_steps=600, multimodal_finetune_steps=400, fusion_steps=300, iv2_distill_steps=300,
                            iv2_align_steps=400, iv2_finetune_steps=400, batch=32, workers=0)
     pretrain = common.train_config("videomae_pretrain", dict(encoder=ENCODER, **DECODER))
