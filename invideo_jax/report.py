@@ -1,5 +1,8 @@
-"""The pipeline report: report.md with a results table per stage and PNG plots of the logged curves."""
+"""The pipeline report: report.md with results tables whose accuracies carry standard errors, comparison sentences
+generated from the numbers, one loss plot per stage and the held-out accuracies as bars with their intervals."""
+import math
 import os
+from typing import NamedTuple
 
 import matplotlib
 
@@ -8,21 +11,63 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from invideo_jax.train import metrics as metrics_lib  # noqa: E402
 
-PLOTTED = ("loss", "eval/top1", "clips_per_s", "contrastive_loss")
+LOSS_PLOT = "plot_losses.png"
+ACCURACY_PLOT = "plot_accuracy.png"
+# A difference counts when it exceeds this many standard errors of the difference (about a 95% interval).
+CONFIDENCE_SE = 2
+
+
+class Estimate(NamedTuple):
+    """A measured fraction and its standard error (0 for an exact value such as chance)."""
+    value: float
+    se: float = 0.0
+
+
+def binomial(p: float, n: int) -> Estimate:
+    """A fraction measured on n independent examples: standard error sqrt(p (1 - p) / n)."""
+    return Estimate(p, math.sqrt(p * (1 - p) / n) if n else float("nan"))
+
+
+def compare(name_a: str, a: Estimate, name_b: str, b: Estimate) -> str:
+    """A sentence on a - b in points, with CONFIDENCE_SE standard errors of the difference (the two errors taken as
+    independent), both to 0.1 point: "A beats B by x ± y points" when the difference exceeds that, else "not
+    distinguishable"."""
+    diff, margin = round(100 * (a.value - b.value), 1), round(100 * CONFIDENCE_SE * math.hypot(a.se, b.se), 1)
+    if abs(diff) > margin:  # decided on the printed numbers, so that the sentence agrees with them
+        winner, loser = (name_a, name_b) if diff > 0 else (name_b, name_a)
+        return f"{winner} beats {loser} by {abs(diff):.1f} ± {margin:.1f} points"
+    return f"{name_a} and {name_b} are not distinguishable ({diff:+.1f} ± {margin:.1f} points)"
+
+
+def _percent(e: Estimate) -> str:
+    return f"{100 * e.value:.1f} ± {100 * e.se:.1f}"
 
 
 def _fmt(value):
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def measured(results: dict, ref) -> Estimate:
+    """The estimate that `ref` names: a number (exact, e.g. chance), a result name (its held-out top-1) or
+    'name:metric' (an evaluation metric; retrieval R@K are stored in percent), on the result's videos."""
+    if isinstance(ref, (int, float)):
+        return Estimate(float(ref))
+    name, _, key = ref.partition(":")
+    ev = results[name]["eval"]
+    key = key or "top1"
+    value = ev[key] / 100 if key.startswith("retrieval") else ev[key]
+    return binomial(value, ev["num_videos"])
+
+
 def results_table(results: dict) -> str:
-    """Markdown table: one row per stage with its steps, wall time, final train metrics and evaluation."""
-    columns = ["steps", "wall_s", "train loss", "train accuracy", "eval top1", "eval top5", "eval videos"]
+    """Markdown table: one row per stage with its steps, wall time, final train loss and held-out accuracy (% ± one
+    standard error)."""
+    columns = ["steps", "wall_s", "train loss", "held-out top-1 %", "held-out top-5 %", "held-out videos"]
     lines = ["| stage | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, r in results.items():
-        train, ev = r.get("train", {}), r.get("eval", {})
-        values = [r.get("steps"), r.get("wall_s"), train.get("loss"), train.get("accuracy"), ev.get("top1"),
-                  ev.get("top5"), ev.get("num_videos")]
+        ev = r.get("eval", {})
+        accuracy = [_percent(measured(results, f"{name}:{k}")) if k in ev else None for k in ("top1", "top5")]
+        values = [r.get("steps"), r.get("wall_s"), r.get("train", {}).get("loss"), *accuracy, ev.get("num_videos")]
         lines.append(f"| {name} | " + " | ".join("" if v is None else _fmt(v) for v in values) + " |")
     return "\n".join(lines)
 
@@ -31,71 +76,111 @@ VIDEOTEXT_COLUMNS = {"zero-shot top1": "zero_shot/top1", "zero-shot top5": "zero
                      "t2v R@1": "retrieval/t2v_r1", "t2v R@5": "retrieval/t2v_r5", "t2v R@10": "retrieval/t2v_r10",
                      "v2t R@1": "retrieval/v2t_r1", "v2t R@5": "retrieval/v2t_r5",
                      "t2v R@1 DSL": "retrieval_dsl/t2v_r1", "v2t R@1 DSL": "retrieval_dsl/v2t_r1",
-                     "t2v R@1 match": "retrieval_match/t2v_r1", "v2t R@1 match": "retrieval_match/v2t_r1",
-                     "videos": "num_videos"}
+                     "t2v R@1 match": "retrieval_match/t2v_r1", "v2t R@1 match": "retrieval_match/v2t_r1"}
 
 
 def videotext_table(results: dict) -> str:
-    """Markdown table of the video-text stages' zero-shot accuracy and retrieval (R@K in %), or '' if none."""
-    rows = {name: r["eval"] for name, r in results.items() if "retrieval/t2v_r1" in r.get("eval", {})}
+    """Markdown table of the video-text stages' zero-shot accuracy and retrieval (% ± one standard error), or ''."""
+    rows = [name for name, r in results.items() if "retrieval/t2v_r1" in r.get("eval", {})]
     if not rows:
         return ""
-    lines = ["| stage | " + " | ".join(VIDEOTEXT_COLUMNS) + " |", "|---" * (len(VIDEOTEXT_COLUMNS) + 1) + "|"]
-    for name, ev in rows.items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(ev[k]) if k in ev else "" for k in VIDEOTEXT_COLUMNS.values())
-                     + " |")
-    note = ("Accuracies are fractions; R@K are percentages: plain cosine ranking, with dual-softmax re-ranking (DSL), "
-            "and (InternVideo2) with each query's top k re-scored by the matching head (match).")
+    lines = ["| stage | " + " | ".join(VIDEOTEXT_COLUMNS) + " | videos |", "|---" * (len(VIDEOTEXT_COLUMNS) + 2) + "|"]
+    for name in rows:
+        ev = results[name]["eval"]
+        cells = [_percent(measured(results, f"{name}:{k}")) if k in ev else "" for k in VIDEOTEXT_COLUMNS.values()]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {ev['num_videos']} |")
+    note = ("In % ± one binomial standard error. R@K: plain cosine ranking, with dual-softmax re-ranking (DSL), and "
+            "(InternVideo2) with each query's top k re-scored by the matching head (match).")
     return "\n".join(lines + ["", note])
 
 
 def comparison_table(results: dict, rows) -> str:
     """Markdown table of held-out accuracy for `rows`, (label, result name) pairs, e.g. an ablation."""
-    lines = ["| model | from | held-out top-1 | held-out top-5 | videos |", "|---|---|---|---|---|"]
+    lines = ["| model | from | held-out top-1 % | held-out top-5 % | videos |", "|---|---|---|---|---|"]
     for label, name in rows:
         ev = results.get(name, {}).get("eval", {})
-        values = [ev.get("top1"), ev.get("top5"), ev.get("num_videos")]
+        values = [_percent(measured(results, f"{name}:{k}")) if k in ev else None for k in ("top1", "top5")]
+        values.append(ev.get("num_videos"))
         lines.append(f"| {label} | {name} | " + " | ".join("" if v is None else _fmt(v) for v in values) + " |")
     return "\n".join(lines)
 
 
-def plot(workdir: str, stage_names, key: str):
-    """One PNG of `key` against step for every stage that logged it; returns its file name or None."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    drawn = False
-    for name in stage_names:
-        rows = [r for r in metrics_lib.read(os.path.join(workdir, name)) if key in r]
-        if rows:
-            ax.plot([r["step"] for r in rows], [r[key] for r in rows], marker="." if len(rows) < 30 else None,
-                    label=name)
-            drawn = True
-    if not drawn:
-        plt.close(fig)
+def claims(results: dict, pairs) -> str:
+    """One generated sentence per (ref A, ref B) pair of `config.claims` (refs as in `measured`; a number is labelled
+    'chance')."""
+    label = lambda ref: "chance" if isinstance(ref, (int, float)) else ref
+    lines = [f"- {compare(label(a), measured(results, a), label(b), measured(results, b))}." for a, b in pairs]
+    note = (f"Each difference is given ± {CONFIDENCE_SE} standard errors of the difference (binomial standard errors "
+            "of the two accuracies taken as independent, which overstates it when both are measured on the same "
+            "videos); a difference inside that interval is reported as not distinguishable.")
+    return "\n".join(lines + ["", note])
+
+
+def loss_plot(workdir: str, stage_names):
+    """One PNG with a small panel per stage that logged a loss (each with its own y-axis); its file name or None."""
+    curves = {name: [r for r in metrics_lib.read(os.path.join(workdir, name)) if "loss" in r] for name in stage_names}
+    curves = {name: rows for name, rows in curves.items() if rows}
+    if not curves:
         return None
-    ax.set_xlabel("step")
-    ax.set_ylabel(key)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fname = f"plot_{key.replace('/', '_')}.png"
+    columns = min(3, len(curves))
+    rows = math.ceil(len(curves) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.3 * columns, 2.4 * rows), squeeze=False)
+    for ax, (name, points) in zip(axes.flat, curves.items()):
+        ax.plot([r["step"] for r in points], [r["loss"] for r in points], marker="." if len(points) < 30 else None)
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(curves):]:
+        ax.axis("off")
+    fig.supxlabel("step", fontsize=8)
+    fig.supylabel("training loss (each stage its own)", fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(workdir, fname), dpi=100)
+    fig.savefig(os.path.join(workdir, LOSS_PLOT), dpi=100)
     plt.close(fig)
-    return fname
+    return LOSS_PLOT
+
+
+def accuracy_plot(workdir: str, results: dict, chance=None):
+    """Bars of each result's held-out top-1 (zero-shot top-1 for video-text stages) with ± CONFIDENCE_SE standard
+    errors; its file name or None."""
+    bars = {}
+    for name, r in results.items():
+        for key, label in (("top1", name), ("zero_shot/top1", f"{name} (zero-shot)")):
+            if key in r.get("eval", {}):
+                bars[label] = measured(results, f"{name}:{key}")
+    if not bars:
+        return None
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(bars) + 1.5), 3.5))
+    ax.bar(range(len(bars)), [100 * e.value for e in bars.values()],
+           yerr=[100 * CONFIDENCE_SE * e.se for e in bars.values()], capsize=4, color="tab:blue", alpha=0.8)
+    if chance is not None:
+        ax.axhline(100 * chance, color="gray", linestyle="--", linewidth=1, label="chance")
+        ax.legend(fontsize=8)
+    ax.set_xticks(range(len(bars)), list(bars), rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(f"held-out top-1 % (± {CONFIDENCE_SE} SE)", fontsize=8)
+    ax.set_ylim(0, 100)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, ACCURACY_PLOT), dpi=100)
+    plt.close(fig)
+    return ACCURACY_PLOT
 
 
 def write(workdir: str, config, results: dict) -> str:
     title = config.get("report_title", "invideo_jax pipeline report")
     parts = [f"# {title}", "", config.get("report_intro", ""), "", "## Results", "", results_table(results), ""]
+    if config.get("claims"):
+        parts += ["## Comparisons", "", claims(results, config.claims), ""]
     if config.get("comparison"):
-        parts += [f"## {config.get('comparison_title', 'Comparison')}", "", comparison_table(results, config.comparison),
-                  ""]
+        parts += [f"## {config.get('comparison_title', 'Comparison')}", "",
+                  comparison_table(results, config.comparison), ""]
     videotext = videotext_table(results)
     if videotext:
         parts += ["## Video-text evaluation", "", videotext, ""]
-    for key in PLOTTED:
-        fname = plot(workdir, list(results), key)
+    for heading, fname in (("Training loss per stage", loss_plot(workdir, list(results))),
+                           ("Held-out accuracy", accuracy_plot(workdir, results, config.get("chance")))):
         if fname:
-            parts += [f"### {key}", "", f"![{key}]({fname})", ""]
+            parts += [f"### {heading}", "", f"![{heading}]({fname})", ""]
     path = os.path.join(workdir, "report.md")
     with open(path, "w") as f:
         f.write("\n".join(parts))

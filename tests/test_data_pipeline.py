@@ -102,6 +102,13 @@ def test_hosts_see_disjoint_shards_reshuffled_each_epoch(dataset):
     np.testing.assert_array_equal(_epoch_labels(cfg, 0, 2)[0], host0[0])
 
 
+def test_train_examples_keeps_the_first_examples_of_the_list(dataset):
+    iterator = pipeline.train_iterator(config(dataset, train_examples=4), seed=7, batch_size=3, process_index=0,
+                                       process_count=1)
+    labels = np.concatenate([next(iterator)["label"] for _ in range(8)])  # six passes over the 4 examples
+    assert sorted(labels) == sorted(list(range(4)) * 6)
+
+
 def _assert_resumes_exactly(cfg):
     iterator = pipeline.train_iterator(cfg, seed=3, batch_size=4, process_index=0,
                                        process_count=1)

@@ -9,6 +9,7 @@ Configuration (`default_data_config()`, locked: unknown fields fail):
   root               directory joined to relative video paths
   frame_template, frame_start_index   file names of 'rawframes' folders: frame i is
                      frame_template.format(i + frame_start_index) (official: 'img_{:05}.jpg' from 1)
+  train_examples     train on the first N examples of the training list only (0: all), e.g. few labels
   tfds_dir, tfds_name, train_split, eval_split   where a 'tfds' dataset lives and its splits
   num_frames         frames per clip (T)
   sampling           'dense' (T frames `sampling_rate` apart) or 'segment' (one per T equal parts)
@@ -75,7 +76,7 @@ _CHOICES = {
 def default_data_config() -> ml_collections.ConfigDict:
     """Every data field with its default (see the module docstring); locked."""
     config = ml_collections.ConfigDict(dict(
-        train_annotations="", eval_annotations="", format="videomae", root="",
+        train_annotations="", eval_annotations="", format="videomae", root="", train_examples=0,
         frame_template="img_{:05}.jpg", frame_start_index=1,
         tfds_dir="", tfds_name="", train_split="train", eval_split="validation",
         num_frames=16, sampling="dense", sampling_rate=4, num_sample=1,
@@ -99,7 +100,7 @@ def check_data_config(cfg: ml_collections.ConfigDict) -> None:
                   "min_frames", "prefetch", "text_length", "audio_mel_bins", "audio_frames", "num_sample"):
         if cfg[field] < 1:
             raise ValueError(f"data.{field}={cfg[field]} must be >= 1")
-    for field in ("num_classes", "workers", "threads", "mixup", "cutmix", "frame_start_index"):
+    for field in ("num_classes", "workers", "threads", "mixup", "cutmix", "frame_start_index", "train_examples"):
         if cfg[field] < 0:
             raise ValueError(f"data.{field}={cfg[field]} must be >= 0")
     for field in ("random_erase", "label_smoothing"):
@@ -374,7 +375,7 @@ def train_iterator(cfg, *, seed: int, batch_size: int, process_index: int | None
     source = make_source(cfg, "train")
     process_index, process_count = process_slice(process_index, process_count)
     host_seed = int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
-    dataset = grain.MapDataset.range(len(source))[process_index::process_count]
+    dataset = grain.MapDataset.range(min(cfg.train_examples or len(source), len(source)))[process_index::process_count]
     if not len(dataset):
         raise ValueError(f"No training examples for host {process_index} of {process_count}")
     dataset = (dataset.seed(host_seed).shuffle().repeat().random_map(TrainExample(source, cfg))
