@@ -76,3 +76,4 @@ def attention(q, k, v, *, bias=None, mask=None, is_causal: bool = False, scale: 
 
 
 from invideo_jax.models import attention_tpu  # noqa: E402,F401  registers 'tpu_flash' (Pallas TPU flash attention)
+from invideo_jax.models import attention_cpu  # noqa: E402,F401  registers 'cpu_blocked' (query-blocked CPU attention)
