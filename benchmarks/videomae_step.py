@@ -26,6 +26,7 @@ from benchmarks import common
 from configs import common as sizes
 from invideo_jax import masking
 from invideo_jax.convert import videomae
+from invideo_jax.models import attention
 from invideo_jax.train import optim, trainer
 from invideo_jax.train.state import TrainState
 from invideo_jax.train.tasks import get_task
@@ -50,8 +51,8 @@ def parse_args(argv):
     parser.add_argument("--mask_ratio", type=float, default=0.9, help="tube-mask ratio of pre-training")
     parser.add_argument("--classes", type=int, default=400)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    parser.add_argument("--attn_impl", choices=("xla", "cudnn"), default=None,
-                        help="our attention implementation (default: JAX chooses)")
+    parser.add_argument("--attn_impl", choices=sorted(attention.KERNELS), default=None,
+                        help="our attention kernel (default: the backend's, `attention.BACKEND_DEFAULTS`)")
     parser.add_argument("--scan", action=argparse.BooleanOptionalAction, default=True,
                         help="scan over layers (--no-scan: unrolled, faster for small models on CPU)")
     parser.add_argument("--impl", choices=sorted(IMPLS), default="both")

@@ -103,6 +103,14 @@ def test_cpu_blocked_kernel_with_several_query_blocks_and_a_padded_last_block(ca
     check_against_numpy(functools.partial(attention_cpu.blocked_attention, block=5), case)
 
 
+def test_cpu_default_blocks_long_sequences_only():
+    assert attention.resolve(None) == attention.resolve("auto") == "cpu_auto"
+    for t, kernel in ((attention_cpu.MIN_QUERIES - 1, "xla"), (attention_cpu.MIN_QUERIES, "cpu_blocked")):
+        q, k, v, _, _, _ = case_arrays(t, t, 2, 2, False, head_dim=4, batch=1)
+        want = attention.attention(q, k, v, impl=kernel)
+        np.testing.assert_array_equal(attention.attention(q, k, v), want, err_msg=f"{t} queries: {kernel}")
+
+
 def test_scale_defaults_to_inverse_sqrt_head_dim():
     q, k, v, _, _, _ = case_arrays(8, 8, 2, 2, False)
     np.testing.assert_allclose(attention.attention(q, k, v), attention.attention(q, k, v, scale=8 ** -0.5),

@@ -1,4 +1,5 @@
-"""Query-blocked attention for long sequences on CPU, the attention kernel 'cpu_blocked'.
+"""Query-blocked attention for long sequences on CPU: the attention kernel 'cpu_blocked', and 'cpu_auto', the CPU
+default, which uses it from `MIN_QUERIES` queries on and XLA's attention below.
 
 XLA:CPU computes `jax.nn.dot_product_attention` as separate passes over the whole [heads, T, S] float32 score matrix
 (59 MB per ViT-S layer and clip at 1568 tokens), and autodiff keeps the probabilities of every layer for the
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 from invideo_jax.models import attention
 
 BLOCK = 128  # queries per block: [6 heads, 128, 1568] float32 scores are 4.8 MB
+MIN_QUERIES = 256  # shorter sequences fit the cache whole (docs/benchmarks.md)
 NEG_INF = float(jnp.finfo(jnp.float32).min)  # the bias of a masked-out score, as in jax.nn.dot_product_attention
 
 
@@ -118,4 +120,12 @@ def blocked_attention(q, k, v, *, bias, mask, is_causal, scale, block: int = BLO
     return out.reshape(batch, n, padded, head_dim)[:, :, :t].transpose(0, 2, 1, 3)
 
 
+def auto_attention(q, k, v, **kwargs):
+    """'cpu_blocked' from `MIN_QUERIES` queries on, XLA's attention below."""
+    kernel = blocked_attention if q.shape[1] >= MIN_QUERIES else attention.KERNELS["xla"]
+    return kernel(q, k, v, **kwargs)
+
+
 attention.register("cpu_blocked", blocked_attention, platform="cpu")
+attention.register("cpu_auto", auto_attention, platform="cpu")
+attention.BACKEND_DEFAULTS["cpu"] = "cpu_auto"
