@@ -103,6 +103,18 @@ def test_cpu_blocked_kernel_with_several_query_blocks_and_a_padded_last_block(ca
     check_against_numpy(functools.partial(attention_cpu.blocked_attention, block=5), case)
 
 
+def test_cpu_blocked_kernel_takes_a_mask_of_fewer_axes():
+    q, k, v, _, d_out, _ = case_arrays(12, 12, 2, 2, False)
+    mask = np.random.default_rng(1).random((12, 12)) < 0.7
+    mask[:, 0] = True
+    want, (want_dq, _, _, _) = numpy_attention(q, k, v, mask, False, 0.3, d_out)
+    kernel = functools.partial(attention_cpu.blocked_attention, bias=None, mask=mask, is_causal=False, scale=0.3,
+                               block=5)
+    got, vjp = jax.vjp(kernel, *(jnp.asarray(a) for a in (q, k, v)))
+    np.testing.assert_allclose(got, want, atol=2e-6, rtol=2e-5)
+    np.testing.assert_allclose(vjp(jnp.asarray(d_out))[0], want_dq, atol=1e-5, rtol=1e-4)
+
+
 def test_cpu_default_blocks_long_sequences_only():
     assert attention.resolve(None) == attention.resolve("auto") == "cpu_auto"
     for t, kernel in ((attention_cpu.MIN_QUERIES - 1, "xla"), (attention_cpu.MIN_QUERIES, "cpu_blocked")):

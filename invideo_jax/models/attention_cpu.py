@@ -106,6 +106,7 @@ def blocked_attention(q, k, v, *, bias, mask, is_causal, scale, block: int = BLO
         if is_causal:
             allowed = allowed & jnp.tril(jnp.ones((t, s), bool))
         bias = jnp.where(allowed, jnp.zeros((), q.dtype) if bias is None else bias, NEG_INF)
+        bias = bias.reshape((1,) * (4 - bias.ndim) + bias.shape)  # a mask may have fewer axes, e.g. [T, S]
     block = min(block, t)
     padded = -(-t // block) * block
     qh = jnp.pad(q, ((0, 0), (0, padded - t), (0, 0), (0, 0)))  # padded query rows are cut off below
