@@ -26,6 +26,7 @@ from benchmarks import common
 from configs import common as sizes
 from invideo_jax import masking
 from invideo_jax.convert import videomae
+from invideo_jax.models import attention
 from invideo_jax.train import optim, trainer
 from invideo_jax.train.state import TrainState
 from invideo_jax.train.tasks import get_task
@@ -50,8 +51,11 @@ def parse_args(argv):
     parser.add_argument("--mask_ratio", type=float, default=0.9, help="tube-mask ratio of pre-training")
     parser.add_argument("--classes", type=int, default=400)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    parser.add_argument("--attn_impl", choices=("xla", "cudnn"), default=None,
-                        help="our attention implementation (default: JAX chooses)")
+    parser.add_argument("--attn_impl", choices=sorted(attention.KERNELS), default=None,
+                        help="our attention kernel (default: the backend's, `attention.BACKEND_DEFAULTS`)")
+    parser.add_argument("--baseline_attn", choices=sorted(attention.KERNELS), default=None,
+                        help="also time our step with this attention kernel, interleaved with the others "
+                             "(printed beside the row's step times, not in the row)")
     parser.add_argument("--scan", action=argparse.BooleanOptionalAction, default=True,
                         help="scan over layers (--no-scan: unrolled, faster for small models on CPU)")
     parser.add_argument("--impl", choices=sorted(IMPLS), default="both")
@@ -191,8 +195,17 @@ def run(args, argv) -> str:
 
     builders = {"JAX": lambda: jax_step(args, task, params, video, labels),
                 "PyTorch": lambda: torch_step(args, reference, video, labels, masks)}
-    seconds = common.median_seconds({impl: builders[impl]() for impl in IMPLS[args.impl]}, args.warmup, args.steps)
+    steps = {impl: builders[impl]() for impl in IMPLS[args.impl]}
+    if args.baseline_attn:
+        baseline = argparse.Namespace(**{**vars(args), "attn_impl": args.baseline_attn})
+        steps[f"JAX attn={args.baseline_attn}"] = jax_step(baseline, make_task(baseline),
+                                                           jax.tree.map(jnp.copy, params), video, labels)
+    seconds = common.median_seconds(steps, args.warmup, args.steps)
     print(", ".join(f"{impl} {1e3 * s:.1f} ms/step" for impl, s in seconds.items()), file=sys.stderr)
+    if args.baseline_attn and "PyTorch" in seconds:
+        print(", ".join(f"{impl}/PyTorch clips/s {seconds['PyTorch'] / s:.2f}" for impl, s in seconds.items()
+                        if impl != "PyTorch"), file=sys.stderr)
+    seconds.pop(f"JAX attn={args.baseline_attn}", None)
     cells = []
     for impl in ("JAX", "PyTorch"):
         if impl in seconds:

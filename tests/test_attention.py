@@ -1,11 +1,13 @@
 """Every attention kernel on this backend against a float64 numpy softmax attention, forward and backward (an additive
 bias included, and its gradient)."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from invideo_jax.models import attention
+from invideo_jax.models import attention, attention_cpu
 
 CPU_KERNELS = attention.kernels_for("cpu")
 
@@ -72,9 +74,8 @@ def case_arrays(t, s, n, kv_heads, masked, head_dim=8, batch=2, seed=0, bias=Non
     return q, k, v, mask, d_out, bias
 
 
-@pytest.mark.parametrize("impl", CPU_KERNELS + [None, "auto"])
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_kernel_matches_float64_softmax_attention(impl, case):
+def check_against_numpy(kernel, case):
+    """kernel(q, k, v, bias=, mask=, is_causal=, scale=) and its vector-Jacobian product against float64 numpy."""
     t, s, n, kv_heads, masked, is_causal, bias_shape = CASES[case]
     q, k, v, mask, d_out, bias = case_arrays(t, s, n, kv_heads, masked, bias=bias_shape)
     scale = 0.3
@@ -82,12 +83,44 @@ def test_kernel_matches_float64_softmax_attention(impl, case):
     args = [jnp.asarray(a) for a in (q, k, v) + (() if bias is None else (bias,))]
 
     def run(q, k, v, bias=None):
-        return attention.attention(q, k, v, bias=bias, mask=mask, is_causal=is_causal, scale=scale, impl=impl)
+        return kernel(q, k, v, bias=bias, mask=mask, is_causal=is_causal, scale=scale)
 
     got, vjp = jax.vjp(jax.jit(run), *args)
     np.testing.assert_allclose(got, want, atol=2e-6, rtol=2e-5)
     for name, g, w in zip(("q", "k", "v", "bias"), vjp(jnp.asarray(d_out)), want_grads):
         np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-4, err_msg=f"d{name}")
+
+
+@pytest.mark.parametrize("impl", CPU_KERNELS + [None, "auto"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_kernel_matches_float64_softmax_attention(impl, case):
+    check_against_numpy(functools.partial(attention.attention, impl=impl), case)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_cpu_blocked_kernel_with_several_query_blocks_and_a_padded_last_block(case):
+    """Blocks of 5 queries: 10-24 queries make 2-5 blocks, all but the 'cross' case with a padded last block."""
+    check_against_numpy(functools.partial(attention_cpu.blocked_attention, block=5), case)
+
+
+def test_cpu_blocked_kernel_takes_a_mask_of_fewer_axes():
+    q, k, v, _, d_out, _ = case_arrays(12, 12, 2, 2, False)
+    mask = np.random.default_rng(1).random((12, 12)) < 0.7
+    mask[:, 0] = True
+    want, (want_dq, _, _, _) = numpy_attention(q, k, v, mask, False, 0.3, d_out)
+    kernel = functools.partial(attention_cpu.blocked_attention, bias=None, mask=mask, is_causal=False, scale=0.3,
+                               block=5)
+    got, vjp = jax.vjp(kernel, *(jnp.asarray(a) for a in (q, k, v)))
+    np.testing.assert_allclose(got, want, atol=2e-6, rtol=2e-5)
+    np.testing.assert_allclose(vjp(jnp.asarray(d_out))[0], want_dq, atol=1e-5, rtol=1e-4)
+
+
+def test_cpu_default_blocks_long_sequences_only():
+    assert attention.resolve(None) == attention.resolve("auto") == "cpu_auto"
+    for t, kernel in ((attention_cpu.MIN_QUERIES - 1, "xla"), (attention_cpu.MIN_QUERIES, "cpu_blocked")):
+        q, k, v, _, _, _ = case_arrays(t, t, 2, 2, False, head_dim=4, batch=1)
+        want = attention.attention(q, k, v, impl=kernel)
+        np.testing.assert_array_equal(attention.attention(q, k, v), want, err_msg=f"{t} queries: {kernel}")
 
 
 def test_scale_defaults_to_inverse_sqrt_head_dim():
