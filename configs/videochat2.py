@@ -9,6 +9,8 @@
       --config.init_from.stage1.checkpoint=W1/checkpoints --config.init_from.stage2.checkpoint=W2/checkpoints \
       --config.videochat.llm_tokenizer=MISTRAL_DIR --config.videochat.instruction_files="(('IT.json', 'ROOT'),)"
   python -m invideo_jax.aot --config=configs/videochat2.py:8b,stage=3 --topology=v5p-32 --predict=false
+      (fits: stage 3 at the paper batch 128 on v5p-32, FSDP over the 16 chips, bf16, remat=full, no accumulation,
+      peaks at 43.9 GiB of 95 per chip; docs/scale.md)
 
 Variants (`get_config(arg)`, arg 'VARIANT[,stage=3,frames=0,epoch_steps=1000,scan=True,remat=full,dtype=bfloat16,
 lora=True]'; frames 0 = the stage's official count: 4 in stages 1 and 2, 8 in stage 3):
