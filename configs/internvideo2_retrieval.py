@@ -8,7 +8,8 @@ benchmark's training captions with VTC + VTM and evaluated with that benchmark's
 
 Data: InternVideo JSON lists ({"video": path, "caption": str | [str, ...]}): MSR-VTT the 9k training list and the
 1k-A test list (one caption per video, protocol `first`); DiDeMo the paragraph lists (a video's sentences, joined
-into one query, protocol `paragraph`). `train_size` (required): entries in the training list, for the schedule.
+into one query, protocol `paragraph`; the official reads each video's first 30 seconds, `trimmed30`: give the entries
+`"start": 0, "end": 30`). `train_size` (required): entries in the training list, for the schedule.
 
 ARG: the vision size (6B: the audio-visual model of the official scripts, contrastive dim 768; 1B: its own stage-2
 model, contrastive dim 512, no audio), dataset=msrvtt|didemo, train_size.
@@ -16,7 +17,7 @@ model, contrastive dim 512, no audio), dataset=msrvtt|didemo, train_size.
 Recipe (`RECIPE`; OpenGVLab/InternVideo InternVideo2/multi_modality/scripts/finetuning/stage2/6B/{msrvtt,didemo}/
 config.py, msrvtt/run.sh): the whole stage-2 model restored, vision trained, audio frozen; 4 frames of 224 (one
 random frame per segment; test: the middle ones), video tokens masked at 0.8 in training as in stage 2, captions of
-at most 40 tokens; losses VTC and VTM (hard negatives) weight 1, MLM and the audio-visual losses 0; AdamW (0.9, 0.98),
+at most 40 tokens (DiDeMo: 64, the `max_txt_l` of its entries in the official configs/data.py); losses VTC and VTM (hard negatives) weight 1, MLM and the audio-visual losses 0; AdamW (0.9, 0.98),
 lr 5e-6, wd 0.05, gradient clip 3, cosine over 5 epochs with 1 warm-up epoch to 0.01 x lr; batch 8 per GPU on the
 4 GPUs of run.sh (32); evaluation re-ranks each query's top 128 by the ITM head (`k_test`). Only the 6B scripts
 exist; the 1B preset takes the same recipe (run.sh itself restores a 1B stage-2 file).
@@ -29,11 +30,11 @@ import ml_collections
 
 from configs import common, internvideo2_align
 
-RECIPE = dict(frames=4, image_size=224, text_length=40, epochs=5, batch=32, lr=5e-6, min_lr_ratio=0.01,
-              mask_ratio=0.8, loss=dict(con=1.0, vtm=1.0, mlm=0.0, av_con=0.0, av_vtm=0.0, av_mlm=0.0))
-DATASETS = {  # the retrieval protocol (evaluate/retrieval.py) and the official k_test that applies here
-    "msrvtt": dict(captions="first", rerank_k=128),
-    "didemo": dict(captions="paragraph", rerank_k=0),
+RECIPE = dict(frames=4, image_size=224, epochs=5, batch=32, lr=5e-6, min_lr_ratio=0.01, mask_ratio=0.8,
+              loss=dict(con=1.0, vtm=1.0, mlm=0.0, av_con=0.0, av_vtm=0.0, av_mlm=0.0))
+DATASETS = {  # caption tokens, the retrieval protocol (evaluate/retrieval.py), the official k_test that applies here
+    "msrvtt": dict(text_length=40, captions="first", rerank_k=128),
+    "didemo": dict(text_length=64, captions="paragraph", rerank_k=0),
 }
 MODELS = {"6B": "embed_dim=768,audio=beats_iter3", "1B": "embed_dim=512"}
 
@@ -49,7 +50,7 @@ def get_config(arg=None):
     r, d = RECIPE, DATASETS[arg.dataset]
     c = internvideo2_align.get_config(
         f"{arg.variant},{MODELS[arg.variant]},frames={r['frames']},image_size={r['image_size']},"
-        f"text_length={r['text_length']},epochs={r['epochs']},batch={r['batch']},train_size={arg.train_size},"
+        f"text_length={d['text_length']},epochs={r['epochs']},batch={r['batch']},train_size={arg.train_size},"
         f"mask_ratio={r['mask_ratio']}")
     c.loss.update(r["loss"])
     c.optim.update(dict(base_lr=r["lr"], min_lr=r["lr"] * r["min_lr_ratio"]))

@@ -17,20 +17,20 @@ def test_retrieval_presets_build(module, arg):
     assert build(module.get_config(f"{arg},train_size={TRAIN_SIZE}")) > 0
 
 
-@pytest.mark.parametrize("arg, captions, rerank_k", [
-    ("6B,dataset=msrvtt", "first", 128),  # MSR-VTT 1k-A, one caption per video, ITM re-ranking of the top 128
-    ("6B,dataset=didemo", "paragraph", 0),  # re-ranking supports 'first' only here
-    ("1B,dataset=msrvtt", "first", 128),
+@pytest.mark.parametrize("arg, text_length, captions, rerank_k", [
+    ("6B,dataset=msrvtt", 40, "first", 128),  # MSR-VTT 1k-A, one caption per video, ITM re-ranking of the top 128
+    ("6B,dataset=didemo", 64, "paragraph", 0),  # configs/data.py didemo_ret_*: max_txt_l 64, is_paragraph_retrieval
+    ("1B,dataset=msrvtt", 40, "first", 128),
 ])
-def test_internvideo2_retrieval_follows_the_official_scripts(arg, captions, rerank_k):
+def test_internvideo2_retrieval_follows_the_official_scripts(arg, text_length, captions, rerank_k):
     # OpenGVLab/InternVideo InternVideo2/multi_modality/scripts/finetuning/stage2/6B/{msrvtt,didemo}/config.py:
-    # num_frames 4, image_res 224, max_txt_l 40, batch_size 8 (x NUM_GPUS=4 in msrvtt/run.sh), lr 5e-6,
+    # num_frames 4, image_res 224, max_txt_l 40 (DiDeMo: 64, below), batch_size 8 (x NUM_GPUS=4 in msrvtt/run.sh), lr 5e-6,
     # opt_betas (0.9, 0.98), weight_decay 0.05, max_grad_norm 3, cosine 5 epochs, warmup_epochs 1,
     # min_lr_multi 0.01, loss_weight vtc 1 vtm 1 mlm 0 (audio ones 0), video_mask_ratio 0.8, contra_dim 768,
     # the audio-visual model with freeze_audio True, k_test 128.
     c = internvideo2_retrieval.get_config(f"{arg},train_size={TRAIN_SIZE}")
     steps_per_epoch = TRAIN_SIZE // 32
-    assert (c.data.num_frames, c.data.crop_size, c.data.text_length, c.batch_size) == (4, 224, 40, 32)
+    assert (c.data.num_frames, c.data.crop_size, c.data.text_length, c.batch_size) == (4, 224, text_length, 32)
     assert (c.optim.base_lr, c.optim.lr_batch_denom, c.optim.b1, c.optim.b2) == (5e-6, 0, 0.9, 0.98)
     assert (c.optim.weight_decay, c.optim.clip_grad) == (0.05, 3.0)
     assert c.optim.min_lr == pytest.approx(5e-8)
