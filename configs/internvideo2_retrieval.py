@@ -6,10 +6,12 @@ benchmark's training captions with VTC + VTM and evaluated with that benchmark's
       --config.data.eval_annotations=msrvtt/test_1k.json --config.data.root=videos \
       --config.init_from.checkpoint=$STAGE2   # a converted stage-2 model (--format=internvideo2_stage2) or a run
 
-Data: InternVideo JSON lists ({"video": path, "caption": str | [str, ...]}): MSR-VTT the 9k training list and the
-1k-A test list (one caption per video, protocol `first`); DiDeMo the paragraph lists (a video's sentences, joined
-into one query, protocol `paragraph`; the official reads each video's first 30 seconds, `trimmed30`: give the entries
-`"start": 0, "end": 30`). `train_size` (required): entries in the training list, for the schedule.
+Data: InternVideo JSON lists ({"video": path, "caption": str | [str, ...]}). MSR-VTT: the 9k training list, one
+entry per caption (training draws one caption of a list at random per visit), and the 1k-A test list (one caption
+per video, protocol `first`). DiDeMo: paragraph lists; evaluation joins a video's sentences into one query
+(protocol `paragraph`), training does not, so give each training entry its sentences joined into one caption string;
+the official reads each video's first 30 seconds (`trimmed30`): give the entries `"start": 0, "end": 30`.
+`train_size` (required): entries in the training list, for the schedule.
 
 ARG: the vision size (6B: the audio-visual model of the official scripts, contrastive dim 768; 1B: its own stage-2
 model, contrastive dim 512, no audio), dataset=msrvtt|didemo, train_size.

@@ -6,10 +6,11 @@ benchmark's training captions with the symmetric contrastive loss and evaluated 
       --config.data.eval_annotations=msvd/test.json --config.data.root=videos \
       --config.init_from.checkpoint=$INTERNVIDEO_MM   # the whole model: a converted release or a pre-training run
 
-Data: InternVideo JSON lists ({"video": path, "caption": str | [str, ...]}), CLIP BPE tokens. Training uses every
-caption (the official `--expand_msrvtt_sentences`); evaluation: MSR-VTT the 1k-A list and LSMDC its test list (one
-caption each, protocol `first`), MSVD and VATEX every caption (`all`), DiDeMo paragraphs (`paragraph`).
-`train_size` (required): entries in the training list, for the schedule.
+Data: InternVideo JSON lists ({"video": path, "caption": str | [str, ...]}), CLIP BPE tokens. Training: one entry
+per caption, as the official `--expand_msrvtt_sentences` (a list of captions draws one at random per visit);
+DiDeMo: each entry's sentences joined into one caption string (training does not join them). Evaluation: MSR-VTT
+the 1k-A list and LSMDC its test list (one caption each, protocol `first`), MSVD and VATEX every caption (`all`),
+DiDeMo paragraphs (`paragraph`). `train_size` (required): entries in the training list, for the schedule.
 
 ARG: the variant (B/16, L/14), dataset=msrvtt|didemo|lsmdc|msvd|vatex, train_size.
 
