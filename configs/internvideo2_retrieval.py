@@ -19,10 +19,11 @@ model, contrastive dim 512, no audio), dataset=msrvtt|didemo, train_size.
 Recipe (`RECIPE`; OpenGVLab/InternVideo InternVideo2/multi_modality/scripts/finetuning/stage2/6B/{msrvtt,didemo}/
 config.py, msrvtt/run.sh): the whole stage-2 model restored, vision trained, audio frozen; 4 frames of 224 (one
 random frame per segment; test: the middle ones), video tokens masked at 0.8 in training as in stage 2, captions of
-at most 40 tokens (DiDeMo: 64, the `max_txt_l` of its entries in the official configs/data.py); losses VTC and VTM (hard negatives) weight 1, MLM and the audio-visual losses 0; AdamW (0.9, 0.98),
-lr 5e-6, wd 0.05, gradient clip 3, cosine over 5 epochs with 1 warm-up epoch to 0.01 x lr; batch 8 per GPU on the
-4 GPUs of run.sh (32); evaluation re-ranks each query's top 128 by the ITM head (`k_test`). Only the 6B scripts
-exist; the 1B preset takes the same recipe (run.sh itself restores a 1B stage-2 file).
+at most 40 tokens (DiDeMo: 64, the `max_txt_l` of its entries in the official configs/data.py); losses VTC and VTM
+(hard negatives) weight 1, MLM and the audio-visual losses 0; AdamW (0.9, 0.98), lr 5e-6, wd 0.05, gradient clip
+3, cosine over 5 epochs with 1 warm-up epoch to 0.01 x lr; batch 8 per GPU on the 4 GPUs of run.sh (32); evaluation
+re-ranks each query's top 128 by the ITM head (`k_test`). Only the 6B scripts exist; the 1B preset takes the same
+recipe (run.sh itself restores a 1B stage-2 file).
 Differences here: DiDeMo runs without the ITM re-ranking (`rerank.k` 0: the re-ranking supports the protocol `first`
 only, invideo_jax/train/tasks/videotext.py), so its numbers are the contrastive ranks.
 Expected: the official repository publishes no fine-tuned retrieval number for these scripts; the paper's Table 10

@@ -24,8 +24,8 @@ def test_retrieval_presets_build(module, arg):
 ])
 def test_internvideo2_retrieval_follows_the_official_scripts(arg, text_length, captions, rerank_k):
     # OpenGVLab/InternVideo InternVideo2/multi_modality/scripts/finetuning/stage2/6B/{msrvtt,didemo}/config.py:
-    # num_frames 4, image_res 224, max_txt_l 40 (DiDeMo: 64, below), batch_size 8 (x NUM_GPUS=4 in msrvtt/run.sh), lr 5e-6,
-    # opt_betas (0.9, 0.98), weight_decay 0.05, max_grad_norm 3, cosine 5 epochs, warmup_epochs 1,
+    # num_frames 4, image_res 224, max_txt_l 40 (DiDeMo: 64, below), batch_size 8 (x NUM_GPUS=4 in msrvtt/run.sh),
+    # lr 5e-6, opt_betas (0.9, 0.98), weight_decay 0.05, max_grad_norm 3, cosine 5 epochs, warmup_epochs 1,
     # min_lr_multi 0.01, loss_weight vtc 1 vtm 1 mlm 0 (audio ones 0), video_mask_ratio 0.8, contra_dim 768,
     # the audio-visual model with freeze_audio True, k_test 128.
     c = internvideo2_retrieval.get_config(f"{arg},train_size={TRAIN_SIZE}")
