@@ -27,15 +27,12 @@ OFFICIAL = dict(temperature=1.0, top_p=0.9, num_beams=1, max_new_tokens=200)
 
 
 def parse_args(argv):
+    from invideo_jax.evaluate import videochat
+
     parser = argparse.ArgumentParser(prog="python -m invideo_jax.chat", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[2:]))
-    parser.add_argument("--model", required=True, help="a chat model name or a config file PATH.py[:ARG]")
-    parser.add_argument("--checkpoint", required=True, action="append",
-                        help="a directory of ours, or official files in order (repeat the flag)")
-    parser.add_argument("--llm_dir", default="", help="the base LLM directory official stage files lack")
-    parser.add_argument("--tokenizer", default="", help="the LLM's model directory with tokenizer.json")
-    parser.add_argument("--qformer_tokenizer", default="", help="the Q-Former's BERT vocabulary (text input)")
+    videochat.add_model_flags(parser)
     parser.add_argument("--video", required=True, help="a video file, or a folder of videos (with --question)")
     parser.add_argument("--question", default=None, help="one question (default: read questions from stdin)")
     parser.add_argument("--system", default="", help="text before the conversation (the system prompt)")

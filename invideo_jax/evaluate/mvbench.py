@@ -165,15 +165,12 @@ def write(path: str, summary: dict, predictions: list) -> None:
 
 
 def parse_args(argv):
+    from invideo_jax.evaluate import videochat
+
     parser = argparse.ArgumentParser(prog="python -m invideo_jax.evaluate.mvbench", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[2:]))
-    parser.add_argument("--model", required=True, help="a chat model name or a config file PATH.py[:ARG]")
-    parser.add_argument("--checkpoint", required=True, action="append",
-                        help="a directory of ours, or official files in order (repeat the flag)")
-    parser.add_argument("--llm_dir", default="", help="the base LLM directory official stage files lack")
-    parser.add_argument("--tokenizer", default="", help="the LLM's model directory with tokenizer.json")
-    parser.add_argument("--qformer_tokenizer", default="", help="the Q-Former's BERT vocabulary (text input)")
+    videochat.add_model_flags(parser)
     parser.add_argument("--questions", required=True, help="JSON list of questions (module docstring)")
     parser.add_argument("--video_root", default="", help="folder of the questions' video paths")
     parser.add_argument("--output", required=True, help="the JSON file written (summary + predictions)")

@@ -61,6 +61,16 @@ CHAT_MODELS = {"internvideo2_chat_8b": "configs/videochat2.py:8b",
                "videochat2_vicuna_7b": "configs/videochat2.py:vicuna"}
 
 
+def add_model_flags(parser) -> None:
+    """The command-line flags that name a chat model and its files (the chat and MVBench commands)."""
+    parser.add_argument("--model", required=True, help="a chat model name or a config file PATH.py[:ARG]")
+    parser.add_argument("--checkpoint", required=True, action="append",
+                        help="a directory of ours, or official files in order (repeat the flag)")
+    parser.add_argument("--llm_dir", default="", help="the base LLM directory official stage files lack")
+    parser.add_argument("--tokenizer", default="", help="the LLM's model directory with tokenizer.json")
+    parser.add_argument("--qformer_tokenizer", default="", help="the Q-Former's BERT vocabulary (text input)")
+
+
 def segment_centres(frame_count: int, num_frames: int, fps: float = 0.0, bounds=None) -> np.ndarray:
     """MVBench's frame indices: start = max(0, round(start_s * fps)), end = min(round(end_s * fps), count - 1)
     (the whole video without bounds), segment = (end - start) / num_frames, index k = int(start + segment / 2 +
