@@ -201,10 +201,6 @@ def model_kind(config) -> str:
                      f"{', model ' + repr(config.model.name) if config.task == 'classification' else ''}")
 
 
-def build_task(config):
-    return get_task(config)
-
-
 def abstract_variables(task, config, batch_size: int = 1):
     """The task's variables as ShapeDtypeStructs, still boxed with their logical axis names (no weights)."""
     return jax.eval_shape(task.init_variables, jax.random.PRNGKey(0), trainer.batch_shapes(config, batch_size))
@@ -217,7 +213,7 @@ def count_params(name: str) -> int:
         # The video-text task checks its tokenizer's vocabulary when built (the CLIP BPE takes seconds to load);
         # counting parameters needs shapes only, so the check is skipped by naming no vocabulary.
         config = build_config(get(name), overrides={"data.tokenizer": "words", "data.tokenizer_path": ""})
-    boxed = abstract_variables(build_task(config), config)
+    boxed = abstract_variables(get_task(config), config)
     return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(sharding.strip_boxes(boxed["params"])))
 
 
@@ -231,7 +227,7 @@ def random_variables(name: str, seed: int = 0, overrides=None) -> dict:
     shapes without running the initialisers (fast): N(0, 0.1) values, LayerNorm scales and BatchNorm variances
     around 1. For tests and dry runs."""
     config = build_config(get(name), overrides=overrides)
-    boxed = abstract_variables(build_task(config), config)
+    boxed = abstract_variables(get_task(config), config)
     rng = np.random.default_rng(seed)
 
     def draw(path, leaf):
@@ -297,7 +293,7 @@ def load(name: str, checkpoint: str, *, format: str | None = None, shard_params:
                          f"a converter format, one of {CONVERTER_FORMATS}")
     config = build_config(preset, _stage_workdir(checkpoint, preset.stage), overrides)
     kind = model_kind(config)
-    task = build_task(config)
+    task = get_task(config)
     mesh = sharding.make_mesh({"data": 1, "fsdp": -1} if shard_params else {"data": -1})
     rule_table = sharding.rules("fsdp" if shard_params else "dp")
     with jax.set_mesh(mesh), nn.logical_axis_rules(rule_table):

@@ -25,6 +25,7 @@ from invideo_jax.models.align import VideoTextAlign
 from invideo_jax.models.distill import Distiller
 from invideo_jax.models.internvideo2 import InternVideo2
 from invideo_jax.models.posembed import resample_pos_embed
+from invideo_jax.train.tasks import get_task
 from tests.test_internvideo2 import gelu, layer_norm, multi_head, rms_norm
 
 TOL = 1e-4
@@ -631,7 +632,7 @@ def test_registry_presets_convert_through_their_format(tmp_path):
     state = convert.to_state_dict(variables, "internvideo2_stage2")
     path = tmp_path / "stage2.safetensors"
     safetensors.numpy.save_file(state, str(path))
-    model = registry.build_task(registry.build_config(registry.get("tiny_internvideo2_stage2"))).model
+    model = get_task(registry.build_config(registry.get("tiny_internvideo2_stage2"))).model
     loaded, report = cli.convert(argparse.Namespace(format="internvideo2_stage2", input=str(path), drop=[]), model)
     assert same(loaded, variables)
     assert report.dropped == ["text_encoder.cls.predictions.decoder.bias",

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from invideo_jax import registry, zero_shot_cli
+from invideo_jax.train.tasks import get_task
 from invideo_jax.convert.cli import save
 from invideo_jax.data import synthetic, transforms
 from invideo_jax.data.tokenizer import train_word_tokenizer
@@ -128,7 +129,7 @@ def test_internvideo2_stage2_labels_ranked_as_the_model_computes(setup, tmp_path
     result = json.loads(capsys.readouterr().out)
     assert [v["video"] for v in result["videos"]] == paths and result["logit_scale"] == pytest.approx(20.0)
 
-    task = registry.build_task(registry.build_config(registry.get("tiny_internvideo2_stage2"),
+    task = get_task(registry.build_config(registry.get("tiny_internvideo2_stage2"),
                                                      overrides={"data.tokenizer_path": str(root / "tokenizer")}))
     clips = [transforms.resize_box(decode_frames(path, lambda n: segment_indices(n, 4)),
                                    transforms.short_side_crop_box(32, 32, 32, 32), 32) for path in paths]

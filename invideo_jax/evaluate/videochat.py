@@ -50,6 +50,7 @@ from invideo_jax.models import posembed
 from invideo_jax.models.llm import CausalLM
 from invideo_jax.models.videochat import VideoChat, splice
 from invideo_jax.models.vit import VisionTransformer
+from invideo_jax.train.tasks import get_task
 
 PLACEHOLDER = "<VideoHere>"
 CHAT_INSTRUCTION = "Watch the video and answer the question."
@@ -319,7 +320,7 @@ def load(name: str, checkpoints, *, tokenizer: str = "", llm_dir: str = "", fram
     frames = frames or saved_frames
     config = registry.build_config(preset, overrides={**overrides, "model.kwargs.vision_config.num_frames": frames,
                                                       "data.num_frames": frames})
-    task_saved, task = registry.build_task(saved), registry.build_task(config)
+    task_saved, task = get_task(saved), get_task(config)
     abstract = lambda t, c: sharding.strip_boxes(registry.abstract_variables(t, c)["params"])
     params = _read_params(task_saved.model, abstract(task_saved, saved), checkpoints, llm_dir)
     if frames != saved_frames:
