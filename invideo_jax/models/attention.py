@@ -10,7 +10,8 @@ head_dim]. Keys and values may be longer or shorter than the queries (cross-atte
   'xla'           `jax.nn.dot_product_attention(implementation='xla')`
   'cudnn'         `jax.nn.dot_product_attention(implementation='cudnn')` (GPU only)
   'tpu_flash'     the Pallas TPU flash attention kernel, shard_map-wrapped, any length (models/attention_tpu.py)
-  'cpu_blocked'   query-blocked attention with a recomputing backward, for long sequences on CPU (models/attention_cpu.py)
+  'cpu_blocked'   query-blocked attention with a recomputing backward, for long sequences on CPU
+                  (models/attention_cpu.py)
   'cpu_auto'      the CPU default: 'cpu_blocked' for long sequences, 'xla' for short ones (models/attention_cpu.py)
 A kernel in another module joins the table with `register(name, fn)`; `fn(q, k, v, *, bias, mask, is_causal, scale)`
 gets an additive float `bias` and a boolean `mask` (True = attend), each broadcastable to [batch, heads, q_length,
