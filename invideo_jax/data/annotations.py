@@ -110,15 +110,23 @@ def _json_entry(entry, where: str, root: str) -> VideoRecord:
     return make_record(path, root, label, captions, **_window(entry, where))
 
 
+def read_json_file(path: str, text: str | None = None):
+    """The JSON value of file `path` (or of its already read `text`); invalid JSON is an error naming file and line."""
+    if text is None:
+        with open(path) as f:
+            text = f.read()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+
+
 def _read_json(path: str, root: str) -> list[VideoRecord]:
     """A JSON array of entries, or JSON Lines (one entry per line)."""
     with open(path) as f:
         text = f.read()
     if text.lstrip().startswith("["):
-        try:
-            entries = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+        entries = read_json_file(path, text)
         return [_json_entry(e, f"{path}: entry {i}", root) for i, e in enumerate(entries)]
     records = []
     for number, line in enumerate(text.splitlines(), 1):

@@ -33,7 +33,6 @@ frames. A video that does not decode, or a record that does not fit, is replaced
 (`bad` = 1 in the batch, summed in the training metrics as `bad_videos`).
 """
 import dataclasses
-import json
 import os
 
 import grain
@@ -42,7 +41,7 @@ import numpy as np
 from absl import logging
 
 from invideo_jax.data import transforms
-from invideo_jax.data.annotations import is_image_path, read_annotations
+from invideo_jax.data.annotations import is_image_path, read_annotations, read_json_file
 from invideo_jax.data.video import BadVideo, decode_frames, frame_rate, segment_indices
 
 TEMPLATES = ("mistral", "vicuna", "internvideo2")
@@ -187,11 +186,7 @@ def _record(entry, where: str, root: str):
 
 def read_instruction_json(path: str, root: str = "") -> tuple:
     """(records, skipped): the VideoChat2-IT records of a JSON file; `skipped` counts those with an empty QA."""
-    with open(path) as f:
-        try:
-            entries = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+    entries = read_json_file(path)
     if not isinstance(entries, list):
         raise ValueError(f"{path}: expected a JSON list of records")
     records = [_record(e, f"{path}: entry {k}", root) for k, e in enumerate(entries)]

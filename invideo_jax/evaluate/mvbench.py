@@ -36,6 +36,8 @@ import os
 import re
 import sys
 
+from invideo_jax.data.annotations import read_json_file
+
 SYSTEM = ("Carefully watch the video and pay attention to the cause and sequence of events, the detail and movement "
           "of objects, and the action and pose of persons. Based on your observations, select the best option that "
           "accurately addresses the question.\n")
@@ -74,11 +76,7 @@ def normalize_answer(text: str) -> str:
 
 def read_questions(path: str, root: str = "") -> list:
     """The question records of a JSON list, checked (module docstring); video paths joined to `root`."""
-    with open(path) as f:
-        try:
-            entries = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+    entries = read_json_file(path)
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"{path}: expected a non-empty JSON list of questions")
     questions = []
