@@ -3,8 +3,8 @@
   python -m invideo_jax.extract --model=videomae_vit_b_k400 --checkpoint=vit_b_k400_ft.pth \
       --videos=videos/ --output=features/ [--mode=clips] [--clip_frames=64 --stride_frames=16] [--batch=32]
 
---model is a registry name (`python -m invideo_jax.registry list`) or a config file; --checkpoint its weights (see
-invideo_jax/registry.py). --videos is a folder (searched recursively), one video, a text file of paths (one per
+--model is a preset name (`python -m invideo_jax.registry list`) or a config file; --checkpoint its weights (see
+invideo_jax/inference.py). --videos is a folder (searched recursively), one video, a text file of paths (one per
 line; `path label` lines of VideoMAE lists work) or an InternVideo JSON list; relative paths in a list are taken
 from --root (default: the list's folder).
 
@@ -165,7 +165,7 @@ class _Job:
 def extract(model, videos: list, output_dir: str, *, mode: str = "clips", clip_frames: int = 0,
             stride_frames: int = 0, batch_size: int = 16, workers: int = 2, overwrite: bool = False,
             dtype: str = "float32", checkpoint: str = "", progress: bool = True) -> list:
-    """Writes features of `videos` ([(path, output name)], `find_videos`) with a loaded `registry.InferenceModel`
+    """Writes features of `videos` ([(path, output name)], `find_videos`) with a loaded `inference.InferenceModel`
     into `output_dir` (see the module docstring); returns the index entries."""
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: expected one of {MODES}")
@@ -331,7 +331,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m invideo_jax.extract", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[2:]))
-    parser.add_argument("--model", required=True, help="registry name or config file PATH.py[:ARG]")
+    parser.add_argument("--model", required=True, help="preset name or config file PATH.py[:ARG]")
     parser.add_argument("--checkpoint", required=True, help="weights: a directory of ours or a PyTorch file")
     parser.add_argument("--format", default=None, help="converter format of a PyTorch file (default: the preset's)")
     parser.add_argument("--videos", required=True, help="folder, video file, text list or JSON list")
@@ -354,10 +354,10 @@ def main(argv) -> int:
     args = parse_args(argv)
     args.videos, args.root, args.output, args.checkpoint = map(user_paths.resolve, (
         args.videos, args.root, args.output, args.checkpoint))
-    from invideo_jax import registry  # after parsing: `--help` stays fast
+    from invideo_jax import inference  # after parsing: `--help` stays fast
     try:
         videos = find_videos(args.videos, args.root)
-        model = registry.load(args.model, args.checkpoint, format=args.format, shard_params=args.shard_params)
+        model = inference.load(args.model, args.checkpoint, format=args.format, shard_params=args.shard_params)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

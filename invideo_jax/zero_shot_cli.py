@@ -5,7 +5,7 @@
   python -m invideo_jax.zero_shot_cli --model=internvideo_mm_b16 --checkpoint=InternVideo-MM-B-16.ckpt \
       --videos=my_videos/ --query="a dog catching a frisbee" [--top=10]
 
---model / --checkpoint as in invideo_jax/registry.py (a video-text model: internvideo_mm_*, demo_videotext, or a
+--model / --checkpoint as in invideo_jax/inference.py (a video-text model: internvideo_mm_*, demo_videotext, or a
 videotext config file). --videos is a video, a folder or a list, as for invideo_jax.extract.
 
 A video is seen as evaluation sees it: --clips temporal views (default: the config's eval_clips) of the config's T
@@ -165,7 +165,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m invideo_jax.zero_shot_cli", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[2:]))
-    parser.add_argument("--model", required=True, help="a video-text registry name or config file")
+    parser.add_argument("--model", required=True, help="a video-text preset name or config file")
     parser.add_argument("--checkpoint", required=True, help="weights: a directory of ours or a PyTorch file")
     parser.add_argument("--format", default=None, help="converter format of a PyTorch file (default: the preset's)")
     parser.add_argument("--videos", "--video", dest="videos", required=True, help="video file, folder or list")
@@ -186,13 +186,13 @@ def main(argv) -> int:
     args = parse_args(argv)
     args.videos, args.root, args.checkpoint, args.tokenizer_path = map(user_paths.resolve, (
         args.videos, args.root, args.checkpoint, args.tokenizer_path))
-    from invideo_jax import registry  # after parsing: `--help` stays fast
+    from invideo_jax import inference  # after parsing: `--help` stays fast
     try:
         templates = read_templates(args.templates)
         labels = read_labels(args.labels) if args.labels is not None else None
         paths = [path for path, _ in find_videos(args.videos, args.root)]
         overrides = {"data.tokenizer_path": args.tokenizer_path} if args.tokenizer_path else None
-        model = registry.load(args.model, args.checkpoint, format=args.format, overrides=overrides)
+        model = inference.load(args.model, args.checkpoint, format=args.format, overrides=overrides)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

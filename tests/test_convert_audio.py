@@ -8,7 +8,6 @@ a float64 numpy forward written from that official math, reading the official st
 Tolerance: max abs error <= 1e-4 on the tokens (float32 model vs float64 reference, weights ~N(0, 0.3), LayerNorm
 weights around 1, every output LayerNorm-scaled; measured about 1e-6).
 """
-import argparse
 import math
 import os
 
@@ -16,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from invideo_jax.convert import beats, cli, common, internvideo2
+from invideo_jax.convert import api, beats, cli, common, internvideo2
 from invideo_jax.convert.common import ConversionError
 from invideo_jax.models.align import VideoTextAlign
 from invideo_jax.models.audio import AudioTransformer
@@ -291,11 +290,10 @@ def test_cli_converts_a_beats_release_file_into_the_audio_encoder_of_a_model(tmp
     torch.save({"cfg": CFG, "model": {k: torch.from_numpy(v) for k, v in state.items()}}, path)
     model = VideoTextAlign(vision_config=VISION, text_config=TEXT, embed_dim=EMBED, av_concat_dim=D,
                            audio_config=dict(AUDIO, scan=True))
-    args = argparse.Namespace(format="beats", input=str(path), drop=[])
-    variables, report = cli.convert(args, cli.audio_encoder(model))  # what build_model gives for a config file
+    variables, report = api.convert_checkpoint(str(path), "beats", model)  # into the model's audio encoder
     # the shared table's copies are checked, not converted; weight_g and weight_v become one kernel
     assert report.num_tensors == len(state) - (DEPTH - 1) - 1
-    restored = restore(os.path.dirname(cli.save(variables, str(tmp_path / "beats"))))
+    restored = restore(os.path.dirname(api.save(variables, str(tmp_path / "beats"))))
     want, _ = beats.load_variables(state, audio_model(scan=True))
     assert jax.tree.structure(restored) == jax.tree.structure(want)
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(want)))
@@ -303,5 +301,5 @@ def test_cli_converts_a_beats_release_file_into_the_audio_encoder_of_a_model(tmp
     preset = cli.build_model(cli.parse_args(["--format=beats", "--model=beats_iter3", "--input=x", "--output=y"]))
     assert (preset.width, preset.depth, preset.rel_pos_buckets, preset.num_mel_bins) == (768, 12, 320, 128)
     with pytest.raises(ValueError, match="audio=beats_iter3"):
-        cli.audio_encoder(VideoTextAlign(vision_config=VISION, text_config=TEXT))
+        api.audio_encoder(VideoTextAlign(vision_config=VISION, text_config=TEXT))
     assert cli.main(["--format=beats", "--model=B", "--input=x", "--output=y"]) == 2

@@ -9,7 +9,6 @@ VideoTextAlign; the CLI and the registry presets.
 Tolerance: max abs error <= 1e-4 (float32 model vs float64 reference, every weight ~N(0, 0.3), norm weights around
 1; measured about 1e-6); 1e-5 for the activation and stage-1 head checks.
 """
-import argparse
 import math
 import re
 
@@ -18,8 +17,8 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from invideo_jax import registry
-from invideo_jax.convert import cli, common, internvideo2 as convert
+from invideo_jax import presets
+from invideo_jax.convert import api, cli, common, internvideo2 as convert
 from invideo_jax.convert.common import ConversionError
 from invideo_jax.models.align import VideoTextAlign
 from invideo_jax.models.distill import Distiller
@@ -27,6 +26,7 @@ from invideo_jax.models.internvideo2 import InternVideo2
 from invideo_jax.models.posembed import resample_pos_embed
 from invideo_jax.train.tasks import get_task
 from tests.test_internvideo2 import gelu, layer_norm, multi_head, rms_norm
+from tests.tiny_models import random_variables, tiny
 
 TOL = 1e-4
 # 2 frames of 12x12, patch 4: 2 x 3 x 3 = 18 patch tokens + CLS; 4 heads of 8; pool: 4 heads, out 24.
@@ -617,23 +617,23 @@ def test_bert_hf_into_the_align_text_encoder_equals_the_stage2_text_part(tmp_pat
     hf = {k.removeprefix("text_encoder."): v for k, v in state.items() if k.startswith("text_encoder.")}
     path = tmp_path / "bert.safetensors"
     safetensors.numpy.save_file(hf, str(path))
-    args = argparse.Namespace(format="bert_hf", input=str(path), drop=[])
-    text, report = cli.convert(args, align())
+    text, report = api.convert_checkpoint(str(path), "bert_hf", align())
     assert not report.at_init
     full, _ = convert.load_variables(state, align(), "internvideo2_stage2")
     assert same(text, {"params": full["params"]["text_encoder"]})
 
 
 def test_registry_presets_convert_through_their_format(tmp_path):
-    assert {"internvideo2_1b_stage1", "internvideo2_1b_stage2", "tiny_internvideo2_stage2"} <= set(registry.names())
-    for name in ("internvideo2_1b_stage1", "internvideo2_1b_stage2", "tiny_internvideo2_stage2"):
-        assert registry.PRESETS[name].format in registry.FORMATS
-    variables = registry.random_variables("tiny_internvideo2_stage2", seed=3)
+    assert {"internvideo2_1b_stage1", "internvideo2_1b_stage2"} <= set(presets.names())
+    for name in ("internvideo2_1b_stage1", "internvideo2_1b_stage2"):
+        assert presets.PRESETS[name].format in presets.FORMATS
+    assert presets.PRESETS["internvideo2_1b_stage2"].format == "internvideo2_stage2"  # the test-size model's too
+    variables = random_variables(tiny("internvideo2_stage2"), seed=3)
     state = convert.to_state_dict(variables, "internvideo2_stage2")
     path = tmp_path / "stage2.safetensors"
     safetensors.numpy.save_file(state, str(path))
-    model = get_task(registry.build_config(registry.get("tiny_internvideo2_stage2"))).model
-    loaded, report = cli.convert(argparse.Namespace(format="internvideo2_stage2", input=str(path), drop=[]), model)
+    model = get_task(presets.build_config(presets.get(tiny("internvideo2_stage2")))).model
+    loaded, report = api.convert_checkpoint(str(path), "internvideo2_stage2", model)
     assert same(loaded, variables)
     assert report.dropped == ["text_encoder.cls.predictions.decoder.bias",
                               "text_encoder.cls.predictions.decoder.weight"]

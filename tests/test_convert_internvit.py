@@ -90,16 +90,14 @@ def test_errors_name_the_target_and_keys():
 
 
 def test_cli_format_and_preset(tmp_path):
-    import argparse
-
     import safetensors.numpy
 
-    from invideo_jax.convert import cli
+    from invideo_jax.convert import api, cli
     state = official_teacher()
     path = tmp_path / "internvl_c.safetensors"
     safetensors.numpy.save_file({k: np.asarray(v) for k, v in state.items()}, str(path))  # logit_scale: 0-d
     distiller = Distiller(student=dict(VISION, num_frames=2), teacher_image=TEACHER, image_layers=2, video_layers=0)
-    variables, report = cli.convert(argparse.Namespace(format="internvit", input=str(path), drop=[]), distiller)
+    variables, report = api.convert_checkpoint(str(path), "internvit", distiller)
     direct, _ = internvit.load_variables(state, InternVideo2(**TEACHER))
     assert report.dropped == sorted(TEXT_KEYS)
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(direct)))

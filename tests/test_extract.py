@@ -9,14 +9,15 @@ import jax
 import numpy as np
 import pytest
 
-from invideo_jax import extract, registry
-from invideo_jax.convert.cli import save
+from invideo_jax import extract, inference
+from invideo_jax.convert.api import save
 from invideo_jax.data import synthetic, transforms
 from invideo_jax.data.video import decode_frames, write_video
+from tests.tiny_models import random_variables, tiny
 
 # (frames, fps) of the test videos: longer than several clips, shorter than one clip, a few clips
 VIDEOS = {"a.mp4": (37, 10), "short.mp4": (5, 25), "sub/b.mp4": (20, 8)}
-CLIP, STRIDE = 8, 4  # tiny_vit takes T = 4 frames: offsets 0, 2, 4, 6
+CLIP, STRIDE = 8, 4  # the tiny ViT takes T = 4 frames: offsets 0, 2, 4, 6
 
 
 def write_test_video(path, num_frames, fps, seed=0):
@@ -30,9 +31,9 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("extract")
     for seed, (name, (frames, fps)) in enumerate(VIDEOS.items()):
         write_test_video(os.path.join(root, "videos", name), frames, fps, seed)
-    variables = registry.random_variables("tiny_vit", seed=1)
+    variables = random_variables(tiny("vit"), seed=1)
     save(variables, str(root / "checkpoint"))
-    model = registry.load("tiny_vit", str(root / "checkpoint"))
+    model = inference.load(tiny("vit"), str(root / "checkpoint"))
     return root, model, variables
 
 
@@ -141,9 +142,9 @@ def test_cli_lists_corrupt_videos_as_failed_and_goes_on(setup, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / f"good.npz{extract.PARTIAL}123").write_bytes(b"half a file of a killed run")
-    command = [sys.executable, "-m", "invideo_jax.extract", "--model=tiny_vit", f"--checkpoint={root / 'checkpoint'}",
-               f"--videos={videos}", f"--output={out}", "--clip_frames=8", "--stride_frames=2", "--batch=8",
-               "--no_progress"]
+    command = [sys.executable, "-m", "invideo_jax.extract", f"--model={tiny('vit')}",
+               f"--checkpoint={root / 'checkpoint'}", f"--videos={videos}", f"--output={out}", "--clip_frames=8",
+               "--stride_frames=2", "--batch=8", "--no_progress"]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=os.getcwd(), timeout=300)
     assert result.returncode == 1, result.stderr  # some videos failed
@@ -163,10 +164,10 @@ def test_internvideo2_classifier_features_are_pooled_and_tokens_have_no_cls(setu
     patch tokens without the CLS token, as the model applied directly to the same frames gives them."""
     root, _, _ = setup
     overrides = {"model.kwargs.depth": 1}
-    variables = registry.random_variables("demo_iv2_classifier", seed=3, overrides=overrides)
+    variables = random_variables("demo_iv2_classifier", seed=3, overrides=overrides)
     save(variables, str(tmp_path / "checkpoint"))
-    model = registry.load("demo_iv2_classifier", str(tmp_path / "checkpoint"), overrides=overrides)
-    assert model.kind == "internvideo2" and model.num_frames == 4
+    model = inference.load("demo_iv2_classifier", str(tmp_path / "checkpoint"), overrides=overrides)
+    assert model.config.model.name == "internvideo2" and model.num_frames == 4
     videos = extract.find_videos(str(root / "videos"))[:1]  # a.mp4: 8 clips
     for mode in ("clips", "tokens"):
         extract.extract(model, videos, str(tmp_path / mode), mode=mode, clip_frames=CLIP, stride_frames=STRIDE,

@@ -6,9 +6,10 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "invideo_jax"
 CLI_MODULES = ("main", "extract", "zero_shot_cli", "precompute_targets", "aot", "stages")
-COMMANDS = ("main", "extract", "zero_shot_cli", "precompute_targets", "aot")  # no module imports these
-# The converter's command line builds a model from a training config through its task (`--model=PATH.py`); it goes
-# when models own their construction (issue 19, item 1: the model-owned interface, not done in this round).
+COMMANDS = ("main", "extract", "zero_shot_cli", "precompute_targets", "aot", "registry",
+            "convert.cli")  # no module imports these
+# The converter's command line builds a model from a training config through its task (`--model=PATH.py`), as the
+# run that restores the checkpoint builds it; the converters' library (convert/api.py) takes a built model.
 TRAIN_IMPORT_ALLOWED = {"invideo_jax.convert.cli": {"invideo_jax.train.tasks", "invideo_jax.train.tasks.get_task"}}
 
 
@@ -57,6 +58,18 @@ def no_module_imports_a_command(modules) -> list:
             if any(_under(n, c) for c in commands) and not _under(m, n)]
 
 
+INFERENCE_MODULES = ("invideo_jax.presets", "invideo_jax.inference", "invideo_jax.registry")
+
+
+def inference_knows_no_model(modules) -> list:
+    """The presets, the loader and their command line reach models only through the task table (`get_task`) and
+    the tasks' inference interface: importing a model or task module would be the start of a switch on the kind."""
+    return [f"{m} imports {n}" for m, tree in modules.items() if m in INFERENCE_MODULES for n in imported(tree)
+            if _under(n, "invideo_jax.models") or (_under(n, "invideo_jax.train.tasks")
+                                                   and n not in ("invideo_jax.train.tasks",
+                                                                 "invideo_jax.train.tasks.get_task"))]
+
+
 def no_top_level_configs(modules) -> list:
     return [f"{m} imports {n}" for m, tree in modules.items() for n in imported(tree) if _under(n, "configs")]
 
@@ -68,7 +81,7 @@ def no_sys_path_edits(modules) -> list:
 
 
 RULES = (models_and_converters_never_import_train, data_and_models_never_import_cli, no_module_imports_a_command,
-         no_top_level_configs, no_sys_path_edits)
+         inference_knows_no_model, no_top_level_configs, no_sys_path_edits)
 
 
 @pytest.mark.parametrize("rule", RULES, ids=lambda r: r.__name__)
@@ -83,6 +96,8 @@ def test_rules_catch_a_breaking_import():
         "invideo_jax.data.bad": ast.parse("import invideo_jax.main"),
         "invideo_jax.convert.bad": ast.parse("from configs import common\nimport sys\nsys.path.insert(0, '.')"),
         "invideo_jax.precompute_bad": ast.parse("from invideo_jax import main as entry"),
+        "invideo_jax.inference": ast.parse("from invideo_jax.models.vit import VisionTransformer\n"
+                                           "from invideo_jax.train.tasks import align, get_task"),
     }
     assert sorted(models_and_converters_never_import_train(broken)) == [
         "invideo_jax.models.bad imports invideo_jax.train",
@@ -93,3 +108,7 @@ def test_rules_catch_a_breaking_import():
     assert sorted(no_top_level_configs(broken)) == ["invideo_jax.convert.bad imports configs",
                                                     "invideo_jax.convert.bad imports configs.common"]
     assert no_sys_path_edits(broken) == ["invideo_jax.convert.bad changes sys.path"]
+    assert sorted(inference_knows_no_model(broken)) == [
+        "invideo_jax.inference imports invideo_jax.models.vit",
+        "invideo_jax.inference imports invideo_jax.models.vit.VisionTransformer",
+        "invideo_jax.inference imports invideo_jax.train.tasks.align"]

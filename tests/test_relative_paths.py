@@ -11,10 +11,10 @@ import jax
 import numpy as np
 import torch
 
-from invideo_jax import registry
 from invideo_jax.convert import cli, videomae
-from invideo_jax.convert.cli import save
+from invideo_jax.convert.api import save
 from tests.test_extract import write_test_video
+from tests.tiny_models import random_variables, tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ABSL_INFO = re.compile(r"^I\d{4} ", re.MULTILINE)  # absl's INFO prefix: I<month><day> <time> ...
@@ -56,9 +56,9 @@ def test_alsologtostderr_brings_info_lines_back_to_the_terminal(tmp_path):
 
 def test_extract_with_relative_checkpoint_videos_and_output(tmp_path):
     write_test_video(tmp_path / "videos" / "a.mp4", 12, 10)
-    save(registry.random_variables("tiny_vit", seed=1), str(tmp_path / "checkpoint"))
-    run(["invideo_jax.extract", "--model=tiny_vit", "--checkpoint=checkpoint", "--videos=videos", "--output=features",
-         "--no_progress"], cwd=tmp_path)
+    save(random_variables(tiny("vit"), seed=1), str(tmp_path / "checkpoint"))
+    run(["invideo_jax.extract", f"--model={tiny('vit')}", "--checkpoint=checkpoint", "--videos=videos",
+         "--output=features", "--no_progress"], cwd=tmp_path)
     with np.load(tmp_path / "features" / "a.npz") as out:
         assert out["features"].ndim == 2 and out["features"].shape[0] >= 1
 
@@ -92,5 +92,5 @@ def test_presets_work_from_any_directory_without_configs_on_the_import_path(tmp_
     (tmp_path / "site").mkdir()
     os.symlink(os.path.join(ROOT, "invideo_jax"), tmp_path / "site" / "invideo_jax")
     env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"))
-    out = run(["invideo_jax.registry", "list", "tiny_vit"], cwd=tmp_path, env=env)
-    assert re.search(r"^tiny_vit\s+\S+K\s+ours", out.stdout, re.MULTILINE), out.stdout
+    out = run(["invideo_jax.registry", "list", "videomae_vit_b_k400"], cwd=tmp_path, env=env)
+    assert re.search(r"^videomae_vit_b_k400\s+86.5M\s+videomae", out.stdout, re.MULTILINE), out.stdout

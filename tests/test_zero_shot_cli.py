@@ -8,15 +8,16 @@ import jax
 import numpy as np
 import pytest
 
-from invideo_jax import registry, zero_shot_cli
+from invideo_jax import inference, presets, zero_shot_cli
 from invideo_jax.train.tasks import get_task
-from invideo_jax.convert.cli import save
+from invideo_jax.convert.api import save
 from invideo_jax.data import synthetic, transforms
 from invideo_jax.data.tokenizer import train_word_tokenizer
 from invideo_jax.data.video import decode_frames, segment_indices, write_video
 from invideo_jax.evaluate.zero_shot import DEFAULT_TEMPLATES
 from invideo_jax.models.align import VideoTextAlign
 from invideo_jax.models.multimodal import VideoTextModel
+from tests.tiny_models import random_variables, tiny
 
 LABELS = ["moves up", "moves down", "grows", "shrinks"]
 
@@ -31,9 +32,9 @@ def setup(tmp_path_factory):
         frames, _, _ = synthetic.render_clip(label, np.random.default_rng(i), num_frames=10 + 3 * i, size=32)
         write_video(str(root / "videos" / f"v{i}.mp4"), frames, fps=8)
     (root / "videos" / "broken.mp4").write_bytes(b"\x00" * 100)
-    variables = registry.random_variables("tiny_videotext", seed=3)
+    variables = random_variables(tiny("videotext"), seed=3)
     save(variables, str(root / "checkpoint"))
-    model = registry.load("tiny_videotext", str(root / "checkpoint"),
+    model = inference.load(tiny("videotext"), str(root / "checkpoint"),
                           overrides={"data.tokenizer_path": str(root / "tokenizer")})
     paths = [str(root / "videos" / f"v{i}.mp4") for i in range(3)]
     direct = {"video": jax.jit(lambda v, x: model.model.apply(v, x, method=VideoTextModel.encode_video)[0]),
@@ -71,7 +72,7 @@ def test_labels_ranked_as_the_model_computes(setup, tmp_path, capsys):
     root, model, variables, paths, _ = setup
     labels_file = tmp_path / "labels.txt"
     labels_file.write_text("\n".join(LABELS) + "\n\n")
-    rc = zero_shot_cli.main(["--model=tiny_videotext", f"--checkpoint={root / 'checkpoint'}",
+    rc = zero_shot_cli.main([f"--model={tiny('videotext')}", f"--checkpoint={root / 'checkpoint'}",
                              f"--videos={root / 'videos'}", f"--labels={labels_file}", "--templates=default",
                              f"--tokenizer_path={root / 'tokenizer'}", "--json"])
     assert rc == 0
@@ -93,7 +94,7 @@ def test_labels_ranked_as_the_model_computes(setup, tmp_path, capsys):
         np.testing.assert_allclose([row["probability"] for row in video["labels"]], probability[i, order], atol=1e-5)
         np.testing.assert_allclose([row["cosine"] for row in video["labels"]], cosine[i, order], atol=1e-5)
 
-    assert zero_shot_cli.main(["--model=tiny_videotext", f"--checkpoint={root / 'checkpoint'}",
+    assert zero_shot_cli.main([f"--model={tiny('videotext')}", f"--checkpoint={root / 'checkpoint'}",
                                f"--videos={root / 'videos'}", "--labels=a,b"]) == 2  # no vocabulary given
     assert "--tokenizer_path" in capsys.readouterr().err
 
@@ -119,17 +120,17 @@ def test_internvideo2_stage2_labels_ranked_as_the_model_computes(setup, tmp_path
     """The tiny InternVideo2 video-text model: unit video and text features (the text's attention mask from its pad
     ids), scores softmax(x cosine / temp)."""
     root, _, _, paths, _ = setup
-    variables = registry.random_variables("tiny_internvideo2_stage2", seed=4)
+    variables = random_variables(tiny("internvideo2_stage2"), seed=4)
     variables["params"]["temp"] = np.float32(0.05)
     save(variables, str(tmp_path / "checkpoint"))
-    rc = zero_shot_cli.main(["--model=tiny_internvideo2_stage2", f"--checkpoint={tmp_path / 'checkpoint'}",
+    rc = zero_shot_cli.main([f"--model={tiny('internvideo2_stage2')}", f"--checkpoint={tmp_path / 'checkpoint'}",
                              f"--videos={root / 'videos'}", f"--labels={','.join(LABELS)}", "--templates=default",
                              f"--tokenizer_path={root / 'tokenizer'}", "--json"])
     assert rc == 0
     result = json.loads(capsys.readouterr().out)
     assert [v["video"] for v in result["videos"]] == paths and result["logit_scale"] == pytest.approx(20.0)
 
-    task = get_task(registry.build_config(registry.get("tiny_internvideo2_stage2"),
+    task = get_task(presets.build_config(presets.get(tiny("internvideo2_stage2")),
                                                      overrides={"data.tokenizer_path": str(root / "tokenizer")}))
     clips = [transforms.resize_box(decode_frames(path, lambda n: segment_indices(n, 4)),
                                    transforms.short_side_crop_box(32, 32, 32, 32), 32) for path in paths]

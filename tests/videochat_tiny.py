@@ -11,21 +11,21 @@ NAME = "configs/videochat2.py:tiny,dtype=float32,scan=False,remat=none"
 def build(root: str) -> dict:
     """{'tokenizer', 'checkpoint', 'no_project_up' (a checkpoint lacking a part), 'videos' (3 mp4 files),
     'bad_video' (not a video)} under `root`."""
-    from invideo_jax import registry
-    from invideo_jax.convert import cli
+    from invideo_jax.convert.api import save
     from invideo_jax.data import llm_tokenizer, synthetic
     from invideo_jax.data.video import write_video
     from tests import hf_tiny
+    from tests.tiny_models import random_variables
 
     out = {"tokenizer": os.path.join(root, "tokenizer"), "checkpoint": os.path.join(root, "checkpoint"),
            "no_project_up": os.path.join(root, "no_project_up"), "videos": [], "bad_video": os.path.join(root,
                                                                                                         "bad.mp4")}
     hf_tiny.train_tokenizer(out["tokenizer"], vocab_size=128)
     eos = llm_tokenizer.load(out["tokenizer"]).eos_id
-    variables = registry.random_variables(NAME, seed=1)
+    variables = random_variables(NAME, seed=1)
     variables["params"]["llm"]["lm_head"]["kernel"][:, eos] = 0
-    cli.save(variables, out["checkpoint"])
-    cli.save({"params": {k: v for k, v in variables["params"].items() if k != "project_up"}}, out["no_project_up"])
+    save(variables, out["checkpoint"])
+    save({"params": {k: v for k, v in variables["params"].items() if k != "project_up"}}, out["no_project_up"])
     rng = np.random.default_rng(0)
     for label in range(3):
         path = os.path.join(root, "videos", f"clip{label}.mp4")

@@ -1,7 +1,7 @@
 """Answering questions about a video with a VideoChat2 / InternVideo2-Chat model: loading, frames, prompts, decoding.
 
-`load(NAME, CHECKPOINT)` builds NAME -- one of the chat models below, a registry preset or a config file of task
-'videochat2' -- and reads its weights:
+`load(NAME, CHECKPOINT)` builds NAME -- one of the chat models below, a preset (invideo_jax/presets.py) or a config
+file of task 'videochat2' -- and reads its weights:
 an Orbax directory of ours (a run's workdir, its `checkpoints/`, or what the converter wrote), or the official files
 (VideoChat2 .pth stage files in order, with `llm_dir` for the base LLM they lack; the InternVideo2-Chat-8B
 safetensors directory, which holds the LLM too) through convert/videochat2.py. `frames` other than the checkpoint's
@@ -9,7 +9,7 @@ count rebuilds the encoder for them: a learned pos_embed (InternVideo2) is resam
 run time; UMT's table is computed for any count. The LLM tokenizer comes from `tokenizer`, else the config's
 `videochat.llm_tokenizer`, else the checkpoint directory.
 
-Chat models (`CHAT_MODELS`; configs/videochat2.py at stage 3; the registry's presets are encoders and video-text
+Chat models (`CHAT_MODELS`; configs/videochat2.py at stage 3; the presets are encoders and video-text
 models, whose inference interface a chat model does not share):
   internvideo2_chat_8b   InternVideo2-Chat-8B; CHECKPOINT: the Hugging Face directory (safetensors, LLM included)
   videochat2_mistral_7b  VideoChat2-Mistral; CHECKPOINT: umt_l16_qformer.pth, then the stage-3 .pth; llm_dir:
@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from invideo_jax import generate as gen
-from invideo_jax import paths, registry, sharding
+from invideo_jax import inference, paths, presets, sharding
 from invideo_jax.data import instruction, llm_tokenizer, transforms
 from invideo_jax.data.video import decode_frames, frame_rate
 from invideo_jax.models import posembed
@@ -302,11 +302,11 @@ def load(name: str, checkpoints, *, tokenizer: str = "", llm_dir: str = "", fram
         if not os.path.exists(path):
             raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        preset = registry.get(CHAT_MODELS.get(name, name))
+        preset = presets.get(CHAT_MODELS.get(name, name))
     except ValueError:
         raise ValueError(f"unknown chat model {name!r}; known: {', '.join(CHAT_MODELS)}, or a config file "
                          "PATH.py[:ARG] of task 'videochat2'") from None
-    config = registry.build_config(preset)
+    config = presets.build_config(preset)
     if config.task != "videochat2":
         raise ValueError(f"{name} is not a VideoChat model (its task is {config.task!r}, expected 'videochat2')")
     # the Q-Former reads up to its position table (the official max_txt_len 512), not training's 32 tokens: MVBench's
@@ -315,13 +315,13 @@ def load(name: str, checkpoints, *, tokenizer: str = "", llm_dir: str = "", fram
                  "videochat.instruction_length": config.model.kwargs.qformer_config.get("max_len", 512)}
     if qformer_tokenizer_path:
         overrides["videochat.qformer_tokenizer_path"] = paths.resolve(qformer_tokenizer_path)
-    saved = registry.build_config(preset, overrides=overrides)
+    saved = presets.build_config(preset, overrides=overrides)
     saved_frames = saved.model.kwargs.vision_config.num_frames
     frames = frames or saved_frames
-    config = registry.build_config(preset, overrides={**overrides, "model.kwargs.vision_config.num_frames": frames,
+    config = presets.build_config(preset, overrides={**overrides, "model.kwargs.vision_config.num_frames": frames,
                                                       "data.num_frames": frames})
     task_saved, task = get_task(saved), get_task(config)
-    abstract = lambda t, c: sharding.strip_boxes(registry.abstract_variables(t, c)["params"])
+    abstract = lambda t, c: sharding.strip_boxes(inference.abstract_variables(t, c)["params"])
     params = _read_params(task_saved.model, abstract(task_saved, saved), checkpoints, llm_dir)
     if frames != saved_frames:
         params = _resample_frames(params, task_saved.model, task.model, abstract(task, config))

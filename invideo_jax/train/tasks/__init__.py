@@ -9,6 +9,10 @@
   train_iterator(*, seed, batch_size, process_index=None, process_count=None) -> this host's training batches,
     resumable (optional; default: the data pipeline's `train_iterator` over `config.data`)
 
+and, for inference (invideo_jax/inference.py; optional, a task without it cannot be loaded for inference):
+  encode_video(params, model_state, video) -> {'features': (B, D), 'tokens': (B, t, n, D)} per normalised clip
+  video-text tasks: tokenizer(), encode_text(params, model_state, ids) -> (N, E), logit_scale(params) -> float
+
 `model_state` is the BatchNorm statistics collection ({} for models without BatchNorm).
 """
 import importlib

@@ -48,8 +48,10 @@ import optax
 
 from invideo_jax import losses, masking, sharding
 from invideo_jax.data.tokenizer import load_tokenizer
+from invideo_jax.evaluate import clip_features
 from invideo_jax.models.align import VideoTextAlign, audio_visual_context
 from invideo_jax.models.audio import AudioTransformer
+from invideo_jax.models.internvideo2 import InternVideo2
 from invideo_jax.train.tasks.videotext import evaluate_video_text, rerank_k
 
 TOKENIZERS = ("bert", "words")
@@ -283,3 +285,19 @@ class Task:
             return np.concatenate([x, np.repeat(x[-1:], MATCH_BATCH - count, axis=0)])
 
         return np.asarray(self._match(params, *map(pad, (hidden, text_mask, context))))[:count]
+
+    # ---------------------------------------------------------------- inference (invideo_jax/inference.py)
+    def encode_video(self, params, model_state, video) -> dict:
+        """The unit projected video embedding of `vision_encoder`'s attention-pooled feature; its tokens
+        (B, t, h*w, D) without CLS."""
+        del model_state
+        kw = dict(dtype=self.model.dtype, param_dtype=self.model.param_dtype)
+        encoder = InternVideo2(**dict(kw, **self.model.vision_config))
+        out = clip_features.internvideo2(encoder, {"params": params["vision_encoder"]}, video)
+        out["features"] = self.model.apply({"params": params}, out["features"], method=VideoTextAlign.video_features)
+        return out
+
+    def logit_scale(self, params) -> float:
+        """The factor on cosine similarities before a softmax: 1 / temp, clamped as the loss clamps it."""
+        cfg = self.config.loss
+        return float(1 / np.clip(np.asarray(params["temp"], np.float32), cfg.temp_min, cfg.temp_max))

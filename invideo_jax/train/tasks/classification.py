@@ -13,7 +13,7 @@ with the head's rows of those classes: a Kinetics-710 model on Kinetics-400/600/
 import jax.numpy as jnp
 
 from invideo_jax import losses
-from invideo_jax.evaluate import label_map, loop, multiview
+from invideo_jax.evaluate import clip_features, label_map, loop, multiview
 from invideo_jax.models.fusion import FusedVideoModel
 from invideo_jax.models.internvideo2 import InternVideo2
 from invideo_jax.models.uniformerv2 import UniFormerV2
@@ -28,6 +28,8 @@ MODELS = {
     "internvideo2": (InternVideo2, {"encoder": "params/vision_encoder/encoder",
                                     "clip_projector": "params/vision_encoder/clip_projector"}),
 }
+FEATURES = {"vit": clip_features.vit, "uniformerv2": clip_features.uniformerv2,
+            "internvideo2": clip_features.internvideo2}
 
 
 class Task:
@@ -61,3 +63,11 @@ class Task:
         for out in loop.predictions(state, predict, self.config, mesh):
             accumulator.add(out["logits"], out["video_index"], out["mask"], out["label"])
         return accumulator.result()
+
+    # ---------------------------------------------------------------- inference (invideo_jax/inference.py)
+    def encode_video(self, params, model_state, video) -> dict:
+        """{'features': the pre-logits (B, D), 'tokens': the last layer (B, t, n, D)} (evaluate/clip_features.py)."""
+        name = self.config.model.name
+        if name not in FEATURES:
+            raise ValueError(f"config.model.name={name!r}: inference gives the features of {sorted(FEATURES)}")
+        return FEATURES[name](self.model, model_variables(params, model_state), video)

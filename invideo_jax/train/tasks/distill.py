@@ -20,7 +20,9 @@ import jax
 import jax.numpy as jnp
 
 from invideo_jax.data import pipeline, target_cache
+from invideo_jax.evaluate import clip_features
 from invideo_jax.models.distill import Distiller
+from invideo_jax.models.internvideo2 import InternVideo2
 from invideo_jax.train import init_from
 
 TARGETS = ("image_layers", "image_pooled", "video_layers")
@@ -140,6 +142,13 @@ class Task:
             batch_axis = 0 if name == "image_pooled" else 1
             result[f"{name}_loss"] = distance.mean(axis=tuple(a for a in range(distance.ndim) if a != batch_axis))
         return result
+
+    # ---------------------------------------------------------------- inference (invideo_jax/inference.py)
+    def encode_video(self, params, model_state, video) -> dict:
+        """The `student` on every `frame_stride`-th frame of the clip (evaluate/clip_features.py's internvideo2)."""
+        del model_state
+        return clip_features.internvideo2(InternVideo2(**self.model.student), {"params": params["student"]},
+                                          video[:, ::self.model.frame_stride])
 
 
 def _check_no_teacher_sources(config) -> None:

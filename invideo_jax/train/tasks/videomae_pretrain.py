@@ -3,7 +3,9 @@ import jax
 import jax.numpy as jnp
 
 from invideo_jax import losses, masking
+from invideo_jax.evaluate import clip_features
 from invideo_jax.models.videomae import VideoMAE
+from invideo_jax.models.vit import VisionTransformer
 
 MASK_KINDS = ("tube", "random")
 DECODER_MASK_KINDS = ("none", "running_cell")
@@ -65,3 +67,10 @@ class Task:
     def predict(self, params, model_state, batch):
         loss, _ = self.loss(params, model_state, batch, jax.random.PRNGKey(0))
         return {"loss": jnp.broadcast_to(loss, batch["video"].shape[:1])}
+
+    # ---------------------------------------------------------------- inference (invideo_jax/inference.py)
+    def encode_video(self, params, model_state, video) -> dict:
+        """The encoder alone on every token (with its final norm): features the token mean, tokens (B, t, h*w, D)."""
+        del model_state
+        encoder = VisionTransformer(**dict(self.model.encoder, pool="none", num_classes=0, final_norm=True))
+        return clip_features.vit(encoder, {"params": params["encoder"]}, video)

@@ -13,8 +13,9 @@ import numpy as np
 from invideo_jax import losses
 from invideo_jax.data import pipeline
 from invideo_jax.data.tokenizer import load_tokenizer
-from invideo_jax.evaluate import loop, multiview, retrieval, zero_shot
+from invideo_jax.evaluate import clip_features, loop, multiview, retrieval, zero_shot
 from invideo_jax.models.multimodal import VideoTextModel
+from invideo_jax.models.uniformerv2 import UniFormerV2
 from invideo_jax.train.tasks import apply_model, model_variables
 
 
@@ -94,6 +95,18 @@ class Task:
         """Text features (N, E) of token ids (zero-shot prompts)."""
         variables = model_variables(params, batch_stats)
         return self.model.apply(variables, ids, method=VideoTextModel.encode_text)["features"]
+
+    # ---------------------------------------------------------------- inference (invideo_jax/inference.py)
+    def encode_video(self, params, model_state, video) -> dict:
+        """The projected video embedding (unnormalised); the video tower's tokens (B, t, 1 + h*w, C)."""
+        video_features, tokens = self.model.apply(model_variables(params, model_state), video,
+                                                  method=VideoTextModel.encode_video)
+        t, h, w = UniFormerV2(**self.model.visual_config).grid
+        return {"features": video_features, "tokens": clip_features.on_grid(tokens, (t, 1 + h * w))}
+
+    def logit_scale(self, params) -> float:
+        """The factor on cosine similarities before a softmax: exp(the learned log scale)."""
+        return float(np.exp(np.asarray(params["logit_scale"])))
 
 
 def rerank_k(config) -> int:
