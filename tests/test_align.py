@@ -3,6 +3,7 @@ training run with retrieval and zero-shot evaluation, and the 1B recipe built ab
 import json
 import math
 import os
+from types import SimpleNamespace
 
 import flax.linen as nn
 import jax
@@ -13,7 +14,8 @@ import pytest
 
 from configs import internvideo2_align
 from invideo_jax import losses, sharding
-from invideo_jax.data import synthetic
+from invideo_jax.data import pipeline, synthetic
+from invideo_jax.evaluate.retrieval import retrieval_metrics
 from invideo_jax.models.align import VideoTextAlign
 from invideo_jax.train import optim, trainer
 from invideo_jax.train.tasks import get_task
@@ -106,17 +108,48 @@ def test_con_equals_contrastive_loss_at_the_same_temperature(task_and_params):
 
 # ---------------------------------------------------------------- VTM
 def test_rerank_match_logits_and_predict_outputs(task_and_params):
-    """The re-ranking's padded, jitted matching head equals the model's `match` on the same (caption, video) pairs;
-    `predict` gives the context tokens and caption states it needs."""
+    """The re-ranking's padded, jitted text mode and matching head equal the model's `text_hidden` and `match` on the
+    same (caption, video) pairs; `predict` gives the context tokens and caption ids they need."""
     task, params, batch = task_and_params
     out = jax.jit(task.predict)(params, {}, batch)
-    assert {"context", "text_hidden", "text_mask"} <= set(out) and out["context"].shape[0] == 4
+    assert {"context", "text_ids"} <= set(out) and out["context"].shape[0] == 4
+    np.testing.assert_array_equal(out["text_ids"], batch["text"])
     texts, videos = np.array([0, 2, 3]), np.array([1, 1, 0])
-    hidden, mask, context = (np.asarray(out[k])[i] for k, i in (("text_hidden", texts), ("text_mask", texts),
-                                                                   ("context", videos)))
+    ids, context = np.asarray(batch["text"])[texts], np.asarray(out["context"])[videos]
+    hidden, mask = task.text_states(params, ids)
+    np.testing.assert_array_equal(mask, ids != PAD)
+    np.testing.assert_allclose(hidden, task.model.apply({"params": params}, ids, method=VideoTextAlign.text_hidden),
+                               rtol=1e-5, atol=1e-6)
     scores = task.match_logits(params, hidden, mask, context)
     want = task.model.apply({"params": params}, hidden, mask, context, method=VideoTextAlign.match)[:, 1]
     np.testing.assert_allclose(scores, want, rtol=1e-5, atol=1e-6)
+
+
+def test_rerank_scores_paragraph_queries(root, task_and_params):
+    """DiDeMo's protocol: with `retrieval.captions=paragraph` the matching re-ranking scores each video's joined
+    captions; with k = every video, its ranks are those of the model's match logit of every (paragraph, video)."""
+    _, params, _ = task_and_params
+    config = tiny_config(root)
+    config.retrieval.captions, config.rerank.k, config.zero_shot.class_names = "paragraph", 8, ()
+    task = get_task(config)
+    ev = task.evaluate(SimpleNamespace(params=params, batch_stats={}), jax.jit(task.predict),
+                       sharding.make_mesh(config.mesh))
+    source = pipeline.make_source(config.data, "eval")
+    paragraphs = [" ".join(source[i][0].captions) for i in range(len(source))]
+    assert len(paragraphs) == 8 and all(len(source[i][0].captions) > 1 for i in range(8))
+    video = next(pipeline.eval_iterator(config.data, batch_size=8))["video"]  # the 8 videos in order, one view each
+
+    def apply(method, *args):
+        return np.asarray(task.model.apply({"params": params}, *args, method=method))
+
+    tokens, ids = apply(lambda m, v: m.encode_vision(v)[0], video), task.tokenizer().encode(paragraphs)
+    hidden, mask = apply(VideoTextAlign.text_hidden, ids), ids != PAD
+    match = np.stack([apply(VideoTextAlign.match, np.repeat(hidden[t:t + 1], 8, 0), np.repeat(mask[t:t + 1], 8, 0),
+                            tokens)[:, 1] for t in range(8)])
+    want = retrieval_metrics(match, np.arange(8))
+    assert ev["retrieval_match/k"] == 8 and ev["num_texts"] == 8
+    for name in ("t2v_r1", "t2v_r5", "t2v_meanr", "v2t_r1", "v2t_r5", "v2t_meanr"):
+        assert ev[f"retrieval_match/{name}"] == pytest.approx(want[name]), name
 
 
 def test_hard_negatives_never_pick_the_positive_and_follow_the_similarities():

@@ -25,7 +25,8 @@ Evaluation (the videotext task's `evaluate_video_text`): text->video / video->te
 dual-softmax re-ranking, and zero-shot classification from `config.zero_shot` prompts, on the unit features of the
 unmasked encoder; with `config.rerank.k` > 0 also the official matching re-ranking (k_test: each text's top-k
 videos and each video's top-k texts scored by the `itm_head` match logit, `retrieval_match/...`; the official's
-reported numbers use it with k = 128). The audio-visual side is not re-ranked.
+reported numbers use it with k = 128), under every caption protocol (`retrieval.captions`: the paragraph queries
+of DiDeMo are scored as joined paragraphs). The audio-visual side is not re-ranked.
 
 Captions need a tokenizer with a mask token and a padding id equal to `model.kwargs.pad_id`: 'bert' (the official
 BERT-large-uncased WordPiece vocabulary) or 'words' (the demo's).
@@ -257,7 +258,7 @@ class Task:
         out = {"video_features": self.model.apply(variables, pooled, method=model.video_features),
                "text_features": self.model.apply(variables, hidden, method=model.text_features)}
         if rerank_k(self.config):
-            out.update(context=tokens, text_hidden=hidden, text_mask=batch["text"] != self.model.pad_id)
+            out.update(context=tokens, text_ids=batch["text"])
         if self.model.audio_config is not None:
             out["audio_video_features"] = self.model.apply(variables, batch["video"], batch["audio"],
                                                            batch["audio_mask"], method=model.encode_audio_video)
@@ -270,16 +271,34 @@ class Task:
 
     def evaluate(self, state, predict, mesh) -> dict:
         return evaluate_video_text(state, predict, mesh, self.config, self.encode_text, self.tokenizer,
+                                   text_states=functools.partial(self.text_states, state.params),
                                    match=functools.partial(self.match_logits, state.params))
+
+    def text_states(self, params, ids):
+        """(hidden (N, L, W), mask (N, L)) of the captions' token ids (N, L) in text mode, the re-ranking's query
+        side, in padded batches of MATCH_BATCH."""
+        ids = np.asarray(ids)
+        return in_batches(lambda i: self._text_hidden(params, i), ids), ids != self.model.pad_id
+
+    @functools.cached_property
+    def _text_hidden(self):
+        return jax.jit(lambda params, ids: self.model.apply({"params": params}, ids, method=VideoTextAlign.text_hidden))
 
     def match_logits(self, params, hidden, text_mask, context):
         """The `itm_head` match logit of each (caption, video context) pair, in padded batches of MATCH_BATCH."""
         if self._match is None:
             self._match = jax.jit(lambda p, h, m, c: self.model.apply({"params": p}, h, m, c,
                                                                       method=VideoTextAlign.match)[:, 1])
-        count = len(hidden)
+        return in_batches(lambda *x: self._match(params, *x), hidden, text_mask, context)
 
-        def pad(x):
-            return np.concatenate([x, np.repeat(x[-1:], MATCH_BATCH - count, axis=0)])
 
-        return np.asarray(self._match(params, *map(pad, (hidden, text_mask, context))))[:count]
+def in_batches(fn, *arrays, size: int = MATCH_BATCH):
+    """fn(*arrays) computed in batches of `size` rows (the last padded with copies of its last row, so a jitted
+    `fn` compiles once), as one numpy array."""
+    outputs = []
+    for start in range(0, len(arrays[0]), size):
+        chunk = [x[start:start + size] for x in arrays]
+        count = len(chunk[0])
+        padded = [np.concatenate([x, np.repeat(x[-1:], size - count, axis=0)]) for x in chunk]
+        outputs.append(np.asarray(fn(*padded))[:count])
+    return np.concatenate(outputs)
