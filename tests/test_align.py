@@ -17,7 +17,8 @@ from invideo_jax import losses, sharding
 from invideo_jax.data import pipeline, synthetic
 from invideo_jax.evaluate.retrieval import retrieval_metrics
 from invideo_jax.models.align import VideoTextAlign
-from invideo_jax.train import optim, trainer
+from invideo_jax.models.internvideo2 import InternVideo2
+from invideo_jax.train import checkpoint, init_from as restore, optim, trainer
 from invideo_jax.train.tasks import get_task
 from invideo_jax.train.tasks.align import gather_in_groups, interleave, matching_loss
 
@@ -261,6 +262,48 @@ def test_bad_configs_are_named(root):
     config.loss.vtm_groups = 3
     with pytest.raises(ValueError, match="vtm_groups"):
         get_task(config)
+
+
+# ---------------------------------------------------------------- images
+def test_image_batches_run_at_one_frame(root, task_and_params):
+    """An image batch (one frame, `data.image_batches`) through the task: CON alone without masking equals the
+    contrastive loss of the model's image features (one-frame encoder: tests/test_convert_internvideo2.py); its
+    masking keeps 1 - mask.image_ratio of the frame's 4 tokens, a video's 1 - mask.ratio of 16."""
+    _, params, batch = task_and_params
+    config = tiny_config(root)
+    config.loss.update(dict(vtm=0.0, mlm=0.0))
+    config.mask.update(dict(ratio=0.0, image_ratio=0.0))
+    task = get_task(config)
+    image = batch["video"][:, :1]
+    loss, (metrics, _) = task.loss(params, {}, dict(batch, video=image), jax.random.PRNGKey(3))
+    video = task.model.apply({"params": params}, image, method=VideoTextAlign.encode_video)
+    text = task.model.apply({"params": params}, batch["text"], method=VideoTextAlign.encode_text)
+    expected, _ = losses.contrastive_loss(video, text, jnp.log(1 / metrics["temperature"]))
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    config.mask.update(dict(ratio=0.75, image_ratio=0.5))
+    task = get_task(config)
+    assert task.visible_indices(jax.random.PRNGKey(0), 4, 1).shape == (4, 2)
+    assert task.visible_indices(jax.random.PRNGKey(0), 4, 4).shape == (4, 4)
+
+
+def test_separate_image_positions_restore_from_stage1_without_them():
+    """`sep_image_pos`: stage 2 holds `img_pos_embed`, stage 1 has none; the vision source restores every other part
+    (the table keeps its initialisation, as the official non-strict load)."""
+    student = jax.eval_shape(lambda: InternVideo2(**VISION).init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 32, 32, 3))))
+    saved = {f"params/student/{checkpoint.tree_path(p)}": leaf.shape
+             for p, leaf in jax.tree_util.tree_leaves_with_path(nn.unbox(student)["params"])}
+    model = VideoTextAlign(vision_config=dict(VISION, sep_image_video_pos_embed=True), text_config=TEXT, embed_dim=16)
+    params = nn.unbox(jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 32, 32, 3)),
+                                                        jnp.ones((1, 4), jnp.int32))))["params"]
+    assert params["vision_encoder"]["encoder"]["img_pos_embed"].shape == (1, 1 + 4, 32)
+    for sep, problems in ((True, []), (False, ["vision_encoder/encoder/img_pos_embed: missing in checkpoint as "
+                                               "params/student/encoder/img_pos_embed"])):
+        source = internvideo2_align.init_from(stage1_frames=4, frames=4, image_size=32, sep_image_pos=sep).vision
+        pairs, found = restore.match_leaves(params, saved, source)
+        assert found == problems and len(pairs) == len(saved)
+    config = internvideo2_align.get_config("S,images=True,sep_image_pos=True,train_size=16,batch=4")
+    assert config.data.image_batches and config.model.kwargs.vision_config.sep_image_video_pos_embed
+    assert config.mask.image_ratio == 0.5
 
 
 # ---------------------------------------------------------------- the 1B recipe

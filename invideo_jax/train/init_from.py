@@ -111,7 +111,7 @@ def match_leaves(params, saved: dict, init_from) -> tuple:
             shape = saved.get(src)
             if shape is None:
                 problems.append(f"{tgt}: missing in checkpoint as {src}")
-            elif tuple(shape) == leaf.shape or posembed.resamplable(rel, tuple(shape), leaf.shape, *grids):
+            elif tuple(shape) == leaf.shape or posembed.resamplable(tgt, tuple(shape), leaf.shape, *grids):
                 pairs.append((src, leaf))
             elif target == HEAD and init_from.get("head_rows"):
                 rows = head_rows(init_from, leaf.shape[-1])

@@ -1,5 +1,9 @@
 """InternVideo2 stage 2: video-text alignment (model `invideo_jax.models.align.VideoTextAlign`), optionally with audio.
 
+Image-text data (`data.image_batches`): still images come in batches of their own with one frame, which the vision
+encoder runs as images (its `img_pos_embed` with `sep_image_video_pos_embed`, else the frames' mean of `pos_embed`),
+masked at `mask.image_ratio`; every loss is the same on them (the official `use_image` batches of its image loaders).
+
 Per step, on the clips' visible tokens (random masking of `config.mask.ratio` of the patch tokens, fixed count; the
 official masks 0.8 of a video's tokens in stage 2; 0 = every token):
   CON  symmetric InfoNCE on the global batch between the unit video and text features, similarities divided by the
@@ -165,13 +169,19 @@ class Task:
             raise ValueError(f"data.text_length={d.text_length} exceeds model.kwargs.text_config.max_len")
 
     # ---------------------------------------------------------------- training
-    def visible_indices(self, rng, batch: int):
-        """(B, N_vis) patch tokens kept in training (random masking, fixed count), or None without masking."""
-        ratio = self.config.mask.ratio
+    def visible_indices(self, rng, batch: int, frames: int = 0):
+        """(B, N_vis) patch tokens kept in training (random masking, fixed count), or None without masking. An image
+        batch (`frames` 1, `data.image_batches`) masks `mask.image_ratio` of its one frame's tokens (official
+        image_mask_ratio 0.5; default: `mask.ratio`)."""
+        vision = self.model.vision_config
+        tokens, ratio = self.num_tokens, self.config.mask.ratio
+        if frames == 1 != vision.get("num_frames", 8):
+            tokens //= vision.get("num_frames", 8) // vision.get("tubelet_size", 1)
+            ratio = self.config.mask.get("image_ratio", ratio)
         if not ratio:
             return None
-        mask = masking.random_mask(rng, batch, self.num_tokens, ratio)
-        return masking.split_indices(mask, int(ratio * self.num_tokens))[0]
+        mask = masking.random_mask(rng, batch, tokens, ratio)
+        return masking.split_indices(mask, int(ratio * tokens))[0]
 
     def init_variables(self, rng, batch):
         return self.model.init({"params": rng, "dropout": rng}, batch["video"], batch["text"],
@@ -187,8 +197,8 @@ class Task:
 
         video, ids = batch["video"], batch["text"]
         side = {"ids": ids, "text_mask": ids != self.model.pad_id}
-        tokens, pooled = run(model.encode_vision, video, self.visible_indices(jax.random.fold_in(vision_key, 1),
-                                                                              video.shape[0]), key=vision_key)
+        visible = self.visible_indices(jax.random.fold_in(vision_key, 1), video.shape[0], video.shape[1])
+        tokens, pooled = run(model.encode_vision, video, visible, key=vision_key)
         side["hidden"] = run(model.text_hidden, ids, side["text_mask"], key=text_key)
         side["text_features"] = self.model.apply(variables, side["hidden"], method=model.text_features)
         temp = losses.clamp_temperature(params["temp"], cfg.temp_min, cfg.temp_max)
