@@ -68,7 +68,7 @@ def read_index_map(path: str) -> np.ndarray:
         with open(path) as f:
             rows = json.load(f)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such label-map file (a JSON list of the source classes' indices)") from None
+        raise FileNotFoundError(f"{path}: no such label-map file (a JSON list of source class indices)") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not JSON ({e})") from None
     if not (isinstance(rows, list) and rows and all(isinstance(i, int) and i >= 0 for i in rows)):
