@@ -12,7 +12,11 @@ batch=4096 (global), train_size=1000000 (clips in the list, for the schedule: se
 dtype=bfloat16, attn=auto (the vision encoder's attention kernel: xla, tpu_flash, ...), audio= (none; `beats_iter3`:
 the 6B model's BEATs-style audio encoder over 64-bin log-mel of the clip's audio track, models/audio.py),
 audio_frozen=True, act=gelu_tanh (the vision MLP activation; gelu: exact, for weights trained with the official
-use_fused_mlp=False, configs/internvideo2.py).
+use_fused_mlp=False, configs/internvideo2.py), images=False (`data.image_batches`: the list's still images train in
+batches of their own at one frame, masked at `mask.image_ratio` 0.5, as the official image-text corpora),
+sep_image_pos=False (the vision encoder's own image position table `img_pos_embed`, the official 1B stage 2's
+`sep_image_video_pos_embed=True`, which the released 1B stage-2 file holds; off: images take the frames' mean of
+`pos_embed`, the official fallback; the default keeps the parameter count below).
 
 Audio (6B, `InternVideo2_Stage2_audiovisual`; its pre-training config): `audio=beats_iter3` adds the frozen audio
 encoder, the 768-wide audio-visual context (`av_concat_dim`: vision tokens through `av_concat_vision_proj`, audio
@@ -93,12 +97,14 @@ def audio_config(size: str, num_mel_bins: int = 64, scan: bool = True, dtype: st
 
 def model_config(size: str = "1B", text: str = "large", frames: int = 4, image_size: int = 224, embed_dim: int = 512,
                  scan: bool = True, vision_remat: str = "none", text_remat: str = "full",
-                 dtype: str = "bfloat16", audio: str = "", audio_frozen: bool = True, act: str = "gelu_tanh") -> dict:
+                 dtype: str = "bfloat16", audio: str = "", audio_frozen: bool = True, act: str = "gelu_tanh",
+                 sep_image_pos: bool = False) -> dict:
     """`VideoTextAlign` kwargs: the InternVideo2 vision encoder, the BERT text encoder, the projections, the audio
     encoder (`audio`: a row of AUDIO_SIZES, or '' for none)."""
     vision = internvideo2.encoder_config(size, frames=frames, image_size=image_size, scan=scan, remat=vision_remat,
                                          drop_path=internvideo2.PRETRAIN_DROP_PATH.get(size, 0.0), dtype=dtype,
                                          act=act)
+    vision["sep_image_video_pos_embed"] = sep_image_pos
     audio_cfg = audio_config(audio, scan=scan, dtype=dtype)
     return dict(vision_config=vision, text_config=text_config(text, remat=text_remat, dtype=dtype),
                 audio_config=audio_cfg, av_concat_dim=AV_CONCAT_DIM if audio_cfg else 0, freeze_audio=audio_frozen,
@@ -117,11 +123,17 @@ def use_audio(c) -> None:
 
 
 def init_from(vision: str = "", text: str = "", stage1_frames: int = 8, frames: int = 4,
-              image_size: int = 224) -> ml_collections.ConfigDict:
-    """Named sources: the stage-1 student (pos_embed resampled from `stage1_frames`) and a converted BERT."""
+              image_size: int = 224, sep_image_pos: bool = False) -> ml_collections.ConfigDict:
+    """Named sources: the stage-1 student (pos_embed resampled from `stage1_frames`; with `sep_image_pos` every part
+    but `img_pos_embed`, which stage 1 has not: it starts from its sin-cos table, as the official non-strict load)
+    and a converted BERT."""
     side = image_size // 14
+    vision_mapping = {"vision_encoder": "params/student"}
+    if sep_image_pos:
+        vision_mapping = {f"vision_encoder/{part}": f"params/student/{part}" for part in (
+            "encoder/patch_embed", "encoder/cls_token", "encoder/pos_embed", "encoder/transformer", "clip_projector")}
     return ml_collections.ConfigDict(dict(
-        vision=dict(checkpoint=vision, mapping={"vision_encoder": "params/student"},
+        vision=dict(checkpoint=vision, mapping=vision_mapping,
                     pos_embed_grid_src=(stage1_frames, side, side), pos_embed_grid_dst=(frames, side, side)),
         text=dict(checkpoint=text, mapping={"text_encoder": "params"})))
 
@@ -129,10 +141,11 @@ def init_from(vision: str = "", text: str = "", stage1_frames: int = 8, frames: 
 def align_fields(c, *, mask_ratio: float = 0.8, mlm_prob: float = 0.5, rerank_k: int = 128, class_names=(),
                  templates=()):
     """The align task's own fields: loss weights and settings, video token masking, the matching re-ranking's k
-    (0: off; the official k_test 128; it needs the retrieval caption protocol 'first'), zero-shot prompts."""
+    (0: off; the official k_test 128), zero-shot prompts. Image batches (`data.image_batches`) mask
+    `mask.image_ratio` of their tokens (the official image_mask_ratio 0.5)."""
     c.loss = ml_collections.ConfigDict(dict(con=1.0, vtm=1.0, mlm=1.0, av_con=1.0, av_vtm=1.0, av_mlm=1.0,
                                             mlm_prob=mlm_prob, temp_min=0.001, temp_max=0.5, vtm_groups=0))
-    c.mask = ml_collections.ConfigDict(dict(ratio=mask_ratio))
+    c.mask = ml_collections.ConfigDict(dict(ratio=mask_ratio, image_ratio=0.5))
     c.rerank = ml_collections.ConfigDict(dict(k=rerank_k))
     c.retrieval = ml_collections.ConfigDict(dict(captions="first"))
     c.zero_shot = ml_collections.ConfigDict(dict(class_names=class_names, templates=templates))
@@ -143,10 +156,11 @@ def get_config(arg=None):
     arg = common.parse_arg(arg, variant="1B", text="large", frames=4, image_size=224, embed_dim=512, text_length=32,
                            mask_ratio=0.8, mlm_prob=0.5, epochs=10, batch=4096, train_size=1_000_000,
                            stage1_frames=8, scan=True, vision_remat="full", text_remat="full", dtype="bfloat16",
-                           audio="", audio_frozen=True, attn="auto", act="gelu_tanh")
+                           audio="", audio_frozen=True, attn="auto", act="gelu_tanh", images=False,
+                           sep_image_pos=False)
     model = model_config(arg.variant, arg.text, arg.frames, arg.image_size, arg.embed_dim, scan=arg.scan,
                          vision_remat=arg.vision_remat, text_remat=arg.text_remat, dtype=arg.dtype, audio=arg.audio,
-                         audio_frozen=arg.audio_frozen, act=arg.act)
+                         audio_frozen=arg.audio_frozen, act=arg.act, sep_image_pos=arg.sep_image_pos)
     model["vision_config"]["attn_impl"] = arg.attn
     c = align_fields(common.train_config("align", model, model_name="align"), mask_ratio=arg.mask_ratio,
                      mlm_prob=arg.mlm_prob)
@@ -158,9 +172,10 @@ def get_config(arg=None):
     c.data.update(dict(format="json", num_frames=arg.frames, sampling="segment", crop_size=arg.image_size,
                        short_side=arg.image_size, train_crop="rrc", rrc_scale=(0.5, 1.0), flip=True,
                        normalize="imagenet", tokenizer="bert", text_length=arg.text_length, eval_clips=1,
-                       eval_crops=1, workers=8))
+                       eval_crops=1, workers=8, image_batches=arg.images))
     c.optim.update(dict(base_lr=5e-5, lr_batch_denom=0, b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.05,
                         clip_grad=3.0, warmup_steps=steps_per_epoch, warmup_lr=0.0, min_lr=5e-7))
-    c.init_from = init_from(stage1_frames=arg.stage1_frames, frames=arg.frames, image_size=arg.image_size)
+    c.init_from = init_from(stage1_frames=arg.stage1_frames, frames=arg.frames, image_size=arg.image_size,
+                            sep_image_pos=arg.sep_image_pos)
     use_audio(c)
     return c

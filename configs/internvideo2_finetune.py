@@ -34,9 +34,11 @@ Every recipe: AdamW (0.9, 0.999), weight decay 0.05 (probes 0), warm-up from 1e-
 the official learning rates scaled by clips / 256 (`total_batch_size * num_sample / 256`, also the minimum and
 warm-up rates), RandAugment m7-n4-mstd0.5 (probes m5-n2-mstd0.25), random resized crop, random erasing 0.25, mixup
 0.8 / cutmix 1.0, label smoothing 0.1, LayerScale 1e-5, bf16. EMA is off in the official scripts
-(`--config.optim.ema_decay=0.9999` turns it on). Heads from K710: the official K400/K600/K700 runs start their head
-from the K710 head's rows (the first 400 for K400; label_mixto600/700.json); here `init=k710` restores the encoder,
-the pool and `fc_norm`, and the head starts anew. A K710 model is evaluated on K400/600/700 directly with
+(`--config.optim.ema_decay=0.9999` turns it on). Heads from K710: as the official K400/K600/K700 runs, `init=k710`
+restores the encoder, the pool, `fc_norm` and the head's K710 rows of the target classes (`init_from.head_rows`,
+train/init_from.py): the first 400 for K400 ('first'); for K600/K700 the official index lists `label_mixto600.json` /
+`label_mixto700.json` (from the official Google Drive folder: pass their path,
+`--config.init_from.head_rows=DIR/label_mixto600.json`). A K710 model is evaluated on K400/600/700 directly with
 `config.label_map` (class-name files; evaluate/label_map.py).
 Not here: the SSv2 linear probe (`internvideo2_cat` model, CLS + mean merge), MiT, SSv1, ANet, HACS, 16-frame
 full tuning (pass frames=16; the official f16 scripts were not read).
@@ -93,6 +95,11 @@ INIT = {
 }
 
 
+# A K710 head's classes that start a head of another Kinetics (official run_finetuning.py): K400's are its first 400,
+# K600's and K700's are listed by the official label_mixto{600,700}.json (init_from.head_rows)
+HEAD_ROWS = {"k400": "first", "k600": "label_mixto600.json", "k700": "label_mixto700.json"}
+
+
 def recipe(mode: str, dataset: str, size: str) -> dict:
     """The official values for (mode, dataset, size); a size without a stored script takes 1B's."""
     for key in ((mode, dataset, size), (mode, dataset, "1B")):
@@ -136,8 +143,10 @@ def get_config(arg=None):
                         warmup_steps=r["warmup"] * steps_per_epoch, warmup_lr=1e-6 * scale,
                         min_lr=r["min_lr"] * scale, layer_decay=r["layer_decay"], num_layers=model["depth"],
                         layer_decay_prefix="encoder/", frozen=FROZEN[arg.mode]))
-    mapping, source_frames = INIT[arg.init or r["init"]]
-    c.init_from.mapping = mapping
+    init = arg.init or r["init"]
+    mapping, source_frames = INIT[init]
+    c.init_from.head_rows = HEAD_ROWS.get(arg.dataset, "") if init == "k710" else ""
+    c.init_from.mapping = dict(mapping, head="params/head") if c.init_from.head_rows else mapping
     if source_frames and source_frames != r["frames"]:
         c.init_from.pos_embed_grid_src = pos_embed_grid(source_frames)
         c.init_from.pos_embed_grid_dst = pos_embed_grid(r["frames"])

@@ -3,6 +3,7 @@ training run with retrieval and zero-shot evaluation, and the 1B recipe built ab
 import json
 import math
 import os
+from types import SimpleNamespace
 
 import flax.linen as nn
 import jax
@@ -13,9 +14,11 @@ import pytest
 
 from configs import internvideo2_align
 from invideo_jax import losses, sharding
-from invideo_jax.data import synthetic
+from invideo_jax.data import pipeline, synthetic
+from invideo_jax.evaluate.retrieval import retrieval_metrics
 from invideo_jax.models.align import VideoTextAlign
-from invideo_jax.train import optim, trainer
+from invideo_jax.models.internvideo2 import InternVideo2
+from invideo_jax.train import checkpoint, init_from as restore, optim, trainer
 from invideo_jax.train.tasks import get_task
 from invideo_jax.train.tasks.align import gather_in_groups, interleave, matching_loss
 
@@ -106,17 +109,48 @@ def test_con_equals_contrastive_loss_at_the_same_temperature(task_and_params):
 
 # ---------------------------------------------------------------- VTM
 def test_rerank_match_logits_and_predict_outputs(task_and_params):
-    """The re-ranking's padded, jitted matching head equals the model's `match` on the same (caption, video) pairs;
-    `predict` gives the context tokens and caption states it needs."""
+    """The re-ranking's padded, jitted text mode and matching head equal the model's `text_hidden` and `match` on the
+    same (caption, video) pairs; `predict` gives the context tokens and caption ids they need."""
     task, params, batch = task_and_params
     out = jax.jit(task.predict)(params, {}, batch)
-    assert {"context", "text_hidden", "text_mask"} <= set(out) and out["context"].shape[0] == 4
+    assert {"context", "text_ids"} <= set(out) and out["context"].shape[0] == 4
+    np.testing.assert_array_equal(out["text_ids"], batch["text"])
     texts, videos = np.array([0, 2, 3]), np.array([1, 1, 0])
-    hidden, mask, context = (np.asarray(out[k])[i] for k, i in (("text_hidden", texts), ("text_mask", texts),
-                                                                   ("context", videos)))
+    ids, context = np.asarray(batch["text"])[texts], np.asarray(out["context"])[videos]
+    hidden, mask = task.text_states(params, ids)
+    np.testing.assert_array_equal(mask, ids != PAD)
+    np.testing.assert_allclose(hidden, task.model.apply({"params": params}, ids, method=VideoTextAlign.text_hidden),
+                               rtol=1e-5, atol=1e-6)
     scores = task.match_logits(params, hidden, mask, context)
     want = task.model.apply({"params": params}, hidden, mask, context, method=VideoTextAlign.match)[:, 1]
     np.testing.assert_allclose(scores, want, rtol=1e-5, atol=1e-6)
+
+
+def test_rerank_scores_paragraph_queries(root, task_and_params):
+    """DiDeMo's protocol: with `retrieval.captions=paragraph` the matching re-ranking scores each video's joined
+    captions; with k = every video, its ranks are those of the model's match logit of every (paragraph, video)."""
+    _, params, _ = task_and_params
+    config = tiny_config(root)
+    config.retrieval.captions, config.rerank.k, config.zero_shot.class_names = "paragraph", 8, ()
+    task = get_task(config)
+    ev = task.evaluate(SimpleNamespace(params=params, batch_stats={}), jax.jit(task.predict),
+                       sharding.make_mesh(config.mesh))
+    source = pipeline.make_source(config.data, "eval")
+    paragraphs = [" ".join(source[i][0].captions) for i in range(len(source))]
+    assert len(paragraphs) == 8 and all(len(source[i][0].captions) > 1 for i in range(8))
+    video = next(pipeline.eval_iterator(config.data, batch_size=8))["video"]  # the 8 videos in order, one view each
+
+    def apply(method, *args):
+        return np.asarray(task.model.apply({"params": params}, *args, method=method))
+
+    tokens, ids = apply(lambda m, v: m.encode_vision(v)[0], video), task.tokenizer().encode(paragraphs)
+    hidden, mask = apply(VideoTextAlign.text_hidden, ids), ids != PAD
+    match = np.stack([apply(VideoTextAlign.match, np.repeat(hidden[t:t + 1], 8, 0), np.repeat(mask[t:t + 1], 8, 0),
+                            tokens)[:, 1] for t in range(8)])
+    want = retrieval_metrics(match, np.arange(8))
+    assert ev["retrieval_match/k"] == 8 and ev["num_texts"] == 8
+    for name in ("t2v_r1", "t2v_r5", "t2v_meanr", "v2t_r1", "v2t_r5", "v2t_meanr"):
+        assert ev[f"retrieval_match/{name}"] == pytest.approx(want[name]), name
 
 
 def test_hard_negatives_never_pick_the_positive_and_follow_the_similarities():
@@ -228,6 +262,48 @@ def test_bad_configs_are_named(root):
     config.loss.vtm_groups = 3
     with pytest.raises(ValueError, match="vtm_groups"):
         get_task(config)
+
+
+# ---------------------------------------------------------------- images
+def test_image_batches_run_at_one_frame(root, task_and_params):
+    """An image batch (one frame, `data.image_batches`) through the task: CON alone without masking equals the
+    contrastive loss of the model's image features (one-frame encoder: tests/test_convert_internvideo2.py); its
+    masking keeps 1 - mask.image_ratio of the frame's 4 tokens, a video's 1 - mask.ratio of 16."""
+    _, params, batch = task_and_params
+    config = tiny_config(root)
+    config.loss.update(dict(vtm=0.0, mlm=0.0))
+    config.mask.update(dict(ratio=0.0, image_ratio=0.0))
+    task = get_task(config)
+    image = batch["video"][:, :1]
+    loss, (metrics, _) = task.loss(params, {}, dict(batch, video=image), jax.random.PRNGKey(3))
+    video = task.model.apply({"params": params}, image, method=VideoTextAlign.encode_video)
+    text = task.model.apply({"params": params}, batch["text"], method=VideoTextAlign.encode_text)
+    expected, _ = losses.contrastive_loss(video, text, jnp.log(1 / metrics["temperature"]))
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    config.mask.update(dict(ratio=0.75, image_ratio=0.5))
+    task = get_task(config)
+    assert task.visible_indices(jax.random.PRNGKey(0), 4, 1).shape == (4, 2)
+    assert task.visible_indices(jax.random.PRNGKey(0), 4, 4).shape == (4, 4)
+
+
+def test_separate_image_positions_restore_from_stage1_without_them():
+    """`sep_image_pos`: stage 2 holds `img_pos_embed`, stage 1 has none; the vision source restores every other part
+    (the table keeps its initialisation, as the official non-strict load)."""
+    student = jax.eval_shape(lambda: InternVideo2(**VISION).init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 32, 32, 3))))
+    saved = {f"params/student/{checkpoint.tree_path(p)}": leaf.shape
+             for p, leaf in jax.tree_util.tree_leaves_with_path(nn.unbox(student)["params"])}
+    model = VideoTextAlign(vision_config=dict(VISION, sep_image_video_pos_embed=True), text_config=TEXT, embed_dim=16)
+    params = nn.unbox(jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 32, 32, 3)),
+                                                        jnp.ones((1, 4), jnp.int32))))["params"]
+    assert params["vision_encoder"]["encoder"]["img_pos_embed"].shape == (1, 1 + 4, 32)
+    for sep, problems in ((True, []), (False, ["vision_encoder/encoder/img_pos_embed: missing in checkpoint as "
+                                               "params/student/encoder/img_pos_embed"])):
+        source = internvideo2_align.init_from(stage1_frames=4, frames=4, image_size=32, sep_image_pos=sep).vision
+        pairs, found = restore.match_leaves(params, saved, source)
+        assert found == problems and len(pairs) == len(saved)
+    config = internvideo2_align.get_config("S,images=True,sep_image_pos=True,train_size=16,batch=4")
+    assert config.data.image_batches and config.model.kwargs.vision_config.sep_image_video_pos_embed
+    assert config.mask.image_ratio == 0.5
 
 
 # ---------------------------------------------------------------- the 1B recipe

@@ -223,3 +223,32 @@ def test_resample_pos_embed_matches_pytorch_interpolate():
     x = torch.nn.functional.interpolate(x, size=(h2, w2), mode="bicubic", align_corners=False)
     expected = x.permute(0, 2, 3, 1).reshape(1, t2 * h2 * w2, dim).numpy()
     np.testing.assert_allclose(resample_pos_embed(pe, (t, h, w), (t2, h2, w2)), expected, atol=1e-12)
+
+
+def test_restore_subtrees_starts_a_head_from_chosen_classes(tmp_path):
+    # a saved 5-class head by hand: kernel[d, c] = 10 d + c, bias[c] = 100 + c
+    head = {"kernel": jnp.asarray([[0.0, 1, 2, 3, 4], [10, 11, 12, 13, 14]]), "bias": jnp.arange(100.0, 105)}
+    ckpt = checkpoint.Checkpointer(tmp_path / "k5")
+    ckpt.save(0, make_state(params={"encoder": {"norm": jnp.ones(2)}, "head": head}))
+    ckpt.close()
+    target = {"encoder": {"norm": jnp.zeros(2)}, "head": {"kernel": jnp.zeros((2, 3)), "bias": jnp.zeros(3)}}
+    mapping = {"encoder": "params/encoder", "head": "params/head"}
+    index_file = tmp_path / "mix.json"
+    index_file.write_text("[4, 0, 2]")  # class j of the new head is saved class [4, 0, 2][j]
+    for rows, kernel, bias in (("first", [[0, 1, 2], [10, 11, 12]], [100, 101, 102]),
+                               (str(index_file), [[4, 0, 2], [14, 10, 12]], [104, 100, 102])):
+        params = restore_subtrees(target, {"checkpoint": str(tmp_path / "k5"), "mapping": mapping, "head_rows": rows})
+        np.testing.assert_array_equal(params["head"]["kernel"], kernel)
+        np.testing.assert_array_equal(params["head"]["bias"], bias)
+        np.testing.assert_array_equal(params["encoder"]["norm"], np.ones(2))
+    index_file.write_text("[4, 0, 5]")  # class 5 is not in the saved head
+    with pytest.raises(ValueError, match=r"head/kernel: target \(2, 3\) vs checkpoint params/head/kernel \(2, 5\)"):
+        restore_subtrees(target, {"checkpoint": str(tmp_path / "k5"), "mapping": mapping, "head_rows": str(index_file)})
+    index_file.write_text("[4, 0]")
+    with pytest.raises(ValueError, match="selects 2 classes but the head has 3"):
+        restore_subtrees(target, {"checkpoint": str(tmp_path / "k5"), "mapping": mapping, "head_rows": str(index_file)})
+    with pytest.raises(ValueError, match="the mapping has no target 'head'"):
+        restore_subtrees(target, {"checkpoint": str(tmp_path / "k5"), "mapping": {"encoder": "params/encoder"},
+                                  "head_rows": "first"})
+    with pytest.raises(ValueError, match=r"head/bias: target \(3,\) vs checkpoint params/head/bias \(5,\)"):
+        restore_subtrees(target, {"checkpoint": str(tmp_path / "k5"), "mapping": mapping})  # no selection

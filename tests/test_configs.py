@@ -158,6 +158,18 @@ def test_internvideo2_recipes_follow_the_official_scripts(arg, values):
     assert c.data.format == ("rawframes" if "ssv2" in arg else "videomae")
 
 
+@pytest.mark.parametrize("arg, rows", [
+    # official run_finetuning.py from a 710-class head: nb_classes 400 -> head rows [:400], 600 / 700 ->
+    # ./k710/label_mixto{600,700}.json; heads of other starts are new
+    ("1B,dataset=k400", "first"), ("1B,dataset=k600", "label_mixto600.json"), ("S,dataset=k700", "label_mixto700.json"),
+    ("1B,dataset=k400,mode=attentive", "first"), ("1B,dataset=k710", ""), ("1B,dataset=k400,mode=linear", ""),
+])
+def test_internvideo2_kinetics_from_k710_start_from_the_k710_head_rows(arg, rows):
+    c = internvideo2_finetune.get_config(arg)
+    assert c.init_from.head_rows == rows
+    assert (c.init_from.mapping.get("head") == "params/head") == bool(rows)
+
+
 def test_internvideo2_probes_train_only_their_head():
     """Linear: fc_norm + head; attentive: also the attention pool (clip_projector); the encoder never."""
     for mode, trainable in (("linear", {"fc_norm", "head"}), ("attentive", {"clip_projector", "fc_norm", "head"}),

@@ -12,6 +12,7 @@ Tolerance: max abs error <= 1e-4 (float32 model vs float64 reference, every weig
 import math
 import re
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ from invideo_jax.models.distill import Distiller
 from invideo_jax.models.internvideo2 import InternVideo2
 from invideo_jax.models.posembed import resample_pos_embed
 from invideo_jax.train.tasks import get_task
-from tests.test_internvideo2 import gelu, layer_norm, multi_head, rms_norm
+from tests.test_internvideo2 import gelu, layer_norm, multi_head, rms_norm, sincos_code
 from tests.tiny_models import random_variables, tiny
 
 TOL = 1e-4
@@ -157,19 +158,27 @@ def official_stage2(seed=0):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def official_forward(state, video, prefix="", visible=None, exact_gelu=False):
+def official_forward(state, video, prefix="", visible=None, exact_gelu=False, use_image=False):
     """-> {'tokens' (B, 1 + N, D), 'layers' (each block's output), 'pooled' (B, POOL_OUT), 'logits' or None}.
 
     visible (B, M): the patch tokens kept (PretrainInternVideo2: `x[~mask]` after the pos_embed, the CLS always);
-    exact_gelu: the Mlp of `use_fused_mlp=False` (nn.GELU) instead of the fused MLP's tanh approximation."""
+    exact_gelu: the Mlp of `use_fused_mlp=False` (nn.GELU) instead of the fused MLP's tanh approximation;
+    use_image: PretrainInternVideo2's `use_image` (a one-frame input): positions from `img_pos_embed` when the state
+    holds it (`sep_image_video_pos_embed=True`), else the CLS position and `pos_embed`'s mean over its frames."""
     w = lambda k: np.asarray(state[prefix + k], np.float64)
+    pos_embed = w("pos_embed")
+    if use_image and prefix + "img_pos_embed" in state:
+        pos_embed = w("img_pos_embed")
+    elif use_image:
+        frames = pos_embed[:, 1:].reshape(1, FRAMES, -1, D).mean(axis=1)
+        pos_embed = np.concatenate([pos_embed[:, :1], frames], axis=1)
     x = np.asarray(video, np.float64).transpose(0, 4, 1, 2, 3)  # (B, 3, T, H, W), as torch sees it
     b, c, t, hh, ww = x.shape
     patches = x.reshape(b, c, t, hh // PATCH, PATCH, ww // PATCH, PATCH)
     # Conv3d with kernel = stride = (1, p, p): a patch-wise contraction; tokens ordered (t, h, w)
     x = np.einsum("bcthiwj,dcij->bthwd", patches, w("patch_embed.proj.weight")[:, :, 0]) + w("patch_embed.proj.bias")
     x = x.reshape(b, -1, D)
-    x = np.concatenate([np.broadcast_to(w("cls_token"), (b, 1, D)), x], axis=1) + w("pos_embed")
+    x = np.concatenate([np.broadcast_to(w("cls_token"), (b, 1, D)), x], axis=1) + pos_embed
     if visible is not None:
         x = np.concatenate([x[:, :1], np.take_along_axis(x[:, 1:], np.asarray(visible)[..., None], axis=1)], axis=1)
     layers = []
@@ -296,6 +305,41 @@ def test_finetuned_file_round_trips(scan, finetuned):
     if scan:
         assert variables["params"]["encoder"]["transformer"]["blocks"]["attn"]["qkv"]["kernel"].shape == (
             DEPTH, D, 3, HEADS, D // HEADS)
+
+
+@pytest.mark.parametrize("sep", [True, False])
+def test_images_run_at_one_frame_with_the_official_image_positions(sep):
+    """A one-frame input is an image (official `use_image`): with `sep_image_video_pos_embed` the file's
+    `img_pos_embed` converts and gives its positions, without it the CLS position and the frames' mean of
+    `pos_embed`; tokens and pooled equal the official forward, every token and a masked subset."""
+    state = official_vision()
+    state["img_pos_embed"] = randomise({"img_pos_embed": (1, 1 + TOKENS // FRAMES, D)}, seed=7)["img_pos_embed"]
+    model = encoder(sep_image_video_pos_embed=sep)
+    variables, report = convert.load_variables(state, model)
+    assert ("img_pos_embed" in report.dropped) != sep
+    reference = state if sep else {k: v for k, v in state.items() if k != "img_pos_embed"}
+    image = clips(frames=1)
+    visible = np.array([[0, 2, 3, 8], [1, 4, 5, 7]])
+    for kept in (None, visible):
+        out = model.apply(variables, image, kept)
+        want = official_forward(reference, image, visible=kept, use_image=True)
+        max_err(f"image tokens (sep={sep}, visible={kept is not None})", out["tokens"], want["tokens"])
+        max_err(f"image pooled (sep={sep}, visible={kept is not None})", out["pooled"], want["pooled"])
+    assert model.apply(variables, clips())["tokens"].shape == (2, 1 + TOKENS, D)  # videos keep pos_embed
+    if sep:
+        np.testing.assert_array_equal(variables["params"]["encoder"]["img_pos_embed"], state["img_pos_embed"])
+        assert same_state(convert.to_state_dict(variables), state)
+
+
+def test_image_position_table_starts_from_the_one_frame_sincos_table():
+    """The official init_pos_embed: img_pos_embed = get_3d_sincos_pos_embed(D, h, t_size=1, cls_token=True): CLS
+    zeros, then (h, w) rows of the temporal code of position 0, the w code and the h code."""
+    variables = encoder(sep_image_video_pos_embed=True).init(jax.random.PRNGKey(0), clips())
+    image = np.asarray(nn.unbox(variables)["params"]["encoder"]["img_pos_embed"])
+    side = IMAGE // PATCH
+    table = [[0.0] * D] + [sincos_code(0, D // 4) + sincos_code(wi, 3 * D // 8) + sincos_code(hi, 3 * D // 8)
+                           for hi in range(side) for wi in range(side)]
+    np.testing.assert_allclose(image[0], np.asarray(table), rtol=0, atol=1e-6)
 
 
 def test_stage1_file_into_the_encoder_drops_the_distillation_heads():
@@ -507,6 +551,24 @@ def test_stage2_encoders_on_the_converted_variables(stage2):
     want = pooled @ state["vision_proj.weight"].T.astype(np.float64) + state["vision_proj.bias"]
     max_err("stage-2 video feature", video, want / np.linalg.norm(want, axis=-1, keepdims=True))
     assert text.shape == (2, EMBED) and np.allclose(np.linalg.norm(text, axis=-1), 1, atol=1e-5)
+
+
+def test_stage2_image_feature_with_the_files_image_positions():
+    """The 1B stage-2 file's `vision_encoder.img_pos_embed` into a model with `sep_image_video_pos_embed`: an image
+    (one frame) gets the official `encode_vision(image)` feature (use_image with the file's table)."""
+    state = official_stage2()
+    state["vision_encoder.img_pos_embed"] = randomise({"t": (1, 1 + TOKENS // FRAMES, D)}, seed=9)["t"]
+    model = VideoTextAlign(vision_config=dict(VISION, sep_image_video_pos_embed=True), text_config=TEXT,
+                           embed_dim=EMBED)
+    variables, report = convert.load_variables({"module": state}, model, "internvideo2_stage2")
+    assert "vision_encoder.img_pos_embed" not in report.dropped
+    image = clips(frames=1)
+    feature = model.apply(variables, image, method="encode_video")
+    pooled = official_forward(state, image, "vision_encoder.", use_image=True)["pooled"]
+    want = pooled @ state["vision_proj.weight"].T.astype(np.float64) + state["vision_proj.bias"]
+    max_err("stage-2 image feature", feature, want / np.linalg.norm(want, axis=-1, keepdims=True))
+    assert convert.to_state_dict(variables, "internvideo2_stage2")["vision_encoder.img_pos_embed"].shape == (
+        1, 1 + TOKENS // FRAMES, D)
 
 
 def test_stage2_errors():

@@ -232,6 +232,37 @@ def test_captions_and_images(dataset, tmp_path):
     assert videos[0] == 5
 
 
+def test_image_batches_keep_images_apart_at_one_frame(dataset, tmp_path):
+    """data.image_batches: 4 still images and 12 videos -> batches of 4 of one kind, images (B, 1, H, W, 3) and videos
+    (B, 4, H, W, 3), 1 image batch for 3 video batches (the counts' ratio), each kind's examples once per epoch;
+    resumable."""
+    entries = [{"video": str(dataset / f"{i}.mp4"), "caption": f"video {i}", "label": i} for i in range(NUM_VIDEOS)]
+    for i in range(4):  # the stills take video numbers 12..15 in their green channel
+        Image.fromarray(flat_clip(NUM_VIDEOS + i, 1)[0]).save(tmp_path / f"still{i}.png")
+        entries.insert(3 * i, {"image": str(tmp_path / f"still{i}.png"), "caption": f"still {i}", "label": 0})
+    (tmp_path / "list.json").write_text(json.dumps(entries))
+    cfg = config(dataset, format="json", train_annotations=str(tmp_path / "list.json"), root="", num_classes=0,
+                 image_batches=True)
+    it = pipeline.train_iterator(cfg, seed=0, batch_size=4, process_index=0, process_count=1)
+    batches = [next(it) for _ in range(8)]  # two epochs of each kind
+    kinds = ["image" if b["video"].shape[1] == 1 else "video" for b in batches]
+    assert kinds.count("image") == 2 and kinds.count("video") == 6
+    for kind, batch in zip(kinds, batches):
+        assert batch["video"].shape == ((4, 1, 24, 24, 3) if kind == "image" else (4, 4, 24, 24, 3))
+        assert all(c.startswith("still" if kind == "image" else "video") for c in batch["caption"])
+    for kind, count in (("image", 4), ("video", NUM_VIDEOS)):
+        first_epoch = [b for k, b in zip(kinds, batches) if k == kind][:count // 4]
+        numbers = np.concatenate([decode_colours(b["video"])[1] for b in first_epoch])
+        assert sorted(numbers.tolist()) == list(range(NUM_VIDEOS, NUM_VIDEOS + 4) if kind == "image"
+                                                else range(NUM_VIDEOS))
+    state = it.get_state()
+    after = [next(it)["caption"].tolist() for _ in range(3)]
+    it.set_state(state)
+    assert [next(it)["caption"].tolist() for _ in range(3)] == after
+    with pytest.raises(ValueError, match="data.image_batches"):
+        pipeline.check_data_config(config(dataset, image_batches=True, audio=True))
+
+
 def test_make_global_shards_numeric_fields(dataset):
     cfg = config(dataset, format="json", train_annotations=str(dataset / "list.json"))
     batch = next(pipeline.train_iterator(cfg, seed=0, batch_size=8, process_index=0,

@@ -23,6 +23,19 @@ def test_map_by_hand(tmp_path):
     assert label_map.label_map(source, target).tolist() == [4, 0, 3]  # found by hand in SOURCE
 
 
+def test_index_map_file_and_its_errors(tmp_path):
+    path = tmp_path / "label_mixto600.json"
+    path.write_text("[3, 0, 709]")
+    assert label_map.read_index_map(str(path)).tolist() == [3, 0, 709]
+    for text, message in (("[3, 3]", "repeats"), ('{"a": 1}', "JSON list"), ("[1, -2]", "JSON list"),
+                          ("[1,", "not JSON")):
+        path.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            label_map.read_index_map(str(path))
+    with pytest.raises(FileNotFoundError, match="missing.json: no such label-map file"):
+        label_map.read_index_map(str(tmp_path / "missing.json"))
+
+
 def test_missing_repeated_and_empty_names_are_named(tmp_path):
     source = _names(tmp_path, "k710.txt", SOURCE)
     with pytest.raises(ValueError, match=r"2 class\(es\) of .*k600.txt are not in .*k710.txt: 'yoga', 'tai chi'"):

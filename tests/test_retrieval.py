@@ -191,14 +191,28 @@ def test_every_caption_protocol_by_hand():
                           "v2t_r1": 50, "v2t_medr": 1.5, "v2t_meanr": 1.5})
 
 
+def test_matching_rerank_of_paragraph_queries_by_hand():
+    texts, text_to_video = caption_queries(CAPTIONS, "paragraph")  # "a dog runs a dog plays" -> 0, "a cat.." -> 2
+    sim = np.array([[0.2, 0.9, 0.5],    # paragraph 0: its video 0 is 3rd by similarity, outside k = 2
+                    [0.1, 0.3, 0.8]])   # paragraph 1: its video 2 is 1st by similarity
+    match = np.array([[4.0, 1.0, 2.0],
+                      [0.0, 5.0, 1.0]])
+    t2v, v2t = rerank_top_k(sim, 2, lambda t, v: match[t, v])
+    results = retrieval_metrics(t2v, text_to_video, v2t_similarity=v2t)
+    # t2v: paragraph 0 ranks its video 3rd (k + 1: only videos 1 and 2 are re-scored); paragraph 1's top 2 are
+    # videos 2 and 1, the matching head puts video 1 (5.0) above video 2 (1.0): 2nd.
+    # v2t (2 texts: every text is in each video's top 2): video 0's column (4.0, 0.0): its paragraph 1st;
+    # video 2's column (2.0, 1.0): its paragraph 2nd; video 1 has no caption.
+    check_equal(results, {"t2v_r1": 0, "t2v_r5": 100, "t2v_medr": 2.5, "t2v_meanr": 2.5,
+                          "v2t_r1": 50, "v2t_medr": 1.5, "v2t_meanr": 1.5})
+    assert results["rerank"] == "match" and len(texts) == 2
+
+
 def test_caption_protocol_config():
     config = ml_collections.ConfigDict()
     assert caption_protocol(config) == "first"
     config.retrieval = dict(captions="paragraph")
     assert caption_protocol(config) == "paragraph"
-    config.rerank = dict(k=4)
-    with pytest.raises(ValueError, match="rerank.k"):
-        caption_protocol(config)
     config.retrieval.captions = "every"
     with pytest.raises(ValueError, match="retrieval.captions='every'"):
         caption_protocol(config)

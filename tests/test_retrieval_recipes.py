@@ -19,7 +19,7 @@ def test_retrieval_presets_build(module, arg):
 
 @pytest.mark.parametrize("arg, text_length, captions, rerank_k", [
     ("6B,dataset=msrvtt", 40, "first", 128),  # MSR-VTT 1k-A, one caption per video, ITM re-ranking of the top 128
-    ("6B,dataset=didemo", 64, "paragraph", 0),  # configs/data.py didemo_ret_*: max_txt_l 64, is_paragraph_retrieval
+    ("6B,dataset=didemo", 64, "paragraph", 128),  # configs/data.py didemo_ret_*: max_txt_l 64, is_paragraph_retrieval
     ("1B,dataset=msrvtt", 40, "first", 128),
 ])
 def test_internvideo2_retrieval_follows_the_official_scripts(arg, text_length, captions, rerank_k):

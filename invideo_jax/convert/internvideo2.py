@@ -34,7 +34,9 @@ LayerNorms `norm1_{q,k,v}`, `cross_attn.{q,k,v}.weight` (D, D) -> kernels (D, po
 
 Dropped and listed in the report (never an error): what a target has no place for -- the stage-1 distillation
 heads and their position embeddings for an encoder or stage-2 target, `fc_norm` / `head` for an encoder without
-classes, `img_pos_embed` / `clip_img_pos_embed` (images are not supported), a stage-2 file's `clip_teacher.*` and
+classes, `img_pos_embed` for an encoder without `sep_image_video_pos_embed` (with it, it converts to
+`encoder/img_pos_embed`: the one-frame table images run with), the stage-1 heads' `clip_img_pos_embed` (used only by
+the UTA loss of image batches, weight 0 in the released configs), a stage-2 file's `clip_teacher.*` and
 BERT's pooler, position-id buffers and tied MLM decoder (checked to equal the word embeddings /
 `cls.predictions.bias`), the audio-visual file's `atm_head` (ATM, weight 0 in its configs) and a BEATs `predictor`.
 An audio-visual file into a model without `audio_config` is refused, naming its audio keys.
@@ -88,6 +90,7 @@ ENCODER = [  # an InternVideo2 module's params (official names at a single_modal
     *conv3d("encoder/patch_embed/proj", "patch_embed.proj"),
     rule("encoder/cls_token", "cls_token"),
     rule("encoder/pos_embed", "pos_embed"),
+    rule("encoder/img_pos_embed", "img_pos_embed"),
     *scoped(BLOCK, "encoder/transformer/blocks_{i}/", "blocks.{i}."),
     *scoped(POOL, "clip_projector/", "clip_projector."),
 ]
@@ -141,11 +144,13 @@ OPTIONAL = {
         (r"^clip_pos_embed$", r"^params/clip_pos_embed$"),
         (r"^mae_pos_embed$", r"^params/mae_pos_embed$"),
         (r"^(fc_norm|head)\.", r"^params/(fc_norm|head)/"),
-        (r"^(clip_)?img_pos_embed$", None),
+        (r"^img_pos_embed$", r"^params/(student/)?encoder/img_pos_embed$"),
+        (r"^clip_img_pos_embed$", None),
     ),
     "internvideo2_stage2": (
         (r"^vision_encoder\.(clip_decoder|final_clip_decoder|mae_decoder)\.", None),
-        (r"^vision_encoder\.(clip_pos_embed|mae_pos_embed|img_pos_embed|clip_img_pos_embed)$", None),
+        (r"^vision_encoder\.(clip_pos_embed|mae_pos_embed|clip_img_pos_embed)$", None),
+        (r"^vision_encoder\.img_pos_embed$", r"^params/vision_encoder/encoder/img_pos_embed$"),
         (r"^vision_encoder\.(fc_norm|head)\.", None),
         (r"^clip_teacher\.", None),
         (r"^text_encoder\.bert\.pooler\.", None),

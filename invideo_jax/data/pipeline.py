@@ -14,6 +14,10 @@ Configuration (`default_data_config()`, locked: unknown fields fail):
   num_frames         frames per clip (T)
   sampling           'dense' (T frames `sampling_rate` apart) or 'segment' (one per T equal parts)
   sampling_rate      frame stride of dense clips
+  image_batches      still images (records whose path has an image extension) form training batches of their own,
+                     one frame each ('video' (B, 1, H, W, 3): InternVideo2 runs them as images), mixed with the video
+                     batches in proportion to the two counts, as the official separate image and video loaders; off:
+                     an image is a clip of its one frame repeated num_frames times (evaluation always does that)
   num_sample         repeated augmentation: each decoded training video gives this many independently augmented
                      clips, next to each other in the batch (batch_size counts clips and must divide by it)
   crop_size          output height and width
@@ -79,7 +83,7 @@ def default_data_config() -> ml_collections.ConfigDict:
         train_annotations="", eval_annotations="", format="videomae", root="", train_examples=0,
         frame_template="img_{:05}.jpg", frame_start_index=1,
         tfds_dir="", tfds_name="", train_split="train", eval_split="validation",
-        num_frames=16, sampling="dense", sampling_rate=4, num_sample=1,
+        num_frames=16, sampling="dense", sampling_rate=4, num_sample=1, image_batches=False,
         crop_size=224, short_side=224, train_crop="rrc", rrc_scale=(0.08, 1.0),
         rrc_ratio=(3 / 4, 4 / 3), flip=True, randaug="", random_erase=0.0,
         mixup=0.0, cutmix=0.0, label_smoothing=0.0, num_classes=0, normalize="imagenet",
@@ -116,6 +120,8 @@ def check_data_config(cfg: ml_collections.ConfigDict) -> None:
         raise ValueError("data.mixup/cutmix need data.num_classes > 0")
     if cfg.format == "rawframes" and cfg.audio:
         raise ValueError("data.audio needs video files; data.format='rawframes' has no audio track")
+    if cfg.image_batches and (cfg.audio or cfg.format == "tfds"):
+        raise ValueError("data.image_batches needs annotation files (not 'tfds') and no data.audio")
     if cfg.randaug:
         try:
             transforms.parse_rand_augment(cfg.randaug)
@@ -298,6 +304,13 @@ class TrainExample:
         return {key: np.stack([example[key] for example in examples]) for key in examples[0]}
 
 
+def one_frame(cfg):
+    """A copy of the data config whose clips have one frame (image batches)."""
+    cfg = cfg.copy_and_resolve_references()
+    cfg.num_frames = 1
+    return cfg
+
+
 def flatten_samples(batch: dict) -> dict:
     """(videos, num_sample, ...) fields -> (videos * num_sample, ...): a video's clips next to each other."""
     return {key: value.reshape((-1,) + value.shape[2:]) for key, value in batch.items()}
@@ -375,12 +388,25 @@ def train_iterator(cfg, *, seed: int, batch_size: int, process_index: int | None
     source = make_source(cfg, "train")
     process_index, process_count = process_slice(process_index, process_count)
     host_seed = int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
-    dataset = grain.MapDataset.range(min(cfg.train_examples or len(source), len(source)))[process_index::process_count]
-    if not len(dataset):
-        raise ValueError(f"No training examples for host {process_index} of {process_count}")
-    dataset = (dataset.seed(host_seed).shuffle().repeat().random_map(TrainExample(source, cfg))
-               .to_iter_dataset(read_options(cfg, batch_size // cfg.num_sample))
-               .batch(batch_size // cfg.num_sample, drop_remainder=True))
+    examples = np.arange(min(cfg.train_examples or len(source), len(source)))
+    if cfg.image_batches:
+        is_image = np.array([source.records[i].is_image for i in examples], bool)
+        groups = [(examples[~is_image], cfg), (examples[is_image], one_frame(cfg))]
+    else:
+        groups = [(examples, cfg)]
+    groups = [(indices, group_cfg) for indices, group_cfg in groups if len(indices)]
+    datasets = []
+    for k, (indices, group_cfg) in enumerate(groups):
+        mine = indices[process_index::process_count]
+        if not len(mine):
+            raise ValueError(f"No training examples for host {process_index} of {process_count}")
+        datasets.append(grain.MapDataset.source(mine.tolist()).seed(host_seed + k).shuffle().repeat()
+                        .random_map(TrainExample(source, group_cfg))
+                        .to_iter_dataset(read_options(cfg, batch_size // cfg.num_sample))
+                        .batch(batch_size // cfg.num_sample, drop_remainder=True))
+    # every host mixes by the global counts: the same kind of batch at each step everywhere
+    dataset = datasets[0] if len(datasets) == 1 else grain.IterDataset.mix(
+        datasets, [len(indices) for indices, _ in groups])
     if cfg.num_sample > 1:
         dataset = dataset.map(flatten_samples)
     if cfg.num_classes:

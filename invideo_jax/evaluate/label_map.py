@@ -1,10 +1,12 @@
-"""Class-index maps by class name: a head trained on one label set (Kinetics-710) evaluated on another that it
-covers (Kinetics-400/600/700), by picking the head's rows of the target classes.
+"""Class-index maps: a head trained on one label set (Kinetics-710) evaluated on, or fine-tuned from for, another
+that it covers (Kinetics-400/600/700), by picking the head's rows of the target classes.
 
-The official label-map files are index lists; here the map is built from two class-name files, one name per line in
-class-index order (line i names class i): `config.label_map.source` (the head's classes) and `.target` (the
-evaluation labels' classes). Names match after lower-casing, dropping quotes, and reading '_' as a space.
+For evaluation the map is built from two class-name files, one name per line in class-index order (line i names
+class i): `config.label_map.source` (the head's classes) and `.target` (the evaluation labels' classes). Names match
+after lower-casing, dropping quotes, and reading '_' as a space. Fine-tuning from a K710 head reads the official
+index lists instead (`read_index_map`: InternVideo2's `label_mixto{600,700}.json`; train/init_from.py).
 """
+import json
 import re
 
 import numpy as np
@@ -57,3 +59,20 @@ def from_config(config, head_classes: int) -> np.ndarray | None:
         raise ValueError(f"config.label_map.source {files.source} names {source_count} classes but the head has "
                          f"{head_classes} (config.model.kwargs.num_classes)")
     return rows
+
+
+def read_index_map(path: str) -> np.ndarray:
+    """int (target classes,) of a JSON list of class indices (entry j: the source class of target class j), the
+    official `label_mixto600.json` / `label_mixto700.json`; anything else raises, naming the file."""
+    try:
+        with open(path) as f:
+            rows = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such label-map file (a JSON list of source class indices)") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not JSON ({e})") from None
+    if not (isinstance(rows, list) and rows and all(isinstance(i, int) and i >= 0 for i in rows)):
+        raise ValueError(f"{path}: expected a non-empty JSON list of class indices >= 0")
+    if len(set(rows)) != len(rows):
+        raise ValueError(f"{path}: a class index repeats")
+    return np.asarray(rows, np.int64)

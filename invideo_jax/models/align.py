@@ -1,7 +1,8 @@
 """InternVideo2 stage 2: the video-text alignment model (official `InternVideo2_Stage2`, and with `audio_config` the
 6B `InternVideo2_Stage2_audiovisual`).
 
-  video (B, T, H, W, 3) -> `vision_encoder` (InternVideo2; in training on the visible tokens only)
+  video (B, T, H, W, 3) -> `vision_encoder` (InternVideo2; in training on the visible tokens only; T = 1: an image,
+        positioned by its `img_pos_embed` with `vision_config.sep_image_video_pos_embed`)
         -> tokens (B, 1 + N_vis, D) (CLS first: the official `x_vis`, keys/values of the fusion layers' cross-attention)
         -> pooled (B, 768) (`clip_projector`) -> `vision_proj` -> unit video feature (B, E)
   ids (B, L), attention mask -> `text_encoder` (Bert) text mode: layers [0, fusion_layer) -> hidden (B, L, W)
@@ -34,8 +35,8 @@ Parameter tree (official stage-2 names in brackets):
   audio_encoder/..., audio_proj, av_concat_audio_proj/{dense, norm}, av_fusion/kernel (2E, E), avtm_head (audio)
                                                               [audio_encoder.*, audio_proj, av_concat_audio_proj.{0,1},
                                                                av_fusion, avtm_head]
-Not held: the official vision encoder's stage-1 leftovers (`clip_decoder`, `final_clip_decoder`, `clip_pos_embed`),
-the image position table `img_pos_embed` (images are not supported) and the audio-visual model's heads for losses
+Not held: the official vision encoder's stage-1 leftovers (`clip_decoder`, `final_clip_decoder`, `clip_pos_embed`,
+`clip_img_pos_embed`) and the audio-visual model's heads for losses
 its released configs leave at weight 0 (`atm_head`: ATM; ATC, AVC, AMLM need no parameters and are not modelled).
 
 Methods (for `apply(..., method=...)`): `encode_video` / `encode_audio_video` / `encode_text` (unit features,

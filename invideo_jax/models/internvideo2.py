@@ -6,6 +6,11 @@ patch 14, tubelet 1, a CLS token, a learned `pos_embed` (1, 1 + T*h*w, D) initia
 QK-RMSNorm over the full width (before the head split), LayerScale, the MLP activation `act` and no final norm.
 `clip_projector` pools the tokens to `clip_embed_dim` (768); a fine-tuning head adds `fc_norm` and `head`.
 
+Images (stage 2's image-text data, the official `use_image`): an input of one frame (T = 1) runs as an image of h*w
+patch tokens. Its positions: with `sep_image_video_pos_embed` the learned `img_pos_embed` (1, 1 + h*w, D) (initialised
+from the one-frame sin-cos table, CLS position zero; the official 1B stage 2 and VideoChat2 set it), without it the CLS
+position and the temporal mean of `pos_embed` (the official fallback).
+
 `act`: the official MLP is flash-attn's FusedMLP (tanh-approximate GELU, 'gelu_tanh', the default) with
 `use_fused_mlp=True`, which every released checkpoint was trained with (the single_modality builders' default, the
 stage-2 and CLIP configs); with `use_fused_mlp=False` (the code path without flash-attn) it is `nn.GELU`, exact erf
@@ -15,6 +20,7 @@ Parameter tree; the official names (single_modality `InternVideo2`, stage-2 pref
 
   encoder/patch_embed/proj/kernel (1, 14, 14, 3, D), bias                   [patch_embed.proj.weight (D, 3, 1, 14, 14)]
   encoder/cls_token (1, 1, D), encoder/pos_embed (1, 1 + T*h*w, D)            [cls_token, pos_embed]
+  encoder/img_pos_embed (1, 1 + h*w, D) (sep_image_video_pos_embed)          [img_pos_embed]
   encoder/transformer/blocks_{i}/ (scan: blocks/, leading layer axis)         [blocks.{i}.]
     norm1/scale, norm2/scale                                                  [norm1.weight, norm2.weight]
     attn/qkv/kernel (D, 3, heads, hd), attn/q_norm/scale, attn/k_norm/scale   [attn.qkv.weight, attn.{q,k}_norm]
@@ -86,6 +92,7 @@ class InternVideo2(nn.Module):
     tubelet_size: int = 1
     num_frames: int = 8
     image_size: int = 224
+    sep_image_video_pos_embed: bool = False  # images (T = 1) take `img_pos_embed` (module docstring)
     layer_scale: float = 1e-5
     norm_eps: float = 1e-6
     act: str = "gelu_tanh"
@@ -115,7 +122,8 @@ class InternVideo2(nn.Module):
         return dict(
             width=self.width, depth=self.depth, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
             patch_size=self.patch_size, tubelet_size=self.tubelet_size, num_frames=self.num_frames,
-            image_size=self.image_size, pos_embed="learned_sincos_3d", cls_token=True, qkv_bias="none",
+            image_size=self.image_size, pos_embed="learned_sincos_3d",
+            image_pos_embed="separate" if self.sep_image_video_pos_embed else "mean", cls_token=True, qkv_bias="none",
             qk_norm=True, norm="rmsnorm", norm_eps=self.norm_eps, act=self.act, layer_scale=self.layer_scale,
             final_norm=False, pool="none", num_classes=0, drop_path=self.drop_path, scan=self.scan,
             remat=self.remat, attn_impl=self.attn_impl, return_layers=tuple(self.return_layers), depth_scaled_init=True,
@@ -123,7 +131,8 @@ class InternVideo2(nn.Module):
 
     @nn.compact
     def __call__(self, video, visible_idx=None, *, train: bool = False):
-        """video (B, T, H, W, C); visible_idx (B, N_vis) keeps those patch tokens (the CLS token always)."""
+        """video (B, T, H, W, C) (T = num_frames, or 1: an image); visible_idx (B, N_vis) keeps those patch tokens
+        (the CLS token always)."""
         if self.act not in ACTIVATIONS:
             raise ValueError(f"InternVideo2.act={self.act!r}: expected one of {ACTIVATIONS} (module docstring)")
         out = VisionTransformer(name="encoder", **self.encoder_kwargs())(video, visible_idx, train=train)

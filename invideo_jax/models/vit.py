@@ -2,6 +2,11 @@
 
 Input (B, T, H, W, C) channels-last. Tokens are ordered (t, h, w). `visible_idx` (B, N_vis) runs the encoder on a
 gathered subset of tokens (static count), as masked pre-training does.
+
+Images (`image_pos_embed`, learned tables with a CLS position only): an input of one tubelet of frames (T =
+tubelet_size) runs as an image, its positions from a one-frame table: 'mean' (the CLS position and the temporal mean
+of `pos_embed`) or 'separate' (a learned `img_pos_embed` (1, 1 + h*w, D), initialised from the one-frame sin-cos
+table); InternVideo2 stage 2's `use_image` without / with `sep_image_video_pos_embed`. 'none': only T = num_frames.
 """
 from typing import Any, Optional
 
@@ -11,6 +16,7 @@ import jax.numpy as jnp
 from invideo_jax.models import layers
 
 POS_EMBED_KINDS = ("sincos_1d", "learned_sincos_3d", "none")
+IMAGE_POS_EMBED_KINDS = ("none", "mean", "separate")
 POOL_KINDS = ("none", "mean", "cls")
 
 
@@ -26,6 +32,7 @@ class VisionTransformer(nn.Module):
     num_frames: int = 16
     image_size: int = 224
     pos_embed: str = "sincos_1d"
+    image_pos_embed: str = "none"  # module docstring
     cls_token: bool = False
     qkv_bias: str = "qv"
     qk_norm: bool = False
@@ -65,13 +72,19 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"pos_embed must be one of {POS_EMBED_KINDS}, got {self.pos_embed!r}")
         if self.pool not in POOL_KINDS:
             raise ValueError(f"pool must be one of {POOL_KINDS}, got {self.pool!r}")
-        expected = (self.num_frames, self.image_size, self.image_size)
+        if self.image_pos_embed not in IMAGE_POS_EMBED_KINDS:
+            raise ValueError(f"image_pos_embed must be one of {IMAGE_POS_EMBED_KINDS}, got {self.image_pos_embed!r}")
+        if self.image_pos_embed != "none" and not (self.pos_embed == "learned_sincos_3d" and self.cls_token):
+            raise ValueError(f"image_pos_embed={self.image_pos_embed!r} needs pos_embed='learned_sincos_3d' and a "
+                             "cls_token")
+        image = self.image_pos_embed != "none" and video.shape[1] == self.tubelet_size
+        expected = (self.tubelet_size if image else self.num_frames, self.image_size, self.image_size)
         if tuple(video.shape[1:4]) != expected:
             raise ValueError(f"video (B, T, H, W, C) has T, H, W = {tuple(video.shape[1:4])}; model expects {expected}")
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = layers.PatchEmbed(self.width, self.patch_size, self.tubelet_size, name="patch_embed", **kw)(
             video.astype(self.dtype))
-        pos = self._position_table().astype(x.dtype)
+        pos = self._position_table(image).astype(x.dtype)
         num_prefix = pos.shape[1] - x.shape[1]
         x = x + pos[:, num_prefix:]
         if visible_idx is not None:
@@ -108,13 +121,27 @@ class VisionTransformer(nn.Module):
                                          **kw)(pooled).astype(jnp.float32)
         return out
 
-    def _position_table(self):
-        """(1, N, D) fixed table, or the learned (1, [1 +] N, D) `pos_embed` (cls position first, zero-initialised)."""
+    def _position_table(self, image: bool = False):
+        """(1, N, D) fixed table, or the learned (1, [1 +] N, D) `pos_embed` (cls position first, zero-initialised);
+        with `image`, the one-frame table of `image_pos_embed` (1, 1 + h*w, D)."""
         if self.pos_embed == "none":
             return jnp.zeros((1, self.num_patches, self.width))
         if self.pos_embed == "sincos_1d":
             return jnp.asarray(layers.sincos_1d_interleaved(self.num_patches, self.width))[None]
-        table = jnp.asarray(layers.sincos_3d(*self.grid, self.width))
+        table = self._learned("pos_embed", self.grid)
+        if self.image_pos_embed == "separate":
+            image_table = self._learned("img_pos_embed", (1, *self.grid[1:]))  # created for videos too
+            if image:
+                return image_table
+        if image:
+            t, h, w = self.grid
+            frames = table[:, 1:].reshape(1, t, h * w, self.width)
+            return jnp.concatenate([table[:, :1], frames.mean(axis=1)], axis=1)
+        return table
+
+    def _learned(self, name: str, grid: tuple):
+        """A learned (1, [1 +] t*h*w, D) table `name` initialised from the 3-D sin-cos table of `grid`."""
+        table = jnp.asarray(layers.sincos_3d(*grid, self.width))
         if self.cls_token:
             table = jnp.concatenate([jnp.zeros((1, self.width)), table])
-        return self.param("pos_embed", layers.logical(lambda *_: table[None], (None, None, "embed")), None)
+        return self.param(name, layers.logical(lambda *_: table[None], (None, None, "embed")), None)

@@ -1,5 +1,9 @@
 """InternVideo2 stage 2: video-text alignment (model `invideo_jax.models.align.VideoTextAlign`), optionally with audio.
 
+Image-text data (`data.image_batches`): still images come in batches of their own with one frame, which the vision
+encoder runs as images (its `img_pos_embed` with `sep_image_video_pos_embed`, else the frames' mean of `pos_embed`),
+masked at `mask.image_ratio`; every loss is the same on them (the official `use_image` batches of its image loaders).
+
 Per step, on the clips' visible tokens (random masking of `config.mask.ratio` of the patch tokens, fixed count; the
 official masks 0.8 of a video's tokens in stage 2; 0 = every token):
   CON  symmetric InfoNCE on the global batch between the unit video and text features, similarities divided by the
@@ -25,7 +29,8 @@ Evaluation (the videotext task's `evaluate_video_text`): text->video / video->te
 dual-softmax re-ranking, and zero-shot classification from `config.zero_shot` prompts, on the unit features of the
 unmasked encoder; with `config.rerank.k` > 0 also the official matching re-ranking (k_test: each text's top-k
 videos and each video's top-k texts scored by the `itm_head` match logit, `retrieval_match/...`; the official's
-reported numbers use it with k = 128). The audio-visual side is not re-ranked.
+reported numbers use it with k = 128), under every caption protocol (`retrieval.captions`: the paragraph queries
+of DiDeMo are scored as joined paragraphs). The audio-visual side is not re-ranked.
 
 Captions need a tokenizer with a mask token and a padding id equal to `model.kwargs.pad_id`: 'bert' (the official
 BERT-large-uncased WordPiece vocabulary) or 'words' (the demo's).
@@ -166,13 +171,19 @@ class Task:
             raise ValueError(f"data.text_length={d.text_length} exceeds model.kwargs.text_config.max_len")
 
     # ---------------------------------------------------------------- training
-    def visible_indices(self, rng, batch: int):
-        """(B, N_vis) patch tokens kept in training (random masking, fixed count), or None without masking."""
-        ratio = self.config.mask.ratio
+    def visible_indices(self, rng, batch: int, frames: int = 0):
+        """(B, N_vis) patch tokens kept in training (random masking, fixed count), or None without masking. An image
+        batch (`frames` 1, `data.image_batches`) masks `mask.image_ratio` of its one frame's tokens (official
+        image_mask_ratio 0.5; default: `mask.ratio`)."""
+        vision = self.model.vision_config
+        tokens, ratio = self.num_tokens, self.config.mask.ratio
+        if frames == 1 != vision.get("num_frames", 8):
+            tokens //= vision.get("num_frames", 8) // vision.get("tubelet_size", 1)
+            ratio = self.config.mask.get("image_ratio", ratio)
         if not ratio:
             return None
-        mask = masking.random_mask(rng, batch, self.num_tokens, ratio)
-        return masking.split_indices(mask, int(ratio * self.num_tokens))[0]
+        mask = masking.random_mask(rng, batch, tokens, ratio)
+        return masking.split_indices(mask, int(ratio * tokens))[0]
 
     def init_variables(self, rng, batch):
         return self.model.init({"params": rng, "dropout": rng}, batch["video"], batch["text"],
@@ -188,8 +199,8 @@ class Task:
 
         video, ids = batch["video"], batch["text"]
         side = {"ids": ids, "text_mask": ids != self.model.pad_id}
-        tokens, pooled = run(model.encode_vision, video, self.visible_indices(jax.random.fold_in(vision_key, 1),
-                                                                              video.shape[0]), key=vision_key)
+        visible = self.visible_indices(jax.random.fold_in(vision_key, 1), video.shape[0], video.shape[1])
+        tokens, pooled = run(model.encode_vision, video, visible, key=vision_key)
         side["hidden"] = run(model.text_hidden, ids, side["text_mask"], key=text_key)
         side["text_features"] = self.model.apply(variables, side["hidden"], method=model.text_features)
         temp = losses.clamp_temperature(params["temp"], cfg.temp_min, cfg.temp_max)
@@ -259,7 +270,7 @@ class Task:
         out = {"video_features": self.model.apply(variables, pooled, method=model.video_features),
                "text_features": self.model.apply(variables, hidden, method=model.text_features)}
         if rerank_k(self.config):
-            out.update(context=tokens, text_hidden=hidden, text_mask=batch["text"] != self.model.pad_id)
+            out.update(context=tokens, text_ids=batch["text"])
         if self.model.audio_config is not None:
             out["audio_video_features"] = self.model.apply(variables, batch["video"], batch["audio"],
                                                            batch["audio_mask"], method=model.encode_audio_video)
@@ -272,19 +283,25 @@ class Task:
 
     def evaluate(self, state, predict, mesh) -> dict:
         return evaluate_video_text(state, predict, mesh, self.config, self.encode_text, self.tokenizer,
+                                   text_states=functools.partial(self.text_states, state.params),
                                    match=functools.partial(self.match_logits, state.params))
+
+    def text_states(self, params, ids):
+        """(hidden (N, L, W), mask (N, L)) of the captions' token ids (N, L) in text mode, the re-ranking's query
+        side, in padded batches of MATCH_BATCH."""
+        ids = np.asarray(ids)
+        return in_batches(lambda i: self._text_hidden(params, i), ids), ids != self.model.pad_id
+
+    @functools.cached_property
+    def _text_hidden(self):
+        return jax.jit(lambda params, ids: self.model.apply({"params": params}, ids, method=VideoTextAlign.text_hidden))
 
     def match_logits(self, params, hidden, text_mask, context):
         """The `itm_head` match logit of each (caption, video context) pair, in padded batches of MATCH_BATCH."""
         if self._match is None:
             self._match = jax.jit(lambda p, h, m, c: self.model.apply({"params": p}, h, m, c,
                                                                       method=VideoTextAlign.match)[:, 1])
-        count = len(hidden)
-
-        def pad(x):
-            return np.concatenate([x, np.repeat(x[-1:], MATCH_BATCH - count, axis=0)])
-
-        return np.asarray(self._match(params, *map(pad, (hidden, text_mask, context))))[:count]
+        return in_batches(lambda *x: self._match(params, *x), hidden, text_mask, context)
 
     # ---------------------------------------------------------------- inference (invideo_jax/inference.py)
     def encode_video(self, params, model_state, video) -> dict:
@@ -301,3 +318,15 @@ class Task:
         """The factor on cosine similarities before a softmax: 1 / temp, clamped as the loss clamps it."""
         cfg = self.config.loss
         return float(1 / np.clip(np.asarray(params["temp"], np.float32), cfg.temp_min, cfg.temp_max))
+
+
+def in_batches(fn, *arrays, size: int = MATCH_BATCH):
+    """fn(*arrays) computed in batches of `size` rows (the last padded with copies of its last row, so a jitted
+    `fn` compiles once), as one numpy array."""
+    outputs = []
+    for start in range(0, len(arrays[0]), size):
+        chunk = [x[start:start + size] for x in arrays]
+        count = len(chunk[0])
+        padded = [np.concatenate([x, np.repeat(x[-1:], size - count, axis=0)]) for x in chunk]
+        outputs.append(np.asarray(fn(*padded))[:count])
+    return np.concatenate(outputs)

@@ -115,16 +115,14 @@ def rerank_k(config) -> int:
 
 
 def caption_protocol(config) -> str:
-    """`config.retrieval.captions` (no such field: 'first'), checked; matching re-ranking needs 'first'."""
+    """`config.retrieval.captions` (no such field: 'first'), checked."""
     protocol = config.retrieval.captions if "retrieval" in config else "first"
     if protocol not in retrieval.CAPTION_PROTOCOLS:
         raise ValueError(f"retrieval.captions={protocol!r} must be one of {retrieval.CAPTION_PROTOCOLS}")
-    if protocol != "first" and rerank_k(config):
-        raise ValueError(f"retrieval.captions={protocol!r}: matching re-ranking (rerank.k) supports 'first' only")
     return protocol
 
 
-def evaluate_video_text(state, predict, mesh, config, encode_text, tokenizer, match=None) -> dict:
+def evaluate_video_text(state, predict, mesh, config, encode_text, tokenizer, text_states=None, match=None) -> dict:
     """Retrieval (plain and dual-softmax) and, with `config.zero_shot.class_names`, zero-shot classification on the
     eval split; shared by the video-text tasks (videotext, align).
 
@@ -135,10 +133,11 @@ def evaluate_video_text(state, predict, mesh, config, encode_text, tokenizer, ma
     `encode_text(params, batch_stats, ids)` -> (N, E) text features (of those captions and the zero-shot prompts),
     `tokenizer()` -> the data's tokenizer (called only for them).
 
-    Matching re-ranking (`config.rerank.k` > 0 and `match`): `predict` also gives per-view `context` tokens and the
-    caption's `text_hidden` / `text_mask`; each video's views' context tokens are averaged (as the official averages
-    test segments), and `match(text_hidden, text_mask, context)` -> (n,) match logits re-scores each direction's
-    top k (`retrieval_match/...`).
+    Matching re-ranking (`config.rerank.k` > 0, `text_states` and `match`), under every caption protocol: `predict`
+    also gives per-view `context` tokens and the caption's `text_ids`; each video's views' context tokens are
+    averaged (as the official averages test segments); the queries' token ids (the first captions' from `predict`,
+    else the protocol's texts tokenized) -> `text_states(ids)` -> (hidden, mask), and `match(hidden, mask,
+    context)` -> (n,) match logits re-scores each direction's top k (`retrieval_match/...`).
     """
     views = list(loop.predictions(state, predict, config, mesh))
     out = {k: np.concatenate([v[k] for v in views]) for k in views[0]}
@@ -154,6 +153,7 @@ def evaluate_video_text(state, predict, mesh, config, encode_text, tokenizer, ma
     protocol = caption_protocol(config)
     if protocol == "first":
         text, text_to_video = zero_shot.l2_normalize(out["text_features"][keep][first_view]), np.arange(len(videos))
+        texts = None
     else:
         source = pipeline.make_source(config.data, "eval")
         texts, text_to_video = retrieval.caption_queries([source[int(i)][0].captions for i in videos], protocol)
@@ -173,9 +173,10 @@ def evaluate_video_text(state, predict, mesh, config, encode_text, tokenizer, ma
         context = np.zeros((len(videos), *out["context"].shape[1:]), np.float32)
         np.add.at(context, view_video, out["context"][keep])
         context /= np.bincount(view_video)[:, None, None]
-        hidden, mask = out["text_hidden"][keep][first_view], out["text_mask"][keep][first_view]
+        ids = out["text_ids"][keep][first_view] if texts is None else tokenizer().encode(texts)
+        hidden, mask = text_states(ids)
         t2v, v2t = retrieval.rerank_top_k(text @ video.T, k, lambda t, v: match(hidden[t], mask[t], context[v]))
-        metrics = retrieval.retrieval_metrics(t2v, np.arange(len(videos)), v2t_similarity=v2t)
+        metrics = retrieval.retrieval_metrics(t2v, text_to_video, v2t_similarity=v2t)
         result.update({f"retrieval_match/{name}": value for name, value in metrics.items()
                        if isinstance(value, (int, float))})
         result["retrieval_match/k"] = k
