@@ -149,15 +149,6 @@ def mean_token_attention(tokens, grid):
     return jax.nn.softmax(scores.reshape(x.shape[0], t, h * w), axis=-1)
 
 
-def child_module(cls, kwargs, field: str) -> nn.Module:
-    """The unbound `cls` module of the settings `kwargs` (`model.kwargs.<field>`): its attributes are the child's
-    settings, defaults included, for the parent to read instead of restating them."""
-    try:
-        return cls(**dict(kwargs), parent=None)
-    except TypeError as e:
-        raise ValueError(f"model.kwargs.{field}: {e}") from None
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Student heads
 # ----------------------------------------------------------------------------------------------------------
@@ -281,18 +272,20 @@ class Distiller(nn.Module):
 
     def _student_module(self) -> InternVideo2:
         """The student's settings (an unbound module: `.grid`, `.depth`, ... with the defaults it runs with)."""
-        return child_module(InternVideo2, self.student, "student")
+        return layers.unbound_module(InternVideo2, self.student, "student")
 
     def _teacher_image_module(self) -> Optional[nn.Module]:
         """The image teacher's settings (an unbound InternVideo2 or VisionTransformer), or None without one."""
         if not self.teacher_image:
             return None
         kind = InternVideo2 if self.teacher_image_kind == "internvideo2" else VisionTransformer
-        return child_module(kind, self.teacher_image, "teacher_image")
+        return layers.unbound_module(kind, self.teacher_image, "teacher_image")
 
     def _teacher_video_module(self) -> Optional[VisionTransformer]:
         """The video teacher's settings (an unbound VisionTransformer), or None without one."""
-        return child_module(VisionTransformer, self.teacher_video, "teacher_video") if self.teacher_video else None
+        if not self.teacher_video:
+            return None
+        return layers.unbound_module(VisionTransformer, self.teacher_video, "teacher_video")
 
     @property
     def num_visible(self) -> int:
