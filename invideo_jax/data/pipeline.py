@@ -347,6 +347,11 @@ def process_slice(process_index, process_count) -> tuple[int, int]:
             jax.process_count() if process_count is None else process_count)
 
 
+def host_seed(seed: int, process_index: int) -> int:
+    """The seed of process `process_index`'s examples, drawn from the run's `seed`."""
+    return int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
+
+
 def read_options(cfg, batch_size: int) -> grain.ReadOptions:
     """grain reading threads and prefetch buffer from the data config."""
     return grain.ReadOptions(num_threads=cfg.threads,
@@ -391,11 +396,11 @@ def shuffled_examples(count: int, *, seed: int, process_index: int | None = None
     """(this host's share of range(count) -- every process_count-th index from process_index -- shuffled anew each
     epoch without end, seeded with the host's seed (which later random maps draw from); that seed)."""
     process_index, process_count = process_slice(process_index, process_count)
-    host_seed = int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
+    seed = host_seed(seed, process_index)
     dataset = grain.MapDataset.range(count)[process_index::process_count]
     if not len(dataset):
         raise ValueError(f"No training examples for host {process_index} of {process_count}")
-    return dataset.seed(host_seed).shuffle().repeat(), host_seed
+    return dataset.seed(seed).shuffle().repeat(), seed
 
 
 def training_batches(examples, cfg, source, *, batch_size: int, host_seed: int):
@@ -416,7 +421,7 @@ def training_batches(examples, cfg, source, *, batch_size: int, host_seed: int):
 
 def train_iterator(cfg, *, seed: int, batch_size: int, process_index: int | None = None,
                    process_count: int | None = None):
-    """An endless iterator of this host's training batches; resumable with get_state/set_state."""
+    """An endless iterator of this host's training batches (`batch_spec`); resumable with get_state/set_state."""
     check_data_config(cfg)
     source = make_source(cfg, "train")
     examples, host_seed = shuffled_examples(min(cfg.train_examples or len(source), len(source)), seed=seed,
