@@ -38,7 +38,8 @@ from absl import app, flags  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from invideo_jax import aot  # noqa: E402
-from invideo_jax.train import optim, trainer  # noqa: E402
+from invideo_jax.data import pipeline  # noqa: E402
+from invideo_jax.train import optim  # noqa: E402
 
 _CONFIGS = flags.DEFINE_multi_string("configs", None, "Config files PATH[:ARG]; repeat the flag for several configs. "
                                      "Default: configs/videomae_pretrain.py:VARIANT,v2=True,scan=True per --variants.")
@@ -79,7 +80,7 @@ def main(argv):
     for spec in specs:
         config = common.build(spec, remats[0], _BATCH.value, _FRAMES.value)
         shapes = ", ".join(f"{key} {tuple(s.shape)} {s.dtype}" for key, s in
-                           trainer.batch_shapes(config, config.batch_size).items())
+                           pipeline.batch_spec(config.data, config.batch_size).items())
         print(f"{common.label(spec)}: batch {shapes}")
     print("\n| config | mesh | rules | remat | argument | output | alias | temp | code | peak | params+opt "
           "| compile s |")

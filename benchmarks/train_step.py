@@ -25,7 +25,7 @@ import numpy as np
 
 from benchmarks import common
 from invideo_jax import aot, sharding
-from invideo_jax.train import trainer
+from invideo_jax.data import pipeline
 
 COLUMNS = ("config", "batch", "devices", "mesh", "compile s", "GFLOP/step/device", "ms/step", "clips/s",
            "MFU", "peak GFLOP/s", "load avg", "machine", "versions", "command")
@@ -63,7 +63,7 @@ def random_batch(config, batch_sharding, seed: int = 0) -> dict:
     """A global batch shaped as the data pipeline yields it: video and audio N(0, 1), labels and token ids in range,
     one-hot targets, every example good and with audio."""
     rng = np.random.default_rng(seed)
-    shapes = trainer.batch_shapes(config, config.batch_size)
+    shapes = pipeline.batch_spec(config.data, config.batch_size)
     batch = {}
     for key, s in shapes.items():
         if key == "label":

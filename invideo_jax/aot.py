@@ -32,6 +32,7 @@ import jax
 import numpy as np
 
 from invideo_jax import sharding
+from invideo_jax.data import pipeline
 from invideo_jax.train import optim, trainer
 from invideo_jax.train.tasks import get_task
 
@@ -149,7 +150,7 @@ def abstract_batch(config, batch_sharding, batch_size=None, task=None) -> dict:
     """ShapeDtypeStructs of a global batch as the data pipeline yields it (default: the training batch size), with
     the fields a task reads from elsewhere (stored teacher targets: `task.stored_batch_shapes`)."""
     batch_size = batch_size or config.batch_size
-    shapes = dict(trainer.batch_shapes(config, batch_size))
+    shapes = dict(pipeline.batch_spec(config.data, batch_size))
     if hasattr(task, "stored_batch_shapes"):
         shapes.update(task.stored_batch_shapes(batch_size))
     return {key: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=batch_sharding) for key, s in shapes.items()}

@@ -25,14 +25,14 @@ from absl import logging
 
 from invideo_jax import paths, presets, sharding
 from invideo_jax.convert import api, common
-from invideo_jax.data import transforms
-from invideo_jax.train import init_from, trainer
+from invideo_jax.data import pipeline, transforms
+from invideo_jax.train import init_from
 from invideo_jax.train.tasks import get_task
 
 
 def abstract_variables(task, config, batch_size: int = 1):
     """The task's variables as ShapeDtypeStructs, still boxed with their logical axis names (no weights)."""
-    return jax.eval_shape(task.init_variables, jax.random.PRNGKey(0), trainer.batch_shapes(config, batch_size))
+    return jax.eval_shape(task.init_variables, jax.random.PRNGKey(0), pipeline.batch_spec(config.data, batch_size))
 
 
 def count_params(name: str) -> int:

@@ -1,6 +1,7 @@
 """Losses, computed in float32."""
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from invideo_jax.data.transforms import NORMALIZATION
@@ -102,7 +103,10 @@ def caption_loss(logits, targets, mask):
 
 
 def l2_normalize(x, eps: float = 1e-12):
-    """x / max(|x|, sqrt(eps)) over the last axis, in float32 (torch `F.normalize`)."""
+    """x / max(|x|, sqrt(eps)) over the last axis (torch `F.normalize`): a jax array in float32, a numpy array on the
+    host in its own dtype (evaluation averages unit features in float64)."""
+    if isinstance(x, np.ndarray):
+        return x / np.sqrt(np.maximum(np.sum(x * x, axis=-1, keepdims=True), eps))
     x = x.astype(jnp.float32)
     return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
 

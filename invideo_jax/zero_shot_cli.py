@@ -32,7 +32,7 @@ import sys
 import numpy as np
 from absl import logging
 
-from invideo_jax import paths as user_paths
+from invideo_jax import losses, paths as user_paths
 from invideo_jax.data import pipeline
 from invideo_jax.data.discovery import find_videos
 from invideo_jax.data.video import BadVideo, decode_frames
@@ -129,10 +129,10 @@ def video_embeddings(model, paths, clips: int = 0, batch_size: int = 16, workers
         chunks.append(model.encode_video(np.stack(padded))["features"][:len(views)])
     if not kept:
         return np.zeros((0, 0), np.float32), kept, failed
-    features = zero_shot.l2_normalize(np.concatenate(chunks).astype(np.float64))
+    features = losses.l2_normalize(np.concatenate(chunks).astype(np.float64))
     summed = np.zeros((len(kept), features.shape[1]))
     np.add.at(summed, np.asarray(owners), features)
-    return zero_shot.l2_normalize(summed).astype(np.float32), kept, failed
+    return losses.l2_normalize(summed).astype(np.float32), kept, failed
 
 
 def classify(model, paths, labels, templates=("{}",), clips: int = 0, batch_size: int = 16) -> dict:

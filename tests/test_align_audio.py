@@ -164,7 +164,7 @@ def test_train_steps_on_pipeline_batches_keep_the_frozen_encoder(root):
     c = audio_config(root)
     task = get_task(c)
     batch = {k: v for k, v in next(pipeline.train_iterator(c.data, seed=0, batch_size=4)).items()
-             if k in trainer.batch_shapes(c, 4)}
+             if k in pipeline.batch_spec(c.data, 4)}
     params = nn.unbox(jax.jit(task.init_variables)(jax.random.PRNGKey(0), batch))["params"]
     tx, schedule = optim.make_optimizer(c.optim, params, total_steps=2, global_batch=4)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), batch_stats={},

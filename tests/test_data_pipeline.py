@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from invideo_jax.data import pipeline, transforms
+from invideo_jax.data import pipeline, tokenizer, transforms
 from invideo_jax.data.video import write_video
 from invideo_jax.evaluate.multiview import MultiViewAccumulator
 
@@ -82,6 +82,20 @@ def test_train_batches_follow_the_contract(dataset):
     np.testing.assert_allclose(batch["targets"].max(1), 0.9 + 0.1 / NUM_VIDEOS, rtol=1e-6)
     np.testing.assert_array_equal(batch["targets"].argmax(1), batch["label"])
     np.testing.assert_array_equal(batch["bad"], 0)
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(label_smoothing=0.1),
+    dict(num_classes=0, num_sample=2, tokenizer="words", text_length=6, audio=True, audio_frames=20),
+])
+def test_batch_spec_lists_the_numeric_fields_of_the_batches(dataset, tmp_path, overrides):
+    """`batch_spec` (what the trainer, aot and the registry shape models with) against batches the pipeline yields."""
+    tokenizer.train_word_tokenizer([f"video {i} a b" for i in range(NUM_VIDEOS)], str(tmp_path / "words"))
+    cfg = config(dataset, format="json", train_annotations=str(dataset / "list.json"),
+                 tokenizer_path=str(tmp_path / "words"), **overrides)
+    batch = next(pipeline.train_iterator(cfg, seed=0, batch_size=4, process_index=0, process_count=1))
+    numeric = {key: (value.shape, value.dtype) for key, value in batch.items() if value.dtype.kind in "biuf"}
+    assert numeric == {key: (s.shape, s.dtype) for key, s in pipeline.batch_spec(cfg, 4).items()}
 
 
 def _epoch_labels(cfg, process_index, process_count, epochs=1, batch_size=3):

@@ -46,9 +46,9 @@ APPLY = jax.jit(functools.partial(Distiller(**MODEL).apply, capture_intermediate
     module.name == "teacher_image" and method == "__call__")))
 
 
-def random_params():
+def random_params(model=Distiller(**MODEL)):
     """Random values (norm scales around 1) in the model's shapes: nothing to compile."""
-    shapes = nn.unbox(jax.eval_shape(Distiller(**MODEL).init, {"params": jax.random.PRNGKey(0)}, clips()))["params"]
+    shapes = nn.unbox(jax.eval_shape(model.init, {"params": jax.random.PRNGKey(0)}, clips()))["params"]
     rng = np.random.default_rng(7)
     flat = traverse_util.flatten_dict(shapes, sep="/")
     values = {k: (1.0 + 0.1 * rng.standard_normal(v.shape) if k.endswith("scale") else
@@ -118,6 +118,34 @@ def test_the_mask_is_the_image_teachers_pool_attention_top_k_and_the_student_see
     expect_last = np.concatenate([cls[:, None], patches], 1)
     expect_last /= np.linalg.norm(expect_last, axis=-1, keepdims=True)
     np.testing.assert_allclose(out["target"]["image_layers"][-1], expect_last, atol=1e-5)
+
+
+def layer_norm(x, p, eps):
+    x = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + eps)
+    return x * p["scale"] + p["bias"]
+
+
+def test_the_mask_uses_the_image_teachers_own_pool_settings():
+    """An image teacher with 4 pool heads and pool LayerNorm eps 50 (not InternVideo2's defaults, nowhere restated
+    by the Distiller): the mask is the top-k of that pool's attention, computed here in numpy from its tokens."""
+    model = Distiller(**dict(MODEL, teacher_image=dict(TEACHER_IMAGE, attn_pool_heads=4, pool_norm_eps=50.0),
+                             parts="teachers"))
+    params = random_params(model)
+    out, captured = model.apply({"params": params}, clips(1), capture_intermediates=lambda module, method: (
+        module.name == "teacher_image" and method == "__call__"))
+    tokens = np.asarray(captured["intermediates"]["teacher_image"]["__call__"][0]["tokens"], np.float64)
+    pool = jax.tree.map(lambda a: np.asarray(a, np.float64), params["teacher_image"]["clip_projector"])
+
+    def project(x, p):
+        return np.einsum("bnd,dhk->bnhk", x, p["kernel"]) + p["bias"]
+
+    q = project(layer_norm(tokens.mean(axis=1, keepdims=True), pool["norm1_q"], 50.0), pool["cross_attn"]["q"])
+    k = project(layer_norm(tokens, pool["norm1_k"], 50.0), pool["cross_attn"]["k"])  # (B*T, 17, 4 heads, 4)
+    logits = np.einsum("bqhd,bkhd->bhk", q, k) / 2.0
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    attention = (weights / weights.sum(-1, keepdims=True)).mean(axis=1)[:, 1:].reshape(2, 2, 16)
+    expect = np.sort(np.argsort(-attention, axis=-1)[..., :KEEP], axis=-1) + 16 * np.arange(2)[None, :, None]
+    np.testing.assert_array_equal(out["visible_idx"], expect.reshape(2, 2 * KEEP))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -262,6 +290,11 @@ def test_vit_image_teacher_and_video_mean_masking_build():
     (dict(teacher_video=dict(TEACHER_VIDEO, patch_size=16)), "teacher_video"),
     (dict(video_layers=4), "video_layers"),
     (dict(mask_sampling="gumbel"), "mask_sampling"),
+    # a vit teacher without tubelet_size has VisionTransformer's (2), not the per-frame 1
+    (dict(teacher_image_kind="vit", mask_source="video_mean", teacher_image=dict(
+        width=16, depth=2, num_heads=2, mlp_dim=32, patch_size=8, num_frames=1, image_size=32, pool="cls")),
+     "tubelet_size"),
+    (dict(student=dict(STUDENT, pool_heads=2)), "model.kwargs.student"),  # not an InternVideo2 field
 ])
 def test_bad_fields_are_named(change, match):
     model = Distiller(**dict(MODEL, **change))

@@ -28,6 +28,19 @@ def features(batch, dim=16, seed=0):
     return video, text
 
 
+def test_l2_normalize_is_torch_normalize_on_device_and_host():
+    """One l2_normalize: a jax array -> float32, a numpy array keeps its dtype (float64 evaluation); both match torch
+    `F.normalize` (eps 1e-12 on the norm: a zero row stays zero)."""
+    x = np.concatenate([np.random.default_rng(0).standard_normal((3, 8)), np.zeros((1, 8))])
+    want = F.normalize(torch.from_numpy(x), dim=-1).numpy()
+    device = losses.l2_normalize(jax.numpy.asarray(x, np.float32))
+    host = losses.l2_normalize(x)
+    assert device.dtype == np.float32 and isinstance(host, np.ndarray) and host.dtype == np.float64
+    np.testing.assert_allclose(device, want, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(host, want, rtol=1e-15, atol=0)
+    np.testing.assert_array_equal(host[:3], x[:3] / np.linalg.norm(x[:3], axis=-1, keepdims=True))  # as before
+
+
 @pytest.mark.parametrize("logit_scale", [math.log(1 / 0.07), 7.0])  # 7.0 > ln(100): clipped
 def test_contrastive_loss_matches_torch(logit_scale):
     video, text = features(12)

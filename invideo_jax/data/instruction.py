@@ -36,11 +36,10 @@ import dataclasses
 import os
 
 import grain
-import jax
 import numpy as np
 from absl import logging
 
-from invideo_jax.data import transforms
+from invideo_jax.data import pipeline, transforms
 from invideo_jax.data.annotations import is_image_path, read_annotations, read_json_file
 from invideo_jax.data.video import BadVideo, decode_frames, frame_rate, segment_indices
 
@@ -275,15 +274,13 @@ class InstructionBatches:
 def train_iterator(records, cfg, encode, *, seed: int, batch_size: int, process_index=None, process_count=None):
     """This host's endless, resumable iterator of instruction batches (module docstring). `encode(record, rng)` ->
     the token fields of one record (the task's template and tokenizers; may raise TooLong)."""
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
+    process_index, process_count = pipeline.process_slice(process_index, process_count)
     totals = {kind: sum(r.is_image == (kind == "image") for r in records) for kind in KINDS}
     groups = {kind: [r for r in records if r.is_image == (kind == "image")][process_index::process_count]
               for kind in totals}
     for kind, n in totals.items():
         if n and not groups[kind]:
             raise ValueError(f"no {kind} records for host {process_index} of {process_count}")
-    host_seed = int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
-    batches = InstructionBatches(groups, totals, cfg, encode, batch_size, seed, host_seed)
+    batches = InstructionBatches(groups, totals, cfg, encode, batch_size, seed, pipeline.host_seed(seed, process_index))
     steps = grain.MapDataset.range(2 ** 62).map(batches)
     return iter(steps.to_iter_dataset(grain.ReadOptions(num_threads=cfg.threads, prefetch_buffer_size=cfg.prefetch)))

@@ -46,14 +46,10 @@ Configuration (`default_data_config()`, locked: unknown fields fail):
   audio              add each clip's audio track as a log-mel spectrogram ('audio', 'audio_mask'; data/audio.py)
   audio_mel_bins, audio_frames   its mel bins and filterbank frames (InternVideo2-6B: 64 and 998, 10 s)
 
-Batches are dicts of numpy arrays: 'video' float32 (B, T, H, W, 3) normalised, with num_sample = n > 1, rows
-k n .. k n + n - 1 are clips of one video; 'label' int32 (-1 if
-none), 'targets' float32 (B, num_classes) when num_classes > 0, 'bad' int32 (1 where a bad video was
-replaced by another example), 'caption' str when the annotations have captions (one drawn at random per
-training clip; the first in evaluation), 'text' int32 (B, text_length) with a tokenizer; with `audio`, 'audio'
-float32 (B, audio_frames, audio_mel_bins) of the seconds the clip's frames cover and 'audio_mask' int32 (0 for a
-video without an audio track: zeros, left out of the audio-visual losses); evaluation adds 'video_index' and 'mask'
-(0 for padding and for bad videos, which evaluation skips).
+Batches are dicts of numpy arrays: a training batch's fields are `batch_spec`'s (shapes, dtypes and meaning), with
+'caption' strings when the annotations have captions. An evaluation batch holds the same fields for each view (its
+'targets' one-hot, its 'caption' the video's first) and adds 'video_index' and 'mask' (0 for padding and for bad
+videos, which evaluation skips).
 """
 import math
 
@@ -364,6 +360,11 @@ def process_slice(process_index, process_count) -> tuple[int, int]:
             jax.process_count() if process_count is None else process_count)
 
 
+def host_seed(seed: int, process_index: int) -> int:
+    """The seed of process `process_index`'s examples, drawn from the run's `seed`."""
+    return int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
+
+
 def read_options(cfg, batch_size: int) -> grain.ReadOptions:
     """grain reading threads and prefetch buffer from the data config."""
     return grain.ReadOptions(num_threads=cfg.threads,
@@ -378,40 +379,83 @@ def with_workers(dataset, cfg):
                                                             per_worker_buffer_size=cfg.prefetch))
 
 
-def train_iterator(cfg, *, seed: int, batch_size: int, process_index: int | None = None,
-                   process_count: int | None = None):
-    """An endless iterator of this host's training batches; resumable with get_state/set_state."""
-    check_data_config(cfg)
+def batch_spec(cfg, batch_size: int) -> dict:
+    """{field: jax.ShapeDtypeStruct} of a training batch of `batch_size` clips as `train_iterator` yields it: its
+    numeric fields, the ones `make_global` places on devices.
+
+      video       float32 (B, T, crop, crop, 3), normalised; with num_sample = n > 1, rows k n .. k n + n - 1 are
+                  clips of one video
+      label       int32 (B,), -1 if none
+      bad         int32 (B,), 1 where a bad video was replaced by another example
+      targets     float32 (B, num_classes), soft (label smoothing, mixup / cutmix); only with num_classes > 0
+      text        int32 (B, text_length), the caption's token ids; only with a tokenizer
+      audio       float32 (B, audio_frames, audio_mel_bins), the log-mel of the seconds the clip's frames cover, and
+      audio_mask  int32 (B,), 0 for a video without an audio track (its audio zeros, left out of the audio-visual
+                  losses); only with `audio`
+    """
+    shapes = {"video": ((batch_size, cfg.num_frames, cfg.crop_size, cfg.crop_size, 3), np.float32),
+              "label": ((batch_size,), np.int32), "bad": ((batch_size,), np.int32)}
+    if cfg.num_classes:
+        shapes["targets"] = ((batch_size, cfg.num_classes), np.float32)
+    if cfg.tokenizer:
+        shapes["text"] = ((batch_size, cfg.text_length), np.int32)
+    if cfg.audio:
+        shapes["audio"] = ((batch_size, cfg.audio_frames, cfg.audio_mel_bins), np.float32)
+        shapes["audio_mask"] = ((batch_size,), np.int32)
+    return {key: jax.ShapeDtypeStruct(*spec) for key, spec in shapes.items()}
+
+
+def shuffled_examples(indices, *, seed: int, process_index: int | None = None, process_count: int | None = None,
+                      stream: int = 0):
+    """(this host's share of `indices` (an int n: range(n)) -- every process_count-th from process_index -- shuffled
+    anew each epoch without end, seeded with the host's seed (+ `stream`, one per group of a run's examples), which
+    later random maps draw from; that host seed)."""
+    process_index, process_count = process_slice(process_index, process_count)
+    seed = host_seed(seed, process_index)
+    indices = np.arange(indices) if isinstance(indices, int) else np.asarray(indices)
+    mine = indices[process_index::process_count]
+    if not len(mine):
+        raise ValueError(f"No training examples for host {process_index} of {process_count}")
+    return grain.MapDataset.source(mine.tolist()).seed(seed + stream).shuffle().repeat(), seed
+
+
+def training_batches(groups, cfg, source, *, batch_size: int, host_seed: int):
+    """An iterator of training batches of `batch_size` clips (`batch_spec`) from `groups`, [(a grain MapDataset of
+    what `TrainExample` gives, its global example count), ...]: each group batched on its own, the groups' batches
+    mixed by their counts (the same kind of batch at each step on every host), a video's num_sample clips flattened,
+    soft targets, caption token ids, worker processes; resumable with get_state/set_state."""
     if batch_size % cfg.num_sample:
         raise ValueError(f"data.num_sample={cfg.num_sample}: the batch of {batch_size} clips on this host does not "
                          f"divide into videos of {cfg.num_sample} clips")
-    source = make_source(cfg, "train")
-    process_index, process_count = process_slice(process_index, process_count)
-    host_seed = int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
-    examples = np.arange(min(cfg.train_examples or len(source), len(source)))
-    if cfg.image_batches:
-        is_image = np.array([source.records[i].is_image for i in examples], bool)
-        groups = [(examples[~is_image], cfg), (examples[is_image], one_frame(cfg))]
-    else:
-        groups = [(examples, cfg)]
-    groups = [(indices, group_cfg) for indices, group_cfg in groups if len(indices)]
-    datasets = []
-    for k, (indices, group_cfg) in enumerate(groups):
-        mine = indices[process_index::process_count]
-        if not len(mine):
-            raise ValueError(f"No training examples for host {process_index} of {process_count}")
-        datasets.append(grain.MapDataset.source(mine.tolist()).seed(host_seed + k).shuffle().repeat()
-                        .random_map(TrainExample(source, group_cfg))
-                        .to_iter_dataset(read_options(cfg, batch_size // cfg.num_sample))
-                        .batch(batch_size // cfg.num_sample, drop_remainder=True))
-    # every host mixes by the global counts: the same kind of batch at each step everywhere
-    dataset = datasets[0] if len(datasets) == 1 else grain.IterDataset.mix(
-        datasets, [len(indices) for indices, _ in groups])
+    videos = batch_size // cfg.num_sample
+    datasets = [examples.to_iter_dataset(read_options(cfg, videos)).batch(videos, drop_remainder=True)
+                for examples, _ in groups]
+    dataset = datasets[0] if len(datasets) == 1 else grain.IterDataset.mix(datasets, [count for _, count in groups])
     if cfg.num_sample > 1:
         dataset = dataset.map(flatten_samples)
     if cfg.num_classes:
         dataset = dataset.random_map(MixTargets(cfg), seed=host_seed)
     return iter(with_workers(_tokenized(dataset, cfg, source), cfg))
+
+
+def train_iterator(cfg, *, seed: int, batch_size: int, process_index: int | None = None,
+                   process_count: int | None = None):
+    """An endless iterator of this host's training batches (`batch_spec`); with `image_batches`, still images in
+    one-frame batches of their own; resumable with get_state/set_state."""
+    check_data_config(cfg)
+    source = make_source(cfg, "train")
+    examples = np.arange(min(cfg.train_examples or len(source), len(source)))
+    if cfg.image_batches:
+        is_image = np.array([source.records[i].is_image for i in examples], bool)
+        kinds = [(examples[~is_image], cfg), (examples[is_image], one_frame(cfg))]
+    else:
+        kinds = [(examples, cfg)]
+    groups = []
+    for stream, (indices, kind_cfg) in enumerate([kind for kind in kinds if len(kind[0])]):
+        shuffled, seed_of_host = shuffled_examples(indices, seed=seed, process_index=process_index,
+                                                   process_count=process_count, stream=stream)
+        groups.append((shuffled.random_map(TrainExample(source, kind_cfg)), len(indices)))
+    return training_batches(groups, cfg, source, batch_size=batch_size, host_seed=seed_of_host)
 
 
 class EvalViews:

@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 
-import grain
 import jax
 import numpy as np
 
@@ -177,26 +176,24 @@ class CachedExample:
 
 def train_iterator(directory: str, cfg, fingerprint: dict, *, seed: int, batch_size: int,
                    process_index: int | None = None, process_count: int | None = None):
-    """An endless iterator of this host's training batches from the cache: the cache's entries shuffled, repeated
-    and sliced per process as `pipeline.train_iterator` does with examples; resumable with get_state/set_state."""
+    """An endless iterator of this host's training batches from the cache: the cache's entries shuffled, repeated,
+    sliced per process and batched as `pipeline.train_iterator` does with examples (its fields, `pipeline.batch_spec`,
+    and the stored ones); resumable with get_state/set_state."""
     pipeline.check_data_config(cfg)
     if cfg.mixup or cfg.cutmix:
         raise ValueError("data.mixup/cutmix: stored teacher targets belong to unmixed clips; set both to 0")
-    if cfg.get("num_sample", 1) != 1:
+    if cfg.num_sample != 1:
         raise ValueError(f"data.num_sample={cfg.num_sample}: stored teacher targets hold one clip per video; set 1")
     cache = open_cache(directory, fingerprint)
     source = pipeline.make_source(cfg, "train")
     if len(source) != cache.manifest["num_examples"]:
         raise ValueError(f"teacher-targets cache {directory} holds {cache.manifest['num_examples']} examples; "
                          f"data.train_annotations lists {len(source)}")
-    process_index, process_count = pipeline.process_slice(process_index, process_count)
-    host_seed = int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
     replay = ReplayExample(source, cfg, fingerprint["seed"], cache.manifest["views"])
-    dataset = grain.MapDataset.range(len(cache))[process_index::process_count]
-    dataset = (dataset.seed(host_seed).shuffle().repeat().map(CachedExample(replay, cache))
-               .to_iter_dataset(pipeline.read_options(cfg, batch_size))
-               .batch(batch_size, drop_remainder=True))
-    return iter(pipeline.with_workers(dataset, cfg))
+    entries, host_seed = pipeline.shuffled_examples(len(cache), seed=seed, process_index=process_index,
+                                                    process_count=process_count)
+    return pipeline.training_batches([(entries.map(CachedExample(replay, cache)), len(cache))], cfg, source,
+                                     batch_size=batch_size, host_seed=host_seed)
 
 
 # ----------------------------------------------------------------------------------------------------------

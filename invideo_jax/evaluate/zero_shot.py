@@ -7,6 +7,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from invideo_jax.data.tokenizer import Tokenizer
+from invideo_jax import losses
 
 DEFAULT_TEMPLATES = ("a video of {}.", "a video of a person {}.", "a demonstration of a person {}.")
 
@@ -18,18 +19,14 @@ KINETICS_TEMPLATES = tuple(
                    "a person performing ", "a person practicing "))
 
 
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
 def class_embeddings(encode_text: Callable, tokenizer: Tokenizer, class_names: Sequence[str],
                      templates: Sequence[str] = DEFAULT_TEMPLATES, batch_size: int = 256) -> np.ndarray:
     """float32 (C, E) unit class embeddings. `encode_text` maps int32 ids (N, L) to features (N, E);
     it sees every prompt of every class in batches of one shape (the last one padded), so a jitted
     function compiles once."""
     prompts = [t.format(name) for name in class_names for t in templates]
-    features = l2_normalize(encode_texts(encode_text, tokenizer, prompts, batch_size))
-    return l2_normalize(features.reshape(len(class_names), len(templates), -1).mean(axis=1))
+    features = losses.l2_normalize(encode_texts(encode_text, tokenizer, prompts, batch_size))
+    return losses.l2_normalize(features.reshape(len(class_names), len(templates), -1).mean(axis=1))
 
 
 def encode_texts(encode_text: Callable, tokenizer: Tokenizer, texts: Sequence[str], batch_size: int = 256):
@@ -47,4 +44,4 @@ def encode_texts(encode_text: Callable, tokenizer: Tokenizer, texts: Sequence[st
 
 def zero_shot_logits(video_features, class_embeddings: np.ndarray, scale: float = 100.0) -> np.ndarray:
     """(N, C) logits: scale * cosine similarity of each video feature (N, E) with each class."""
-    return scale * l2_normalize(np.asarray(video_features, np.float32)) @ class_embeddings.T
+    return scale * losses.l2_normalize(np.asarray(video_features, np.float32)) @ class_embeddings.T

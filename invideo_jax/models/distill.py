@@ -74,7 +74,7 @@ import numpy as np
 
 from invideo_jax import losses
 from invideo_jax.models import layers
-from invideo_jax.models.internvideo2 import InternVideo2
+from invideo_jax.models.internvideo2 import AttentionPool, InternVideo2
 from invideo_jax.models.vit import VisionTransformer
 
 IMAGE_TEACHER_KINDS = ("internvideo2", "vit")
@@ -116,7 +116,7 @@ def attention_visible_idx(attention, keep: int, key=None):
     return idx.reshape(b, t * keep)
 
 
-def pool_attention(pool_params, tokens, num_heads: int, eps: float = 1e-5):
+def pool_attention(pool_params, tokens, num_heads: int, eps: float = AttentionPool.norm_eps):
     """The attention weights (B, heads, N) of InternVideo2's `AttentionPool` (params `pool_params`, i.e. a
     `clip_projector` subtree) over `tokens` (B, N, D): its query, the LayerNormed mean token, against the
     LayerNormed keys, softmax(q.k / sqrt(head_dim)) per head. Computed in float32."""
@@ -207,7 +207,7 @@ class Distiller(nn.Module):
 
     # ------------------------------------------------------------------ configuration checks and shapes
     def _check(self, video_shape):
-        s = dict(self.student)
+        s = self._student_module()
         teachers = self.parts != "student"  # a student-only model runs no teacher: its heads need widths only
         checks = (
             ("teacher_image_kind", self.teacher_image_kind in IMAGE_TEACHER_KINDS, f"one of {IMAGE_TEACHER_KINDS}"),
@@ -219,9 +219,9 @@ class Distiller(nn.Module):
             ("mask_ratio", 0 <= self.mask_ratio < 1, "in [0, 1)"),
             ("clip_teacher_return_interval", self.clip_teacher_return_interval >= 1, ">= 1 (distinct layers)"),
             ("frame_stride", self.frame_stride >= 1, ">= 1"),
-            ("student.tubelet_size", s.get("tubelet_size", 1) == 1, "1 (the student's tokens are per frame)"),
-            ("image_layers", 0 <= self.image_layers <= s["depth"], f"in [0, student depth {s['depth']}]"),
-            ("video_layers", 0 <= self.video_layers <= s["depth"], f"in [0, student depth {s['depth']}]"),
+            ("student.tubelet_size", s.tubelet_size == 1, "1 (the student's tokens are per frame)"),
+            ("image_layers", 0 <= self.image_layers <= s.depth, f"in [0, student depth {s.depth}]"),
+            ("video_layers", 0 <= self.video_layers <= s.depth, f"in [0, student depth {s.depth}]"),
             ("image_layers", not (teachers and self.image_layers and not self.teacher_image),
              "0 without teacher_image"),
             ("video_layers", not (teachers and self.video_layers and not self.teacher_video),
@@ -239,33 +239,30 @@ class Distiller(nn.Module):
                 raise ValueError(f"model.kwargs.{field}={self._field(field)!r}: expected {expected}")
         self.head_dims()
         frames = video_shape[1]
-        if frames % self.frame_stride or frames // self.frame_stride != s["num_frames"]:
-            raise ValueError(f"model.kwargs.student.num_frames={s['num_frames']}: expected the clip's {frames} "
+        if frames % self.frame_stride or frames // self.frame_stride != s.num_frames:
+            raise ValueError(f"model.kwargs.student.num_frames={s.num_frames}: expected the clip's {frames} "
                              f"frames / frame_stride={self.frame_stride}")
-        grid = self._student_grid()
-        if self.teacher_image:
-            t = dict(self.teacher_image)
-            if t.get("num_frames") != 1 or t.get("tubelet_size", 1) != 1:
-                raise ValueError("model.kwargs.teacher_image: a per-frame teacher needs num_frames=1, tubelet_size=1")
-            if t["image_size"] // t["patch_size"] != grid[1] or t["image_size"] != s["image_size"]:
-                raise ValueError(f"model.kwargs.teacher_image: its {t['image_size']}/{t['patch_size']} token grid "
-                                 f"differs from the student's {s['image_size']}/{s['patch_size']}")
-            if t["depth"] < self.image_layers or min(teacher_return_layers(
-                    t["depth"], self.image_layers, self.clip_teacher_return_interval), default=0) < 0:
-                raise ValueError(f"model.kwargs.teacher_image.depth={t['depth']} has too few layers for "
+        t, v = self._teacher_image_module(), self._teacher_video_module()
+        if t:
+            if t.num_frames != 1 or t.tubelet_size != 1:
+                raise ValueError("model.kwargs.teacher_image: a per-frame teacher needs num_frames=1, tubelet_size=1 "
+                                 f"(has {t.num_frames}, {t.tubelet_size})")
+            if t.grid[1:] != s.grid[1:] or t.image_size != s.image_size:
+                raise ValueError(f"model.kwargs.teacher_image: its {t.image_size}/{t.patch_size} token grid "
+                                 f"differs from the student's {s.image_size}/{s.patch_size}")
+            if t.depth < self.image_layers or min(teacher_return_layers(
+                    t.depth, self.image_layers, self.clip_teacher_return_interval), default=0) < 0:
+                raise ValueError(f"model.kwargs.teacher_image.depth={t.depth} has too few layers for "
                                  f"image_layers={self.image_layers} every {self.clip_teacher_return_interval}")
-            if self.teacher_image_kind == "vit" and self.image_pooled and t.get("pool", "none") == "none":
+            if self.teacher_image_kind == "vit" and self.image_pooled and t.pool == "none":
                 raise ValueError("model.kwargs.teacher_image.pool: a vit teacher needs pool='cls' or 'mean' for "
                                  "image_pooled targets")
-        if self.teacher_video:
-            v = dict(self.teacher_video)
-            vgrid = (v["num_frames"] // v["tubelet_size"], v["image_size"] // v["patch_size"],
-                     v["image_size"] // v["patch_size"])
-            if v["num_frames"] != frames or vgrid != grid:
-                raise ValueError(f"model.kwargs.teacher_video: {v['num_frames']} frames with token grid {vgrid}; "
-                                 f"the clip has {frames} frames and the student's grid is {grid}")
-            if v["depth"] < self.video_layers:
-                raise ValueError(f"model.kwargs.teacher_video.depth={v['depth']} < video_layers={self.video_layers}")
+        if v:
+            if v.num_frames != frames or v.grid != s.grid:
+                raise ValueError(f"model.kwargs.teacher_video: {v.num_frames} frames with token grid {v.grid}; "
+                                 f"the clip has {frames} frames and the student's grid is {s.grid}")
+            if v.depth < self.video_layers:
+                raise ValueError(f"model.kwargs.teacher_video.depth={v.depth} < video_layers={self.video_layers}")
 
     def _field(self, field):
         value = self
@@ -273,26 +270,37 @@ class Distiller(nn.Module):
             value = value[part] if isinstance(value, dict) or hasattr(value, "keys") else getattr(value, part)
         return value
 
-    def _student_grid(self):
-        s = dict(self.student)
-        side = s["image_size"] // s["patch_size"]
-        return (s["num_frames"], side, side)
+    def _student_module(self) -> InternVideo2:
+        """The student's settings (an unbound module: `.grid`, `.depth`, ... with the defaults it runs with)."""
+        return layers.unbound_module(InternVideo2, self.student, "student")
+
+    def _teacher_image_module(self) -> Optional[nn.Module]:
+        """The image teacher's settings (an unbound InternVideo2 or VisionTransformer), or None without one."""
+        if not self.teacher_image:
+            return None
+        kind = InternVideo2 if self.teacher_image_kind == "internvideo2" else VisionTransformer
+        return layers.unbound_module(kind, self.teacher_image, "teacher_image")
+
+    def _teacher_video_module(self) -> Optional[VisionTransformer]:
+        """The video teacher's settings (an unbound VisionTransformer), or None without one."""
+        if not self.teacher_video:
+            return None
+        return layers.unbound_module(VisionTransformer, self.teacher_video, "teacher_video")
 
     @property
     def num_visible(self) -> int:
-        _, h, w = self._student_grid()
+        _, h, w = self._student_module().grid
         return num_visible(h * w, self.mask_ratio)
 
     def head_dims(self) -> dict:
         """{target: width} of the targets the heads predict: each head-width field, or the teacher's width."""
-        image, video = dict(self.teacher_image or {}), dict(self.teacher_video or {})
-        pooled = image.get("width")  # a vit teacher's pooled feature; an InternVideo2 one's is its attention pool's
-        if self.teacher_image_kind == "internvideo2":
-            pooled = image.get("clip_embed_dim", InternVideo2.clip_embed_dim)
-        heads = (("image_layers", self.image_layers, "clip_teacher_embed_dim", image.get("width"), "teacher_image"),
-                 ("image_pooled", self.image_pooled, "clip_teacher_final_dim", pooled if image else None,
-                  "teacher_image"),
-                 ("video_layers", self.video_layers, "mae_teacher_embed_dim", video.get("width"), "teacher_video"))
+        image, video = self._teacher_image_module(), self._teacher_video_module()
+        pooled = None  # a vit teacher's pooled feature is its width; an InternVideo2 one's, its attention pool's
+        if image:
+            pooled = image.clip_embed_dim if self.teacher_image_kind == "internvideo2" else image.width
+        heads = (("image_layers", self.image_layers, "clip_teacher_embed_dim", image and image.width, "teacher_image"),
+                 ("image_pooled", self.image_pooled, "clip_teacher_final_dim", pooled, "teacher_image"),
+                 ("video_layers", self.video_layers, "mae_teacher_embed_dim", video and video.width, "teacher_video"))
         dims = {}
         for target, used, field, teacher_dim, teacher in heads:
             dim = getattr(self, field)
@@ -308,7 +316,7 @@ class Distiller(nn.Module):
     def teacher_shapes(self, batch: int) -> dict:
         """ShapeDtypeStructs of the teachers' {'visible_idx', 'target'} for `batch` clips: what parts='teachers'
         returns and parts='student' takes as `teacher`."""
-        t = self._student_grid()[0]
+        t = self._student_module().grid[0]
         visible = t * self.num_visible
         dims = self.head_dims()
         shapes = {"image_layers": (self.image_layers, batch, 1 + visible), "image_pooled": (batch,),
@@ -344,7 +352,6 @@ class Distiller(nn.Module):
 
     def _teach(self, video, frames, train, mask_keys) -> dict:
         """The visible tokens drawn from the teachers' attention and the teachers' L2-normalised targets on them."""
-        grid = self._student_grid()
         targets, attention = {}, None
         if self.teacher_image:
             image, attention_image = self._image_teacher(frames)
@@ -352,15 +359,18 @@ class Distiller(nn.Module):
             if self.mask_source == "image_pool":
                 attention = attention_image
         if self.teacher_video:
-            out = VisionTransformer(name="teacher_video", **self._teacher_video_kwargs())(video, train=False)
+            teacher, k = self._teacher_video_module(), max(self.video_layers, 1)
+            out = VisionTransformer(name="teacher_video", **dict(
+                self.teacher_video, pool="none", num_classes=0,
+                return_layers=tuple(range(teacher.depth - k, teacher.depth))))(video, train=False)
             hidden = out["layers"]
-            if dict(self.teacher_video).get("final_norm", True):  # the last target is after the final norm
+            if teacher.final_norm:  # the last target is after the final norm
                 hidden = jnp.concatenate([hidden[:-1], out["tokens"][None]], axis=0)
             hidden = jax.lax.stop_gradient(hidden)
             if self.video_layers:
                 targets["video_layers"] = hidden
             if self.mask_source == "video_mean":
-                attention = mean_token_attention(hidden[-1], grid)
+                attention = mean_token_attention(hidden[-1], teacher.grid)
         visible = self._visible_idx(attention, video.shape[0], train, mask_keys)
 
         gather = lambda x: jnp.take_along_axis(x, visible[None, :, :, None], axis=2)  # (k, B, N, D) -> (k, B, M, D)
@@ -377,7 +387,7 @@ class Distiller(nn.Module):
     def _visible_idx(self, attention, batch: int, train: bool, mask_keys):
         """(B, t*num_visible) patch indices: drawn per clip in training ('multinomial', or uniform for 'random'),
         else each frame's top-attention (for 'random': first) tokens."""
-        t, h, w = self._student_grid()
+        t, h, w = self._student_module().grid
         keep = self.num_visible
         if self.mask_source == "random" or attention is None:
             attention = jnp.ones((batch, t, h * w), jnp.float32)
@@ -395,15 +405,14 @@ class Distiller(nn.Module):
         feature)."""
         b = frames.shape[0]
         dims = self.head_dims()
-        grid = self._student_grid()
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        s = dict(self.student)
-        depth = s["depth"]
+        settings = self._student_module()
+        grid, depth, width = settings.grid, settings.depth, settings.width
         n_layers = max(self.image_layers, self.video_layers, 1)
-        student = InternVideo2(name="student", **dict(s, return_layers=tuple(range(depth - n_layers, depth))))
-        out = student(frames, visible, train=train)
+        layers_returned = tuple(range(depth - n_layers, depth))
+        out = InternVideo2(name="student", **dict(self.student, return_layers=layers_returned))(frames, visible,
+                                                                                                  train=train)
         hidden = out["layers"]  # (n_layers, B, 1 + M, D)
-        width = s["width"]
         pred = {}
         if self.image_layers:
             pos = self._pos_embed("clip_pos_embed", grid, width, cls=True)
@@ -429,10 +438,10 @@ class Distiller(nn.Module):
         attention over each frame's patches (B, t, h*w) or None)."""
         b, t = frames.shape[:2]
         images = frames.reshape((b * t, 1) + frames.shape[2:])
-        cfg = dict(self.teacher_image)
-        depth = cfg["depth"]
+        settings = self._teacher_image_module()
         k = max(self.image_layers, 1)
-        cfg["return_layers"] = teacher_return_layers(depth, k, self.clip_teacher_return_interval)
+        cfg = dict(self.teacher_image, return_layers=teacher_return_layers(settings.depth, k,
+                                                                           self.clip_teacher_return_interval))
         if self.teacher_image_kind == "internvideo2":
             teacher = InternVideo2(name="teacher_image", **dict(cfg, num_classes=0))
             out = teacher(images, train=False)
@@ -441,13 +450,13 @@ class Distiller(nn.Module):
             teacher = VisionTransformer(name="teacher_image", **dict(cfg, num_classes=0))
             out = teacher(images, train=False)
             hidden = out["layers"]
-            if cfg.get("final_norm", True):
+            if settings.final_norm:
                 hidden = jnp.concatenate([hidden[:-1], out["tokens"][None]], axis=0)
         hidden = jax.lax.stop_gradient(hidden)  # (k, B*t, [1 +] h*w, D)
         targets = {}
         if self.image_layers:
             hidden = hidden.reshape((k, b, t) + hidden.shape[2:])
-            if self.teacher_image_kind == "internvideo2" or cfg.get("cls_token", False):
+            if self.teacher_image_kind == "internvideo2" or settings.cls_token:
                 cls, patches = hidden[:, :, :, :1].mean(axis=2), hidden[:, :, :, 1:]
             else:  # a teacher without a CLS token: the mean of its frames' patch tokens stands in
                 cls, patches = hidden.mean(axis=(2, 3))[:, :, None], hidden
@@ -459,16 +468,10 @@ class Distiller(nn.Module):
         attention = None
         if self.teacher_image_kind == "internvideo2" and self.mask_source == "image_pool":
             pool = nn.unbox(self.variables["params"]["teacher_image"]["clip_projector"])
-            weights = pool_attention(jax.lax.stop_gradient(pool), out["tokens"],
-                                     cfg.get("attn_pool_heads", 16), cfg.get("pool_norm_eps", 1e-5))
+            weights = pool_attention(jax.lax.stop_gradient(pool), out["tokens"], settings.attn_pool_heads,
+                                     settings.pool_norm_eps)
             attention = jax.lax.stop_gradient(weights.mean(axis=1)[:, 1:].reshape(b, t, -1))
         return targets, attention
-
-    def _teacher_video_kwargs(self) -> dict:
-        cfg = dict(self.teacher_video)
-        depth = cfg["depth"]
-        k = max(self.video_layers, 1)
-        return dict(cfg, pool="none", num_classes=0, return_layers=tuple(range(depth - k, depth)))
 
     def _pos_embed(self, name, grid, width, cls: bool):
         table = layers.sincos_3d(*grid, width)

@@ -36,6 +36,15 @@ def scaled(init: Callable, factor) -> Callable:
     return scaled_init
 
 
+def unbound_module(cls, kwargs, field: str) -> nn.Module:
+    """The unbound `cls` module of the settings `kwargs` (`model.kwargs.<field>`): its attributes are the child's
+    settings, defaults included, for a parent or a task to read instead of restating them."""
+    try:
+        return cls(**dict(kwargs), parent=None)
+    except TypeError as e:
+        raise ValueError(f"model.kwargs.{field}: {e}") from None
+
+
 def constrain(x: jax.Array) -> jax.Array:
     """Shards a (batch, length, embed) activation by the logical rules in scope (a no-op without rules)."""
     return nn.with_logical_constraint(x, ACT_NAMES)

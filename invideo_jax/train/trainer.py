@@ -50,24 +50,9 @@ class Preempted(SystemExit):
         return f"preempted (SIGTERM): step {self.step} checkpointed in {self.directory}; rerun to resume"
 
 
-def batch_shapes(config, batch_size) -> dict:
-    """ShapeDtypeStructs of a training batch as the data pipeline yields it."""
-    d = config.data
-    shapes = {"video": ((batch_size, d.num_frames, d.crop_size, d.crop_size, 3), jnp.float32),
-              "label": ((batch_size,), jnp.int32), "bad": ((batch_size,), jnp.int32)}
-    if d.num_classes:
-        shapes["targets"] = ((batch_size, d.num_classes), jnp.float32)
-    if d.tokenizer:
-        shapes["text"] = ((batch_size, d.text_length), jnp.int32)
-    if d.audio:
-        shapes["audio"] = ((batch_size, d.audio_frames, d.audio_mel_bins), jnp.float32)
-        shapes["audio_mask"] = ((batch_size,), jnp.int32)
-    return {key: jax.ShapeDtypeStruct(*spec) for key, spec in shapes.items()}
-
-
 def example_batch(config, batch_size):
-    """Zeros shaped like a training batch (for shapes only)."""
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), batch_shapes(config, batch_size))
+    """Zeros shaped like a training batch (`pipeline.batch_spec`; for shapes only)."""
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), pipeline.batch_spec(config.data, batch_size))
 
 
 def state_shardings(boxed, tx, mesh, rule_table):

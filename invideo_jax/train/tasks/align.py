@@ -45,6 +45,7 @@ example takes part in the video terms. The audio encoder is frozen (`optim.froze
 Evaluation adds `retrieval_av/...` on the audio-visual features (a video without audio: its video feature).
 """
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -54,8 +55,10 @@ import optax
 from invideo_jax import losses, masking, sharding
 from invideo_jax.data.tokenizer import load_tokenizer
 from invideo_jax.evaluate import clip_features
+from invideo_jax.models import layers
 from invideo_jax.models.align import VideoTextAlign, audio_visual_context
 from invideo_jax.models.audio import AudioTransformer
+from invideo_jax.models.bert import Bert
 from invideo_jax.models.internvideo2 import InternVideo2
 from invideo_jax.train.tasks.videotext import evaluate_video_text, rerank_k
 
@@ -138,9 +141,8 @@ class Task:
             raise ValueError(f"config.mask.ratio={config.mask.ratio}: expected a fraction in [0, 1)")
         self.model = VideoTextAlign(**config.model.kwargs)
         check_audio_fields(self.model.audio_config, d)
-        vision = self.model.vision_config
-        patch, tubelet = vision.get("patch_size", 14), vision.get("tubelet_size", 1)
-        self.num_tokens = (vision.get("num_frames", 8) // tubelet) * (vision.get("image_size", 224) // patch) ** 2
+        self.num_tokens = math.prod(layers.unbound_module(InternVideo2, self.model.vision_config, "vision_config").grid)
+        self.text_encoder = layers.unbound_module(Bert, self.model.text_config, "text_config")  # its settings
         self.init_from_mapping = {"": "params"}  # the whole model (a converted stage-2 checkpoint or an earlier run)
         self._tokenizer = None
         self._match = None  # the jitted matching head of the re-ranking evaluation
@@ -160,15 +162,16 @@ class Task:
             tokenizer = self.tokenizer()
         except FileNotFoundError:
             return  # not written yet (e.g. a pipeline's data stage); the data pipeline reports it
-        vocab = self.model.text_config["vocab_size"]
+        vocab = self.text_encoder.vocab_size
         if tokenizer.vocab_size > vocab:
             raise ValueError(f"the {d.tokenizer} tokenizer has {tokenizer.vocab_size} ids but "
                              f"model.kwargs.text_config.vocab_size is {vocab}")
         if tokenizer.pad_id != self.model.pad_id:
             raise ValueError(f"the {d.tokenizer} tokenizer pads with id {tokenizer.pad_id} but model.kwargs.pad_id "
                              f"is {self.model.pad_id}")
-        if d.text_length > self.model.text_config.get("max_len", 512):
-            raise ValueError(f"data.text_length={d.text_length} exceeds model.kwargs.text_config.max_len")
+        if d.text_length > self.text_encoder.max_len:
+            raise ValueError(f"data.text_length={d.text_length} exceeds model.kwargs.text_config.max_len "
+                             f"{self.text_encoder.max_len}")
 
     # ---------------------------------------------------------------- training
     def visible_indices(self, rng, batch: int, frames: int = 0):
@@ -254,7 +257,7 @@ class Task:
             tokenizer = self.tokenizer()
             corrupted, selected = losses.mlm_inputs(
                 mlm_key, ids, mask_prob=cfg.mlm_prob, mask_id=tokenizer.mask_id,
-                vocab_size=self.model.text_config["vocab_size"],
+                vocab_size=self.text_encoder.vocab_size,
                 special_ids=(tokenizer.pad_id, tokenizer.start_id, tokenizer.end_id))
             logits = run(model.mlm_logits, corrupted, text_mask, context, context_mask, key=mlm_dropout_key)
             mlm, mlm_accuracy = losses.caption_loss(logits, ids, selected & (weights[:, None] > 0))

@@ -102,8 +102,7 @@ class Task:
         without): the teachers' visible tokens and targets as `precompute_targets` stores them (for AOT compiles)."""
         if not self.targets_dir:
             return {}
-        d = self.config.data
-        video = jax.ShapeDtypeStruct((batch_size, d.num_frames, d.crop_size, d.crop_size, 3), jnp.float32)
+        video = pipeline.batch_spec(self.config.data, batch_size)["video"]
         dtype = jnp.dtype(self.config.teacher_targets_dtype)
 
         def stored(key, video):

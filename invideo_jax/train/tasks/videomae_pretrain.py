@@ -4,6 +4,7 @@ import jax.numpy as jnp
 
 from invideo_jax import losses, masking
 from invideo_jax.evaluate import clip_features
+from invideo_jax.models import layers
 from invideo_jax.models.videomae import VideoMAE
 from invideo_jax.models.vit import VisionTransformer
 
@@ -20,11 +21,9 @@ class Task:
         if mask.decoder_kind not in DECODER_MASK_KINDS:
             raise ValueError(f"config.mask.decoder_kind={mask.decoder_kind!r}; expected one of {DECODER_MASK_KINDS}")
         self.model = VideoMAE(**config.model.kwargs)
-        enc = self.model.encoder
-        self.tubelet, self.patch = enc["tubelet_size"], enc["patch_size"]
-        self.grid = (enc["num_frames"] // self.tubelet, enc["image_size"] // self.patch,
-                     enc["image_size"] // self.patch)
-        self.num_tokens = self.grid[0] * self.grid[1] * self.grid[2]
+        encoder = layers.unbound_module(VisionTransformer, self.model.encoder, "encoder")
+        self.tubelet, self.patch = encoder.tubelet_size, encoder.patch_size
+        self.grid, self.num_tokens = encoder.grid, encoder.num_patches
         self.init_from_mapping = {}
 
     def indices(self, rng, batch_size):

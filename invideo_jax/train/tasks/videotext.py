@@ -146,19 +146,19 @@ def evaluate_video_text(state, predict, mesh, config, encode_text, tokenizer, te
 
     def per_video(features):  # the mean of each video's views' unit features, normalised
         pooled = np.zeros((len(videos), features.shape[-1]))
-        np.add.at(pooled, view_video, zero_shot.l2_normalize(features[keep]))
-        return zero_shot.l2_normalize(pooled)
+        np.add.at(pooled, view_video, losses.l2_normalize(features[keep]))
+        return losses.l2_normalize(pooled)
 
     video = per_video(out["video_features"])
     protocol = caption_protocol(config)
     if protocol == "first":
-        text, text_to_video = zero_shot.l2_normalize(out["text_features"][keep][first_view]), np.arange(len(videos))
+        text, text_to_video = losses.l2_normalize(out["text_features"][keep][first_view]), np.arange(len(videos))
         texts = None
     else:
         source = pipeline.make_source(config.data, "eval")
         texts, text_to_video = retrieval.caption_queries([source[int(i)][0].captions for i in videos], protocol)
         encode = jax.jit(encode_text)
-        text = zero_shot.l2_normalize(zero_shot.encode_texts(
+        text = losses.l2_normalize(zero_shot.encode_texts(
             lambda ids: encode(state.params, state.batch_stats, ids), tokenizer(), texts))
     result = {"num_videos": len(videos), "num_texts": len(text_to_video)}
     sides = [("", video)]
