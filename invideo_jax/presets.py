@@ -65,12 +65,12 @@ PRESETS = {p.name: p for p in [
     Preset("demo_videotext", "configs/demo.py", OURS,
            "the demo's tiny video-text model (runs/demo/multimodal), 8x32, word tokens", stage="multimodal"),
     Preset("demo_iv2_stage1", "configs/demo.py", OURS,
-           "the demo's InternVideo2 stage-1 student (runs/demo/iv2_distill), 8x32 (the student sees 4)",
+           "the demo's InternVideo2 stage-1 student (runs/demo/iv2_distill), 16x32 (the student sees 8)",
            stage="iv2_distill"),
     Preset("demo_iv2_stage2", "configs/demo.py", OURS,
-           "the demo's InternVideo2 video-text model (runs/demo/iv2_align), 4x32, word tokens", stage="iv2_align"),
+           "the demo's InternVideo2 video-text model (runs/demo/iv2_align), 8x32, word tokens", stage="iv2_align"),
     Preset("demo_iv2_classifier", "configs/demo.py", OURS,
-           "the demo's fine-tuned InternVideo2 (runs/demo/iv2_finetune), 4x32, 8 motion classes",
+           "the demo's fine-tuned InternVideo2 (runs/demo/iv2_finetune), 8x32, 8 motion classes",
            stage="iv2_finetune"),
 ]}
 

@@ -66,17 +66,19 @@ def test_paper_scale_fusion_freezes_both_encoders():
 
 
 def test_demo_stages_build(tmp_path):
-    """Every demo stage builds; `scratch` is `finetune`'s model and recipe without the restore, as the demo's
-    docstring says (the effect of pre-training is their difference)."""
+    """Every demo stage builds; each baseline (`scratch`, `iv2_scratch`) is its classifier's model and recipe without
+    the restore, as the demo's docstring says (the effect of pre-training is their difference)."""
     config = demo.get_config()
     stage = {name: stages.stage_config(config, name, str(tmp_path)) for name in config.stage_order}
     counts = {name: build(c) for name, c in stage.items()}
     assert all(count > 0 for count in counts.values()), counts
-    assert counts["scratch"] == counts["finetune"]
-    for field in ("model", "optim", "data"):
-        assert stage["scratch"][field].to_dict() == stage["finetune"][field].to_dict(), field
-    assert stage["scratch"].total_steps == stage["finetune"].total_steps
-    assert stage["finetune"].init_from.checkpoint and not stage["scratch"].init_from.checkpoint
+    for scratch, restored in (("scratch", "finetune"), ("iv2_scratch", "iv2_finetune")):
+        assert counts[scratch] == counts[restored]
+        for field in ("model", "optim", "data"):
+            assert stage[scratch][field].to_dict() == stage[restored][field].to_dict(), (scratch, field)
+        assert stage[scratch].total_steps == stage[restored].total_steps
+        assert stage[restored].init_from.checkpoint and not stage[scratch].init_from.checkpoint
+        assert (restored, scratch) in config.claims
 
 
 def test_boolean_args_are_true_or_false_only():

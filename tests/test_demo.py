@@ -9,7 +9,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ("pretrain", "finetune", "scratch", "multimodal", "multimodal_finetune", "fusion", "iv2_distill", "iv2_align",
-          "iv2_finetune")
+          "iv2_finetune", "iv2_scratch")
 
 
 def _run(config: str, workdir):
@@ -34,7 +34,7 @@ def test_shortened_demo_end_to_end(tmp_path):
     _run(f"configs/demo.py:{args}", tmp_path)
     summaries = _summaries(tmp_path, STAGES)
     assert all(summary["steps"] == 4 for summary in summaries.values())
-    for stage in ("finetune", "scratch", "multimodal_finetune", "fusion", "iv2_finetune"):
+    for stage in ("finetune", "scratch", "multimodal_finetune", "fusion", "iv2_finetune", "iv2_scratch"):
         assert summaries[stage]["eval"]["num_videos"] == 8  # every held-out video evaluated
     for stage in ("multimodal", "iv2_align"):
         assert {"zero_shot/top1", "retrieval/t2v_r1", "retrieval_dsl/t2v_r1"} <= set(summaries[stage]["eval"])

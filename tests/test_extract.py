@@ -163,7 +163,7 @@ def test_internvideo2_classifier_features_are_pooled_and_tokens_have_no_cls(setu
     """The InternVideo2 kind (the demo's classifier, one layer): features the attention-pooled feature, tokens the
     patch tokens without the CLS token, as the model applied directly to the same frames gives them."""
     root, _, _ = setup
-    overrides = {"model.kwargs.depth": 1}
+    overrides = {"model.kwargs.depth": 1, "model.kwargs.num_frames": 4, "data.num_frames": 4}  # T = 4 as tiny_vit
     variables = random_variables("demo_iv2_classifier", seed=3, overrides=overrides)
     save(variables, str(tmp_path / "checkpoint"))
     model = inference.load("demo_iv2_classifier", str(tmp_path / "checkpoint"), overrides=overrides)

@@ -129,14 +129,14 @@ def test_internvideo2_stage1_features_are_the_students(tmp_path):
     variables = random_variables("demo_iv2_stage1", seed=5, overrides=overrides)
     save(variables, str(tmp_path / "ckpt"))
     model = inference.load("demo_iv2_stage1", str(tmp_path / "ckpt"), overrides=overrides)
-    assert model.config.task == "distill" and model.num_frames == 8 and model.token_grid() == (4, 16)
-    video = np.random.default_rng(2).normal(size=(8, 8, 32, 32, 3)).astype(np.float32)
+    assert model.config.task == "distill" and model.num_frames == 16 and model.token_grid() == (8, 16)
+    video = np.random.default_rng(2).normal(size=(8, 16, 32, 32, 3)).astype(np.float32)
     out = model.encode_video(video, tokens=True)
     direct = jax.jit(InternVideo2(**model.model.student).apply)({"params": variables["params"]["student"]},
                                                                  video[:, ::2])
     np.testing.assert_allclose(out["features"], direct["pooled"], atol=1e-5, rtol=1e-5)
-    assert out["tokens"].shape == (8, 4, 16, 64)  # 4 frames of 4x4 patches, width 64
-    np.testing.assert_allclose(out["tokens"], np.reshape(direct["tokens"][:, 1:], (8, 4, 16, 64)), atol=1e-5,
+    assert out["tokens"].shape == (8, 8, 16, 64)  # 8 frames of 4x4 patches, width 64
+    np.testing.assert_allclose(out["tokens"], np.reshape(direct["tokens"][:, 1:], (8, 8, 16, 64)), atol=1e-5,
                                rtol=1e-5)
     with pytest.raises(ValueError, match="text needs a video-text model"):
         model.encode_text(np.zeros((1, 4), np.int32))
