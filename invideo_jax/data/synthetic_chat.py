@@ -28,7 +28,7 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 from invideo_jax.evaluate import mvbench
 
 NUM_OPTIONS = 4
-LLM_VOCAB_SIZE = 1024  # the tokenizer's size at most; the demo's LLM has this many rows
+LLM_VOCAB_SIZE = 640  # the tokenizer's size at most; the demo's LLM has this many rows
 PARAPHRASES = {
     "colour": ("What colour is the shape?", "Which colour does the moving object have?",
                "What is the colour of the shape in the video?", "Name the colour of the object."),
