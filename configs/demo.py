@@ -21,17 +21,31 @@ VideoMAE csv and InternVideo JSON lists) into WORKDIR/data, then runs InternVide
   iv2_align    InternVideo2 stage 2: the student with a small BERT (cross-attention in its last layer) on the
                captions, contrastive + matching (hard negatives) + masked language modelling
   iv2_finetune the stage-2 student fine-tuned with the labels
-and evaluates on the held-out split with multi-view testing (2 clips): the classifiers' accuracy, the late
-ensemble of the two encoders (softmax averaged), and the video-text model's zero-shot accuracy (class names in
-prompts averaged over every colour/shape template) and text<->video retrieval. Writes WORKDIR/report.md with the
-results tables and plots. Re-running skips finished stages.
+and a video chat (InternVideo2 stage 3, VideoChat2's recipe) on the `iv2_align` student's trunk, on questions about
+each video's colour, shape and motion generated from the ground truth (data/synthetic_chat.py: open-ended and
+4-option multiple choice, paraphrased; the training videos' questions for training, the held-out ones to evaluate):
+  chat_lm      a tiny LLM (LLaMA layout, 2 layers of width 64) learns the captions as plain text (next-token
+               prediction, the byte-level BPE tokenizer written with the data; train/tasks/language_model.py)
+  chat_stage1  VideoChat2 stage 1: a small Q-Former (8 queries) aligned with the frozen encoder on the captions
+               (contrastive + matching + captioning)
+  chat_stage2  stage 2: encoder, Q-Former (8 + 8 queries, no text) and projection learn to caption through the
+               frozen `chat_lm` LLM ("Describe the following video concisely.")
+  chat_stage3  stage 3: instruction tuning on the questions (LoRA on the frozen LLM; multiple choice in MVBench's
+               prompt), then held-out multiple-choice accuracy per question type and open-ended exact match
+               (evaluate/question_set.py; per-question predictions in chat_stage3/predictions.npz)
+The classifiers are evaluated on the held-out split with multi-view testing (2 clips); the late ensemble of the two
+encoders (softmax averaged), and the video-text models' zero-shot accuracy (class names in prompts averaged over
+every colour/shape template) and text<->video retrieval. Writes WORKDIR/report.md with the results tables, plots,
+and the chat's accuracies against chance with three sample answers beside their videos' middle frames.
+Re-running skips finished stages.
 
-ARG options: train=1280 (videos, all used without labels by the pre-training stages), labels=160 (the first of
-them, whose labels the supervised stages use), val=640 (held-out videos), pretrain_steps, finetune_steps,
+ARG options: train=1280 (videos, all used without labels by the pre-training stages), labels=160 (the first of them,
+whose labels the supervised stages use), val=640 (held-out videos), pretrain_steps, finetune_steps,
 multimodal_steps, multimodal_finetune_steps, fusion_steps, iv2_distill_steps, iv2_align_steps, iv2_finetune_steps,
-batch=32, workers=0.
-Chance is 12.5% for classification and 1/val for retrieval R@1. The report gives every accuracy with its binomial
-standard error and states each of `claims` as "A beats B by x ± y points" or "not distinguishable" (report.py).
+chat_lm_steps, chat_stage1_steps, chat_stage2_steps, chat_stage3_steps, chat_stage3_lr, batch=32, workers=0. Chance
+is 12.5% for classification, 1/val for retrieval R@1 and 25% for the chat's multiple choice. The report gives every
+accuracy with its binomial standard error and states each of `claims` as "A beats B by x ± y points" or "not
+distinguishable" (report.py).
 
 ARG `smoke` (CI: `make demo-smoke`): every stage for 4 steps of batch 8 on 24 (16 labelled) + 8 videos, checkpoints,
 evaluation and the report as in the demo, in a few minutes; its numbers are near chance. Later options override it
