@@ -24,17 +24,31 @@ VideoMAE csv and InternVideo JSON lists) into WORKDIR/data, then runs InternVide
                student sees 8 frames at stride 2, the VideoMAE classifiers' clips
   iv2_finetune the stage-2 student fine-tuned with the labels (layer decay 0.9, as the official fine-tuning)
   iv2_scratch  the same classifier and recipe from random initialisation: what stages 1 and 2 add
-and evaluates on the held-out split with multi-view testing (2 clips): the classifiers' accuracy, the late
-ensemble of the two encoders (softmax averaged), and the video-text model's zero-shot accuracy (class names in
-prompts averaged over every colour/shape template) and text<->video retrieval. Writes WORKDIR/report.md with the
-results tables and plots. Re-running skips finished stages.
+and a video chat (InternVideo2 stage 3, VideoChat2's recipe) on the `iv2_align` student's trunk, on questions about
+each video's colour, shape and motion generated from the ground truth (data/synthetic_chat.py: open-ended and
+4-option multiple choice, paraphrased; the training videos' questions for training, the held-out ones to evaluate):
+  chat_lm      a tiny LLM (LLaMA layout, 2 layers of width 64) learns the captions as plain text (next-token
+               prediction, the byte-level BPE tokenizer written with the data; train/tasks/language_model.py)
+  chat_stage1  VideoChat2 stage 1: a small Q-Former (8 queries) aligned with the frozen encoder on the captions
+               (contrastive + matching + captioning)
+  chat_stage2  stage 2: encoder, Q-Former (8 + 8 queries, no text) and projection learn to caption through the
+               frozen `chat_lm` LLM ("Describe the following video concisely.")
+  chat_stage3  stage 3: instruction tuning on the questions (LoRA on the frozen LLM; multiple choice in MVBench's
+               prompt), then held-out multiple-choice accuracy per question type and open-ended exact match
+               (evaluate/question_set.py; per-question predictions in chat_stage3/predictions.npz)
+The classifiers are evaluated on the held-out split with multi-view testing (2 clips); the late ensemble of the two
+encoders (softmax averaged), and the video-text models' zero-shot accuracy (class names in prompts averaged over
+every colour/shape template) and text<->video retrieval. Writes WORKDIR/report.md with the results tables, plots,
+and the chat's accuracies against chance with three sample answers beside their videos' middle frames.
+Re-running skips finished stages.
 
-ARG options: train=1280 (videos, all used without labels by the pre-training stages), labels=160 (the first of
-them, whose labels the supervised stages use), val=640 (held-out videos), pretrain_steps, finetune_steps,
+ARG options: train=1280 (videos, all used without labels by the pre-training stages), labels=160 (the first of them,
+whose labels the supervised stages use), val=640 (held-out videos), pretrain_steps, finetune_steps,
 multimodal_steps, multimodal_finetune_steps, fusion_steps, iv2_distill_steps, iv2_align_steps, iv2_finetune_steps
-(also iv2_scratch's), batch=32, workers=0.
-Chance is 12.5% for classification and 1/val for retrieval R@1. The report gives every accuracy with its binomial
-standard error and states each of `claims` as "A beats B by x ± y points" or "not distinguishable" (report.py).
+(also iv2_scratch's), chat_lm_steps, chat_stage1_steps, chat_stage2_steps, chat_stage3_steps, chat_stage3_lr,
+batch=32, workers=0. Chance is 12.5% for classification, 1/val for retrieval R@1 and 25% for the chat's multiple
+choice. The report gives every accuracy with its binomial standard error and states each of `claims` as "A beats B
+by x ± y points" or "not distinguishable" (report.py).
 
 ARG `smoke` (CI: `make demo-smoke`): every stage for 4 steps of batch 8 on 24 (16 labelled) + 8 videos, checkpoints,
 evaluation and the report as in the demo, in a few minutes; its numbers are near chance. Later options override it
@@ -44,7 +58,11 @@ import ml_collections
 
 from configs import common, internvideo2_align, internvideo_fusion, internvideo_pipeline
 from configs.internvideo_mm_pretrain import videotext_fields
-from invideo_jax.data import synthetic
+from invideo_jax.data import synthetic, synthetic_chat
+from invideo_jax.models import lora
+from invideo_jax.models.internvideo2 import InternVideo2
+from invideo_jax.train.tasks import language_model
+from invideo_jax.train.tasks import videochat as videochat_task
 
 ENCODER = dict(width=64, depth=4, num_heads=4, mlp_dim=256, patch_size=8, tubelet_size=2, num_frames=8,
                image_size=32, pos_embed="sincos_1d", qkv_bias="qv", norm="layernorm", norm_eps=1e-6, act="gelu",
@@ -170,8 +188,80 @@ def _iv2_finetune(arg):
     return c
 
 
+# The chat branch (InternVideo2 stage 3, VideoChat2's recipe): the `iv2_align` student's trunk as the video encoder, a
+# small Q-Former that reads no text, and a small LLM (LLaMA layout) first trained on the captions.
+CHAT_LLM = dict(vocab_size=synthetic_chat.LLM_VOCAB_SIZE, width=64, depth=2, num_heads=4, num_kv_heads=2, mlp_dim=256,
+                norm_eps=1e-5, rope_theta=1e4, scan=True)
+CHAT_QFORMER = dict(encoder_width=STUDENT["width"], num_query=8, num_extra_query=8, width=64, depth=2, num_heads=4,
+                    mlp_dim=256, vocab_size=64, max_len=16, cross_attention_freq=2, dropout=0.1, text_input=False)
+CHAT_LORA = dict(lora_rank=16, lora_alpha=32.0, lora_dropout=0.1)
+CHAT_TEXT_TOKENS = {2: 32, 3: 168}  # the LLM's text positions per example (besides the visual tokens) in stages 2, 3
+
+
+def _chat_data(c, arg):
+    """The videos as `iv2_align` reads them (4 frames, every 4th), the whole frame: no crop, no flip."""
+    c = _data(c, arg, num_classes=0)
+    c.data.update(dict(num_frames=4, sampling_rate=4, rrc_scale=(1.0, 1.0), rrc_ratio=(1.0, 1.0),
+                       train_annotations="{workdir}/data/train.json", eval_annotations="{workdir}/data/val.json"))
+    return c
+
+
+def _chat_optim(c, steps, base_lr, frozen=()):
+    c.total_steps = steps
+    c.checkpoint_every = 100
+    c.optim.update(dict(base_lr=base_lr, lr_batch_denom=0, b1=0.9, b2=0.999, weight_decay=0.02, clip_grad=1.0,
+                        warmup_steps=steps // 10, min_lr=base_lr / 100, frozen=tuple(frozen)))
+    return c
+
+
+def _chat_lm(arg):
+    """The LLM learns the captions as plain text (next-token prediction); train/tasks/language_model.py."""
+    c = _data(common.train_config("language_model", dict(CHAT_LLM)), arg, num_classes=0)
+    c.data.update(dict(train_annotations="{workdir}/data/train.json", format="json"))
+    c.language_model = language_model.default_language_model_config()
+    c.language_model.update(dict(tokenizer="{workdir}/data/llm_tokenizer", length=16))
+    return _chat_optim(c, arg.chat_lm_steps, 2e-3)
+
+
+def _chat_model(stage: int) -> dict:
+    """VideoChat kwargs of stage 1 (`QFormerAlign`: 8 queries that read the captions), 2 (no LoRA) and 3."""
+    vision = InternVideo2(**STUDENT).encoder_kwargs()
+    if stage == 1:
+        return dict(vision_kind="internvideo2", vision_config=vision, embed_dim=CHAT_QFORMER["width"],
+                    qformer_config=dict(CHAT_QFORMER, num_extra_query=0, text_input=True))
+    return dict(vision_kind="internvideo2", vision_config=vision, qformer_config=dict(CHAT_QFORMER),
+                llm_config=dict(CHAT_LLM, **(CHAT_LORA if stage == 3 else {})))
+
+
+def _chat_stage1(arg):
+    """VideoChat2 stage 1: the Q-Former aligned with the frozen encoder on the captions (VTC + VTM + captioning)."""
+    c = _captions(_chat_data(common.train_config("videochat2_qformer", _chat_model(1)), arg), normalize="imagenet")
+    c.loss = ml_collections.ConfigDict(dict(vtc=1.0, vtm=1.0, cap=1.0))
+    c.init_from = dict(checkpoint="iv2_align", mapping={"vision_encoder": "params/vision_encoder/encoder"})
+    return _chat_optim(c, arg.chat_stage1_steps, 1e-3, frozen=("vision_encoder/",))
+
+
+def _chat_stage(arg, stage: int, steps: int, base_lr: float):
+    """VideoChat2 stage 2 (captions answer "Describe the following video concisely.", the LLM frozen) or 3
+    (instruction tuning on chat_train.json with LoRA, evaluated on the held-out questions chat_val.json)."""
+    kwargs = _chat_model(stage)
+    c = _chat_data(common.train_config("videochat2", kwargs), arg)
+    c.videochat = videochat_task.default_videochat_config()
+    c.videochat.update(dict(stage=stage, template="mistral", llm_tokenizer="{workdir}/data/llm_tokenizer",
+                            max_text_tokens=CHAT_TEXT_TOKENS[stage]))
+    c.init_from = videochat_task.stage_init_from(stage, kwargs, stage1="chat_stage1", llm="chat_lm",
+                                                 stage2="chat_stage2")
+    if stage == 2:
+        return _chat_optim(c, steps, base_lr, frozen=("llm/",))
+    c.videochat.update(dict(instruction_files=(("{workdir}/data/chat_train.json", "{workdir}/data"),),
+                            eval_questions="{workdir}/data/chat_val.json", eval_video_root="{workdir}/data",
+                            eval_max_new_tokens=16))
+    return _chat_optim(c, steps, base_lr, frozen=(lora.frozen_base("llm/"),))
+
+
 SMOKE = ("train=24,val=8,pretrain_steps=4,finetune_steps=4,multimodal_steps=4,multimodal_finetune_steps=4,"
-         "fusion_steps=4,iv2_distill_steps=4,iv2_align_steps=4,iv2_finetune_steps=4,batch=8,labels=16")
+         "fusion_steps=4,iv2_distill_steps=4,iv2_align_steps=4,iv2_finetune_steps=4,chat_lm_steps=4,"
+         "chat_stage1_steps=4,chat_stage2_steps=4,chat_stage3_steps=4,batch=8,labels=16")
 
 
 def get_config(arg=None):
@@ -179,7 +269,8 @@ def get_config(arg=None):
         arg = SMOKE + arg[len("smoke"):]
     arg = common.parse_arg(arg, train=1280, labels=160, val=640, pretrain_steps=300, finetune_steps=200,
                            multimodal_steps=600, multimodal_finetune_steps=400, fusion_steps=300, iv2_distill_steps=300,
-                           iv2_align_steps=400, iv2_finetune_steps=200, batch=32, workers=0)
+                           iv2_align_steps=400, iv2_finetune_steps=200, chat_lm_steps=300, chat_stage1_steps=200,
+                           chat_stage2_steps=300, chat_stage3_steps=600, chat_stage3_lr=1e-3, batch=32, workers=0)
     pretrain = common.train_config("videomae_pretrain", dict(encoder=ENCODER, **DECODER))
     pretrain = _data(pretrain, arg, num_classes=0)
     # Random (not tube) masking: on a 4x4 patch grid a masked tube hides a place in every frame, while a
@@ -197,9 +288,12 @@ def get_config(arg=None):
         multimodal_finetune=_classifier(arg, dict(VISUAL, head_dropout=0.1), "uniformerv2",
                                         arg.multimodal_finetune_steps, base_lr=1e-3),
         fusion=_fusion(arg), iv2_distill=_distill(arg), iv2_align=_align(arg), iv2_finetune=_iv2_finetune(arg),
-        iv2_scratch=_iv2_scratch(arg)))
+        iv2_scratch=_iv2_scratch(arg),
+        chat_lm=_chat_lm(arg), chat_stage1=_chat_stage1(arg),
+        chat_stage2=_chat_stage(arg, 2, arg.chat_stage2_steps, 1e-3),
+        chat_stage3=_chat_stage(arg, 3, arg.chat_stage3_steps, arg.chat_stage3_lr)))
     c.stage_order = ("pretrain", "finetune", "scratch", "multimodal", "multimodal_finetune", "fusion", "iv2_distill",
-                     "iv2_align", "iv2_finetune", "iv2_scratch")
+                     "iv2_align", "iv2_finetune", "iv2_scratch", "chat_lm", "chat_stage1", "chat_stage2", "chat_stage3")
     c = internvideo_pipeline.wire(c, masked_pretrain="pretrain", multimodal_pretrain="multimodal",
                                   masked_supervised="finetune", multimodal_supervised="multimodal_finetune",
                                   fusion="fusion")

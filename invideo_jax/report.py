@@ -1,18 +1,25 @@
 """The pipeline report: report.md with results tables whose accuracies carry standard errors, comparison sentences
-generated from the numbers, one loss plot per stage and the held-out accuracies as bars with their intervals."""
+generated from the numbers, one loss plot per stage, the held-out accuracies as bars with their intervals, and for
+a chat stage (evaluate/question_set.py metrics) its accuracy per question type against chance with sample answers
+beside each video's middle frame."""
 import math
 import os
 from typing import NamedTuple
 
 import matplotlib
+import numpy as np
+from PIL import Image
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from invideo_jax.data.video import decode_frames  # noqa: E402
 from invideo_jax.train import metrics as metrics_lib  # noqa: E402
 
 LOSS_PLOT = "plot_losses.png"
 ACCURACY_PLOT = "plot_accuracy.png"
+CHAT_FRAME = "chat_sample_{}.png"
+CHAT_FRAME_SCALE = 4  # the demo's 32-pixel frames shown 4x larger (nearest neighbour)
 # A difference counts when it exceeds this many standard errors of the difference (about a 95% interval).
 CONFIDENCE_SE = 2
 
@@ -166,6 +173,95 @@ def accuracy_plot(workdir: str, results: dict, chance=None):
     return ACCURACY_PLOT
 
 
+def chat_stage(results: dict):
+    """The name of the (last) result with chat question metrics (evaluate/question_set.py), or None."""
+    names = [name for name, r in results.items() if any(k.startswith("chat/") for k in r.get("eval", {}))]
+    return names[-1] if names else None
+
+
+def _chat_types(ev: dict) -> list:
+    """The question types of chat metrics ('colour' of 'chat/colour_mc'), in the order they come."""
+    tasks = [k.split("/")[1] for k in ev if k.startswith("chat/") and k.count("/") == 1]
+    return list(dict.fromkeys(t.rsplit("_", 1)[0] for t in tasks if t.endswith(("_mc", "_open"))))
+
+
+def _chat_estimate(ev: dict, task: str):
+    """The accuracy of a question task with its binomial standard error, or None."""
+    key = f"chat/{task}"
+    return binomial(ev[key], int(ev[f"{key}/questions"])) if key in ev else None
+
+
+def chat_table(results: dict, name: str) -> str:
+    """Markdown table: per question type, multiple-choice accuracy and its chance, and open-ended exact match (% ±
+    one standard error)."""
+    ev = results[name]["eval"]
+    lines = ["| question type | multiple choice % | chance % | open-ended exact match % | questions (mc / open) |",
+             "|---|---|---|---|---|"]
+    for kind in _chat_types(ev):
+        mc, open_ = _chat_estimate(ev, f"{kind}_mc"), _chat_estimate(ev, f"{kind}_open")
+        chance = ev.get(f"chat/{kind}_mc/chance")
+        counts = [str(int(ev.get(f"chat/{kind}_{k}/questions", 0))) for k in ("mc", "open")]
+        cells = [_percent(mc) if mc else "", f"{100 * chance:.1f}" if chance else "", _percent(open_) if open_ else "",
+                 " / ".join(counts)]
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    note = ("Multiple choice: the reply's option letter parsed strictly (evaluate/mvbench.py's official rule, which "
+            f"also counts an empty reply correct, gives {100 * ev['chat/mc_official']:.1f}% overall against "
+            f"{100 * ev['chat/mc']:.1f}% strict)." if "chat/mc_official" in ev else "")
+    return "\n".join(lines + ["", note])
+
+
+def chat_claims(results: dict, name: str) -> str:
+    """One generated sentence per question type: its multiple-choice accuracy against chance."""
+    ev = results[name]["eval"]
+    lines = []
+    for kind in _chat_types(ev):
+        mc = _chat_estimate(ev, f"{kind}_mc")
+        if mc and f"chat/{kind}_mc/chance" in ev:
+            chance = Estimate(ev[f"chat/{kind}_mc/chance"])
+            lines.append(f"- {compare(f'{kind} multiple choice', mc, 'chance', chance)}.")
+    return "\n".join(lines)
+
+
+def chat_samples(workdir: str, name: str, count: int = 3) -> str:
+    """A markdown table of `count` held-out answers (the i-th video's open-ended question of the i-th type) with
+    each video's middle frame, written as CHAT_FRAME png files; '' without the stage's predictions."""
+    path = os.path.join(workdir, name, "predictions.npz")
+    if not os.path.exists(path):
+        return ""
+    with np.load(path) as f:
+        rows = {k: f[k] for k in f.files}
+    videos = list(dict.fromkeys(rows["video"].tolist()))
+    types = list(dict.fromkeys(task.rsplit("_", 1)[0] for task in rows["task"].tolist()))
+    lines = ["| video (middle frame) | question | model answer | ground truth |", "|---|---|---|---|"]
+    for k in range(min(count, len(videos))):
+        task = f"{types[k % len(types)]}_open"
+        picked = [j for j in range(len(rows["task"])) if rows["video"][j] == videos[k] and rows["task"][j] == task]
+        if not picked:
+            continue
+        j = picked[0]
+        frames = decode_frames(videos[k], lambda n: [n // 2])
+        image = Image.fromarray(frames[0])
+        image = image.resize((image.width * CHAT_FRAME_SCALE, image.height * CHAT_FRAME_SCALE), Image.NEAREST)
+        image.save(os.path.join(workdir, CHAT_FRAME.format(k + 1)))
+        cells = [f"![{os.path.basename(videos[k])}]({CHAT_FRAME.format(k + 1)})", str(rows["question"][j]),
+                 str(rows["prediction"][j]) or "(no reply)", str(rows["answer"][j])]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def chat_section(workdir: str, results: dict) -> list:
+    """The report's chat part (its lines), or [] without a chat stage."""
+    name = chat_stage(results)
+    if name is None:
+        return []
+    parts = ["## Chat: held-out questions", "", f"`{name}`, on the held-out videos' questions:", "",
+             chat_table(results, name), "", chat_claims(results, name), ""]
+    samples = chat_samples(workdir, name)
+    if samples:
+        parts += ["Sample answers (open-ended questions):", "", samples, ""]
+    return parts
+
+
 def write(workdir: str, config, results: dict) -> str:
     title = config.get("report_title", "invideo_jax pipeline report")
     parts = [f"# {title}", "", config.get("report_intro", ""), "", "## Results", "", results_table(results), ""]
@@ -177,6 +273,7 @@ def write(workdir: str, config, results: dict) -> str:
     videotext = videotext_table(results)
     if videotext:
         parts += ["## Video-text evaluation", "", videotext, ""]
+    parts += chat_section(workdir, results)
     for heading, fname in (("Training loss per stage", loss_plot(workdir, list(results))),
                            ("Held-out accuracy", accuracy_plot(workdir, results, config.get("chance")))):
         if fname:

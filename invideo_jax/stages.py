@@ -3,11 +3,11 @@
 `config.stages` holds one config per stage and `config.stage_order` their order (ConfigDict sorts its keys).
 A stage is finished when its workdir holds `summary.json`. Once a stage runs, every later stage runs again
 (its inputs may have changed); a later stage's previous results are moved aside to `<stage>.stale-<time>`,
-never deleted. String fields may use `{workdir}` (the pipeline's workdir); an `init_from` checkpoint may name an
-earlier stage, and every restore between stages is checked on the abstract models before the first stage runs.
-`config.ensembles` ({name: stage names}, optional) adds late-fusion results: the stages' per-video class
-probabilities (their predictions.npz) averaged. In a multi-process run the workdir is shared and process 0 alone
-writes the data, moves stale stages and writes the report.
+never deleted. String fields, also inside tuples, may use `{workdir}` (the pipeline's workdir); an `init_from`
+checkpoint may name an earlier stage, and every restore between stages is checked on the abstract models before the
+first stage runs. `config.ensembles` ({name: stage names}, optional) adds late-fusion results: the stages' per-video
+class probabilities (their predictions.npz) averaged. In a multi-process run the workdir is shared and process 0
+alone writes the data, moves stale stages and writes the report.
 """
 import copy
 import json
@@ -70,10 +70,19 @@ def _predictions(workdir: str, stage: str) -> dict:
 
 def _fill(node, workdir):
     for key, value in node.items():
-        if isinstance(value, str) and "{workdir}" in value:
-            node[key] = value.replace("{workdir}", workdir)
-        elif hasattr(value, "items"):
+        if hasattr(value, "items"):
             _fill(value, workdir)
+        else:
+            node[key] = _filled(value, workdir)
+
+
+def _filled(value, workdir):
+    """`value` with `{workdir}` filled in, in a string or in the strings of (nested) tuples and lists."""
+    if isinstance(value, str):
+        return value.replace("{workdir}", workdir)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_filled(v, workdir) for v in value)
+    return value
 
 
 def finished(stage_dir: str) -> bool:

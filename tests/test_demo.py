@@ -9,7 +9,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ("pretrain", "finetune", "scratch", "multimodal", "multimodal_finetune", "fusion", "iv2_distill", "iv2_align",
-          "iv2_finetune", "iv2_scratch")
+          "iv2_finetune", "iv2_scratch", "chat_lm", "chat_stage1", "chat_stage2", "chat_stage3")
 
 
 def _run(config: str, workdir):
@@ -30,7 +30,8 @@ def _summaries(workdir, stages) -> dict:
 
 def test_shortened_demo_end_to_end(tmp_path):
     args = ("train=24,val=8,pretrain_steps=4,finetune_steps=4,multimodal_steps=4,multimodal_finetune_steps=4,"
-            "fusion_steps=4,iv2_distill_steps=4,iv2_align_steps=4,iv2_finetune_steps=4,batch=8,workers=0,labels=16")
+            "fusion_steps=4,iv2_distill_steps=4,iv2_align_steps=4,iv2_finetune_steps=4,chat_lm_steps=4,"
+            "chat_stage1_steps=4,chat_stage2_steps=4,chat_stage3_steps=4,batch=8,workers=0,labels=16")
     _run(f"configs/demo.py:{args}", tmp_path)
     summaries = _summaries(tmp_path, STAGES)
     assert all(summary["steps"] == 4 for summary in summaries.values())
@@ -39,6 +40,10 @@ def test_shortened_demo_end_to_end(tmp_path):
     for stage in ("multimodal", "iv2_align"):
         assert {"zero_shot/top1", "retrieval/t2v_r1", "retrieval_dsl/t2v_r1"} <= set(summaries[stage]["eval"])
     assert summaries["iv2_align"]["eval"]["retrieval_match/k"] == 16  # re-ranked by the matching head
+    chat = summaries["chat_stage3"]["eval"]
+    for kind in ("colour", "shape", "direction"):  # every held-out video asked each question both ways
+        assert chat[f"chat/{kind}_mc/questions"] == chat[f"chat/{kind}_open/questions"] == 8
+        assert chat[f"chat/{kind}_mc/chance"] == 0.25
     report = (tmp_path / "report.md").read_text()
     assert "| finetune | 4 |" in report and "| scratch | 4 |" in report
     assert "## Video-text evaluation" in report and "| multimodal |" in report and "| iv2_align |" in report
@@ -47,6 +52,8 @@ def test_shortened_demo_end_to_end(tmp_path):
         assert f"| {row} |" in report
     assert "## Comparisons" in report and "- finetune " in report  # a generated sentence per claim
     assert (tmp_path / "plot_losses.png").exists() and (tmp_path / "plot_accuracy.png").exists()
+    assert "## Chat: held-out questions" in report and "| direction |" in report
+    assert "- colour multiple choice " in report and (tmp_path / "chat_sample_3.png").exists()
     # Re-running skips the finished stages.
     again = _run(f"configs/demo.py:{args}", tmp_path)
     assert "=== stage" not in again.stdout

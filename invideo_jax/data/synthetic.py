@@ -6,8 +6,10 @@ parameterised symmetrically about the middle frame from label-independent random
 scene's middle frame is the same whatever its class, reversing time turns a clip into the same
 scene with the opposite motion, and translation wraps around so positions say nothing either.
 Written as h264 mp4 with VideoMAE-style csv lists, InternVideo-style JSON lists with captions,
-classes.txt and a word-level tokenizer of the captions (tokenizer/tokenizer.json). With `audio`, three of every
-four videos carry an AAC track: a tone whose pitch names the class (`tone_hz`); the fourth has no audio track.
+classes.txt, a word-level tokenizer of the captions (tokenizer/tokenizer.json), and the chat data: questions about
+each video's colour, shape and motion (chat_train.json, chat_val.json) and the LLM's tokenizer (llm_tokenizer/), see
+data/synthetic_chat.py. With `audio`, three of every four videos carry an AAC track: a tone whose pitch names the
+class (`tone_hz`); the fourth has no audio track.
 """
 import itertools
 import json
@@ -17,6 +19,7 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
+from invideo_jax.data import synthetic_chat
 from invideo_jax.data.tokenizer import train_word_tokenizer
 from invideo_jax.data.video import write_video
 
@@ -40,7 +43,7 @@ SHAPES = {
 }
 _SUPERSAMPLE = 2
 _WRAP_OFFSETS = np.array([(x, y) for x in (-1, 0, 1) for y in (-1, 0, 1)])
-_VERSION = 4  # bump when the rendering changes, so cached datasets are regenerated
+_VERSION = 5  # bump when the written files change, so cached datasets are regenerated
 FPS = 8
 # Without a lookahead and with one thread: x264's lookahead (macroblock-tree rate control) made the bytes, and so the
 # decoded pixels, of these videos differ from run to run, and with them every number the demo reports.
@@ -132,9 +135,9 @@ def zero_shot_prompts() -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 def _write_split(root: str, split: str, count: int, num_frames: int, size: int, seed: int, audio: bool):
-    """Writes one split's videos and its csv and JSON lists."""
+    """Writes one split's videos, its csv and JSON lists and its chat questions."""
     os.makedirs(os.path.join(root, "videos", split), exist_ok=True)
-    rows, entries = [], []
+    rows, entries, truths = [], [], []
     for i in range(count):
         label = i % len(CLASSES)
         rng = np.random.default_rng([seed, ("train", "val").index(split), i])
@@ -144,21 +147,24 @@ def _write_split(root: str, split: str, count: int, num_frames: int, size: int, 
         write_video(os.path.join(root, path), frames, fps=FPS, options=X264_OPTIONS, audio=sound, audio_rate=AUDIO_RATE)
         rows.append(f"{path} {label}\n")
         entries.append({"video": path, "caption": captions(label, color, shape), "label": label})
+        truths.append((path, {"colour": color, "shape": shape, "direction": CLASSES[label]}))
     with open(os.path.join(root, f"{split}.csv"), "w") as f:
         f.writelines(rows)
     with open(os.path.join(root, f"{split}.json"), "w") as f:
         json.dump(entries, f, indent=0)
+    synthetic_chat.write_split(root, split, truths, synthetic_chat.values(CLASSES, COLORS, SHAPES), seed)
 
 
 def write_dataset(root: str, *, num_train: int, num_val: int, num_frames: int = 16,
                   size: int = 64, seed: int = 0, audio: bool = False) -> dict[str, str]:
     """Writes the dataset under root unless an identical one is there; returns its paths
-    (root, train_csv, val_csv, train_json, val_json, classes, tokenizer)."""
+    (root, train_csv, val_csv, train_json, val_json, chat_train, chat_val, classes, tokenizer, llm_tokenizer)."""
     paths = {"root": root, "classes": os.path.join(root, "classes.txt"),
-             "tokenizer": os.path.join(root, "tokenizer")}
+             "tokenizer": os.path.join(root, "tokenizer"), "llm_tokenizer": os.path.join(root, "llm_tokenizer")}
     for split in ("train", "val"):
         paths[f"{split}_csv"] = os.path.join(root, f"{split}.csv")
         paths[f"{split}_json"] = os.path.join(root, f"{split}.json")
+        paths[f"chat_{split}"] = os.path.join(root, f"chat_{split}.json")
     settings = dict(num_train=num_train, num_val=num_val, num_frames=num_frames, size=size,
                     seed=seed, version=_VERSION, audio=audio)
     manifest = os.path.join(root, "synthetic.json")
@@ -174,6 +180,9 @@ def write_dataset(root: str, *, num_train: int, num_val: int, num_frames: int = 
     every_caption = [caption for label, color, shape in itertools.product(range(len(CLASSES)), COLORS, SHAPES)
                      for caption in captions(label, color, shape)]
     train_word_tokenizer(every_caption, paths["tokenizer"])
+    corpus = synthetic_chat.tokenizer_corpus(every_caption, paths["chat_train"],
+                                             synthetic_chat.values(CLASSES, COLORS, SHAPES))
+    synthetic_chat.write_tokenizer(paths["llm_tokenizer"], corpus, synthetic_chat.LLM_VOCAB_SIZE)
     with open(manifest, "w") as f:  # written last: its presence means the dataset is complete
         json.dump(settings, f)
     return paths

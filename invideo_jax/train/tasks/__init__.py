@@ -25,6 +25,7 @@ TASKS = {
     "distill": "invideo_jax.train.tasks.distill",
     "videochat2_qformer": "invideo_jax.train.tasks.videochat_qformer",
     "videochat2": "invideo_jax.train.tasks.videochat",
+    "language_model": "invideo_jax.train.tasks.language_model",
 }
 
 

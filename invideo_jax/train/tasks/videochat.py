@@ -7,13 +7,15 @@ train/tasks/videochat_qformer.py).
                       a prompt drawn from `videochat.caption_prompts`; the Q-Former reads no text; the LLM is frozen.
                       Stage 3: VideoChat2-IT files (`videochat.instruction_files`: (json, media root) pairs); the
                       Q-Former reads the template's instruction (`videochat.qformer_tokenizer`); LoRA trains, the base
-                      LLM is frozen.
+                      LLM is frozen. With `videochat.eval_questions` (a question list in evaluate/mvbench.py's format,
+                      videos under `videochat.eval_video_root`) the run ends with evaluate/question_set.py's accuracies
+                      on them (replies of at most `videochat.eval_max_new_tokens` tokens) and per-question predictions.
 
 `stage_init_from(stage, model_kwargs, stage1=..., stage2=..., llm=...)` builds `config.init_from` for the chain:
 stage 2 restores the encoder, vision_layernorm and the Q-Former's query side from stage 1 (the 64 extra queries
 start at zero) and the LLM from a checkpoint of the VideoChat layout; stage 3 restores the Q-Former's text
 embeddings and text FFNs from stage 1 first (stage 2 has none, pitfall P6), then everything stage 2 trained plus
-the base LLM from stage 2; LoRA starts fresh (B = 0).
+the base LLM from stage 2 (a Q-Former that reads no text restores nothing from stage 1); LoRA starts fresh (B = 0).
 """
 import jax
 import jax.numpy as jnp
@@ -34,7 +36,7 @@ def default_videochat_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         stage=3, template="mistral", llm_tokenizer="", instruction_files=(), caption_prompts=(STAGE2_PROMPT,),
         max_text_tokens=512, qformer_tokenizer="bert", qformer_tokenizer_path="", instruction_length=32,
-        shuffle_qa=True))
+        shuffle_qa=True, eval_questions="", eval_video_root="", eval_max_new_tokens=100))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -74,7 +76,9 @@ def stage_init_from(stage: int, model_kwargs: dict, stage1: str = "", stage2: st
     elif stage == 3:
         trained = ["vision_encoder", "vision_layernorm", "project_up", "qformer/extra_query_tokens",
                    *qformer_paths(qformer, False), *llm_base_paths(llm_config)]
-        sources = {"stage1": (stage1, same(qformer_paths(qformer, True))), "stage2": (stage2, same(trained))}
+        sources = {"stage2": (stage2, same(trained))}
+        if qformer.get("text_input", True):
+            sources = {"stage1": (stage1, same(qformer_paths(qformer, True))), **sources}
     else:
         raise ValueError(f"stage={stage}: init_from chains stages 2 and 3")
     return ml_collections.ConfigDict({name: dict(checkpoint=path, mapping=mapping, pos_embed_grid_src=(),
@@ -91,6 +95,13 @@ def lm_loss(logits, ids, label_mask):
     return losses.caption_loss(logits[:, :-1], ids[:, 1:], label_mask[:, 1:])
 
 
+def mean_nll(logits, ids, label_mask):
+    """(B,) each row's mean negative log-likelihood of its ids at t + 1 where label_mask[t + 1] (as `lm_loss`)."""
+    mask = label_mask[:, 1:].astype(jnp.float32)
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits[:, :-1]), ids[:, 1:, None], axis=-1)[..., 0]
+    return (nll * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0)
+
+
 class Task:
     def __init__(self, config):
         self.config, self.v = config, config.videochat
@@ -105,6 +116,8 @@ class Task:
         self.length = self.v.max_text_tokens + self.num_visual
         self.init_from_mapping = {"": "params"}
         self._tokenizers = None
+        if self.v.get("eval_questions"):
+            self.evaluate = self.evaluate_questions
 
     def tokenizers(self):
         """(LLM tokenizer, Q-Former tokenizer or None), loaded once."""
@@ -174,7 +187,16 @@ class Task:
     def predict(self, params, model_state, batch):
         """Per-example mean negative log-likelihood of the supervised tokens."""
         del model_state
-        logits = self._logits(params, batch)[:, :-1]
-        mask = batch["label_mask"][:, 1:].astype(jnp.float32)
-        nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), batch["ids"][:, 1:, None], axis=-1)[..., 0]
-        return {"nll": (nll * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0)}
+        return {"nll": mean_nll(self._logits(params, batch), batch["ids"], batch["label_mask"])}
+
+    def evaluate_questions(self, state, predict, mesh) -> dict:
+        """evaluate/question_set.py on `videochat.eval_questions` with the state's weights (module docstring)."""
+        del predict, mesh
+        from invideo_jax.evaluate import mvbench, question_set, videochat
+
+        questions = mvbench.read_questions(self.v.eval_questions, self.v.eval_video_root)
+        tok, qtok = self.tokenizers()
+        d = self.config.data
+        chat = videochat.ChatModel(self.model, state.params, self.v.template, tok, qtok, d.num_frames, d.crop_size,
+                                   d.normalize)
+        return question_set.evaluate(chat, questions, self.v.eval_max_new_tokens)
