@@ -199,9 +199,9 @@ CHAT_TEXT_TOKENS = {2: 32, 3: 168}  # the LLM's text positions per example (besi
 
 
 def _chat_data(c, arg):
-    """The videos as `iv2_align` reads them (4 frames, every 4th), the whole frame: no crop, no flip."""
+    """The clips `iv2_align` reads (8 frames, every 2nd), the whole frame: no crop, no flip."""
     c = _data(c, arg, num_classes=0)
-    c.data.update(dict(num_frames=4, sampling_rate=4, rrc_scale=(1.0, 1.0), rrc_ratio=(1.0, 1.0),
+    c.data.update(dict(rrc_scale=(1.0, 1.0), rrc_ratio=(1.0, 1.0),
                        train_annotations="{workdir}/data/train.json", eval_annotations="{workdir}/data/val.json"))
     return c
 
