@@ -67,7 +67,7 @@ def model_dtypes(config) -> set:
             if hasattr(value, "items"):
                 visit(value)
             elif key == "dtype":
-                found.add(value)
+                found.add(jnp.dtype(value).name)  # a config holds the name or the jnp type
 
     visit(config.model.kwargs)
     return found
