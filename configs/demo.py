@@ -317,5 +317,8 @@ def get_config(arg=None):
                       "averaged); `ensemble` averages the two encoders' softmax. `iv2_finetune` fine-tunes the "
                       "InternVideo2 student after its stage 1 (distilled from `pretrain`, no labels) and stage 2 "
                       "(aligned with the captions); `iv2_scratch` is the same classifier from random weights with "
-                      "the same labels and budget.")
+                      "the same labels and budget. The same seed on the same machine gives the same report. Other CPUs "
+                      "may round differently: on this project's 2-core machine, XLA's code restricted to SSE4.2 (no "
+                      "AVX or FMA) changed 1 of the 113 numbers of a shortened demo, in its 8th digit, and no "
+                      "held-out accuracy; one core instead of two changed none (docs/results.md).")
     return c
