@@ -14,7 +14,7 @@ STAGES = ("pretrain", "finetune", "scratch", "multimodal", "multimodal_finetune"
 
 def _run(config: str, workdir):
     cmd = [sys.executable, "-m", "invideo_jax.main", f"--config={config}", f"--workdir={workdir}"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     return out
 
@@ -53,7 +53,9 @@ def test_shortened_demo_end_to_end(tmp_path):
     assert "## Comparisons" in report and "- finetune " in report  # a generated sentence per claim
     assert (tmp_path / "plot_losses.png").exists() and (tmp_path / "plot_accuracy.png").exists()
     assert "## Chat: held-out questions" in report and "| direction |" in report
-    assert "- colour multiple choice " in report and (tmp_path / "chat_sample_3.png").exists()
+    sentences = [line for line in report.splitlines() if line.startswith("- ")]
+    assert any("colour multiple choice" in line for line in sentences)  # "A beats B", either way, or "not ..."
+    assert (tmp_path / "chat_sample_3.png").exists()
     # Re-running skips the finished stages.
     again = _run(f"configs/demo.py:{args}", tmp_path)
     assert "=== stage" not in again.stdout
