@@ -28,6 +28,7 @@ def _summaries(workdir, stages) -> dict:
     return summaries
 
 
+@pytest.mark.slow  # ~8 min; CI's `make demo-smoke` runs the same stages through the user's command
 def test_shortened_demo_end_to_end(tmp_path):
     args = ("train=24,val=8,pretrain_steps=4,finetune_steps=4,multimodal_steps=4,multimodal_finetune_steps=4,"
             "fusion_steps=4,iv2_distill_steps=4,iv2_align_steps=4,iv2_finetune_steps=4,chat_lm_steps=4,"
