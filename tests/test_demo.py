@@ -28,11 +28,9 @@ def _summaries(workdir, stages) -> dict:
     return summaries
 
 
-@pytest.mark.slow  # ~8 min; CI's `make demo-smoke` runs the same stages through the user's command
+@pytest.mark.slow  # ~8 min; CI's `make demo-smoke` runs the same config through the user's command
 def test_shortened_demo_end_to_end(tmp_path):
-    args = ("train=24,val=8,pretrain_steps=4,finetune_steps=4,multimodal_steps=4,multimodal_finetune_steps=4,"
-            "fusion_steps=4,iv2_distill_steps=4,iv2_align_steps=4,iv2_finetune_steps=4,chat_lm_steps=4,"
-            "chat_stage1_steps=4,chat_stage2_steps=4,chat_stage3_steps=4,batch=8,workers=0,labels=16")
+    args = "smoke"  # every stage for 4 steps of batch 8 on 24 (16 labelled) + 8 videos
     _run(f"configs/demo.py:{args}", tmp_path)
     summaries = _summaries(tmp_path, STAGES)
     assert all(summary["steps"] == 4 for summary in summaries.values())
