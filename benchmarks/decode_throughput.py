@@ -1,6 +1,6 @@
 """Video decoding throughput: 16-frame clips of Kinetics-like h264 videos, PyAV beside decord.
 
-    python benchmarks/decode_throughput.py [--dir=/tmp/decode_bench] [--clips=48] [--workers=0,1,2]
+    python -m benchmarks.decode_throughput [--dir=/tmp/decode_bench] [--clips=48] [--workers=0,1,2]
 
 Generates a few 340x256, 10 s, 30 fps h264 videos once per keyframe interval (x264's default 250,
 and 60), draws dense training clips (16 frames, stride 4, random start), and prints Markdown rows:
@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 from absl import app, flags
-from PIL import Image
 
+from benchmarks.kinetics_like import FPS, HEIGHT, SECONDS, WIDTH, make_videos
 from invideo_jax.data import pipeline, transforms, video
 
 _DIR = flags.DEFINE_string("dir", "/tmp/decode_bench", "Where the generated videos are kept.")
@@ -23,40 +23,6 @@ _CLIPS = flags.DEFINE_integer("clips", 48, "Clips timed per single-core measurem
 _WORKERS = flags.DEFINE_list("workers", ["0", "1", "2"], "grain worker counts to time.")
 _BATCHES = flags.DEFINE_integer("batches", 6, "Batches of 8 timed per pipeline measurement.")
 _GOPS = flags.DEFINE_list("gops", ["250", "60"], "Keyframe intervals of the generated video sets.")
-
-HEIGHT, WIDTH, FPS, SECONDS = 256, 340, 30, 10
-
-
-def kinetics_like_frames(rng: np.random.Generator) -> np.ndarray:
-    """A drifting smooth texture with a moving disc and sensor noise (about 0.3 MB per 10 s)."""
-    coarse = rng.integers(0, 256, (HEIGHT // 8, WIDTH // 8, 3), dtype=np.uint8)
-    texture = np.asarray(Image.fromarray(coarse).resize((WIDTH + 64, HEIGHT + 64),
-                                                        Image.Resampling.BICUBIC), np.float32)
-    y, x = np.mgrid[:HEIGHT, :WIDTH]
-    frames = np.empty((FPS * SECONDS, HEIGHT, WIDTH, 3), np.uint8)
-    for t in range(len(frames)):
-        dx, dy = int(t * 0.2) % 64, int(32 + 30 * np.sin(t / 30))
-        frame = texture[dy:dy + HEIGHT, dx:dx + WIDTH].copy()
-        disc = (x - 170 - 120 * np.sin(t / 20)) ** 2 + (y - 128 - 80 * np.cos(t / 25)) ** 2 < 900
-        frame[disc] = rng.integers(0, 256, 3)
-        frames[t] = np.clip(frame + rng.normal(0, 4, frame.shape), 0, 255)
-    return frames
-
-
-def make_videos(directory: str, count: int, gop: int) -> str:
-    """Writes the videos (once) and a VideoMAE list of them; returns the list's path."""
-    os.makedirs(directory, exist_ok=True)
-    rows = []
-    for i in range(count):
-        path = os.path.join(directory, f"{i}.mp4")
-        if not os.path.exists(path):
-            video.write_video(path, kinetics_like_frames(np.random.default_rng(i)), fps=FPS,
-                              options={"g": str(gop)})
-        rows.append(f"{path} 0\n")
-    annotations = os.path.join(directory, "train.csv")
-    with open(annotations, "w") as f:
-        f.writelines(rows)
-    return annotations
 
 
 def clip_plan(paths: list[str], count: int) -> list[tuple[str, np.ndarray]]:

@@ -1,5 +1,7 @@
 """The step benchmark: a Markdown row on a tiny config (no timing assertions), and its analytic FLOPs."""
 import math
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +10,7 @@ import pytest
 from benchmarks import common, memory, train_step, videomae_step
 from configs import common as sizes
 from invideo_jax import aot, masking
+from tests.tiny_models import tiny
 
 TINY = ["--model=tiny", "--frames=4", "--image_size=32", "--batch=1", "--warmup=1", "--steps=1", "--peak_size=128"]
 
@@ -124,3 +127,17 @@ def test_train_step_row_for_any_config(tmp_path, capsys):
     assert common.parse_mesh("fsdp=2,data=-1", 8) == dict(data=4, fsdp=2, tensor=1)
     with pytest.raises(ValueError, match="at most one size may be -1"):
         common.parse_mesh("fsdp=-1,data=-1", 8)
+
+
+def test_extract_throughput_times_the_model_the_decoding_and_the_extractor_on_the_same_clips(tmp_path):
+    """benchmarks/extract_throughput.py on the tiny ViT and one generated 10 s video: three rows over the same clips
+    (no timing assertions) and the overlap line."""
+    out = subprocess.run([sys.executable, "-m", "benchmarks.extract_throughput", f"--model={tiny('vit')}",
+                          "--videos=1", "--batch=2", "--repeats=1", f"--dir={tmp_path}"],
+                         capture_output=True, text=True, cwd=common.ROOT, check=True).stdout
+    rows = [line.strip("|").split("|") for line in out.splitlines() if line.startswith("| ") and "---" not in line]
+    parts = {cells[0].strip(): (int(cells[1]), float(cells[3])) for cells in rows[1:]}
+    assert list(parts) == ["model alone", "decode + crop alone", "extract, end to end"]
+    clips = {n for n, _ in parts.values()}
+    assert len(clips) == 1 and clips.pop() > 0 and all(rate > 0 for _, rate in parts.values())
+    assert "overlap (decode s + model s) / extract s = " in out
