@@ -49,9 +49,9 @@ PAPER = [
     Row("InternVideo2-1B stage 1 from stored targets", "configs/internvideo2_distill.py:1B,batch=4096,targets=stored",
         "v5p-64", 2),
     Row("InternVideo2-1B stage 2", "configs/internvideo2_align.py:1B,batch=4096,vision_remat=full", "v5p-64", 4),
-    Row("InternVideo2-6B stage 2", "configs/internvideo2_align.py:6B,batch=4096,vision_remat=full", "v5p-128", 4),
+    Row("InternVideo2-6B stage 2", "configs/internvideo2_align.py:6B,batch=4096,vision_remat=full", "v5p-128", 16),
     Row("InternVideo2-6B stage 2 with audio", "configs/internvideo2_align.py:6B,batch=4096,vision_remat=full,"
-        "audio=beats_iter3,embed_dim=768,text_length=40", "v5p-128", 4),
+        "audio=beats_iter3,embed_dim=768,text_length=40", "v5p-128", 16),
 ]
 FSDP = ("--config.mesh.data=1", "--config.mesh.fsdp=-1", "--config.sharding_rules=fsdp")
 
