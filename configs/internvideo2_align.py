@@ -61,7 +61,8 @@ Parameter counts (jax.eval_shape; tests/test_align.py), 1B at 4 frames of 224 wi
 
 Fits (TPU compiler via `python -m invideo_jax.aot`, docs/scale.md; bf16, remat=full, FSDP over every chip): 1B at
 batch 4096 on v5p-64 with `--config.grad_accum_steps=4` (32 clips per chip, peak 7.7 of 95 GiB); 6B at batch 4096
-on v5p-128 with `--config.grad_accum_steps=16` (4 clips per chip per microbatch, peak 5.2 of 95 GiB).
+on v5p-128 with `--config.grad_accum_steps=16` (4 clips per chip per microbatch, peak 5.2 of 95 GiB; with
+`audio=beats_iter3,embed_dim=768,text_length=40`, 5.5 GiB).
 """
 import ml_collections
 
