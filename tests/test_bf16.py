@@ -14,9 +14,10 @@ from configs import common, demo, internvideo2_align, internvideo2_distill, inte
 from invideo_jax.train import optim, trainer
 from invideo_jax.train.state import TrainState
 from invideo_jax.train.tasks import get_task
+from tests.compiling import FAST_COMPILE
 
 STEPS, BATCH, WINDOW = 300, 16, 25
-MODEL = dict(width=32, depth=2, num_heads=2, mlp_dim=64, patch_size=8, tubelet_size=2, num_frames=4, image_size=16,
+MODEL = dict(width=16, depth=1, num_heads=2, mlp_dim=32, patch_size=8, tubelet_size=2, num_frames=4, image_size=16,
              final_norm=False, pool="mean", num_classes=4)
 
 
@@ -29,12 +30,20 @@ def dataset(size=64, seed=0):
     return video, np.eye(4, dtype=np.float32)[labels]
 
 
-def loss_curve(dtype: str):
+def compiled(fn, *args):
+    return jax.jit(fn).lower(*args).compile(FAST_COMPILE)
+
+
+def task_config(dtype: str):
     config = common.train_config("classification", dict(MODEL, dtype=dtype))
     config.optim.update(dict(base_lr=1e-3, lr_batch_denom=0, warmup_steps=10))
+    return config
+
+
+def loss_curve(dtype: str, params, video, targets):
+    """`STEPS` steps from `params` on the 4 batches of `video` and `targets` in turn: (losses, final state)."""
+    config = task_config(dtype)
     task = get_task(config)
-    video, targets = (jnp.asarray(x).reshape((4, BATCH) + x.shape[1:]) for x in dataset())  # 4 batches in turn
-    params = nn.unbox(task.init_variables(jax.random.PRNGKey(0), {"video": video[0]}))["params"]
     tx, schedule = optim.make_optimizer(config.optim, params, total_steps=STEPS, global_batch=BATCH)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), batch_stats={},
                        rng=jax.random.PRNGKey(1))
@@ -44,13 +53,17 @@ def loss_curve(dtype: str):
         state, metrics = step(state, {"video": video[i % 4], "targets": targets[i % 4]})
         return state, metrics["loss"]
 
-    state, losses = jax.jit(lambda state: jax.lax.scan(body, state, jnp.arange(STEPS)))(state)
+    state, losses = compiled(lambda state: jax.lax.scan(body, state, jnp.arange(STEPS)), state)(state)
     return np.asarray(losses), state
 
 
 def test_bf16_loss_curve_follows_float32():
-    fp32, _ = loss_curve("float32")
-    bf16, state = loss_curve("bfloat16")
+    video, targets = (jnp.asarray(x).reshape((4, BATCH) + x.shape[1:]) for x in dataset())  # 4 batches
+    init = get_task(task_config("float32")).init_variables
+    rng, example = jax.random.PRNGKey(0), {"video": video[0]}
+    params = nn.unbox(compiled(init, rng, example)(rng, example))["params"]  # float32 in both runs
+    fp32, _ = loss_curve("float32", params, video, targets)
+    bf16, state = loss_curve("bfloat16", params, video, targets)
     windows = lambda x: x.reshape(-1, WINDOW).mean(1)
     np.testing.assert_array_less(np.abs(windows(bf16) - windows(fp32)), 0.05 + 0.05 * windows(fp32))
     assert windows(fp32)[-1] < 0.5 * windows(fp32)[0] and windows(bf16)[-1] < 0.5 * windows(bf16)[0]

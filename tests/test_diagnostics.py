@@ -11,6 +11,7 @@ from invideo_jax import stages
 from invideo_jax.models.vit import VisionTransformer
 from invideo_jax.train import trainer
 from tests import tiny_config
+from tests.compiling import quick_compiles
 
 
 def classifier_config(data_dir, **overrides):
@@ -22,6 +23,13 @@ def classifier_config(data_dir, **overrides):
     config.mesh.data = 1
     config.update(overrides)
     return config
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compile_once(tmp_path_factory):
+    """Every run here trains the same classifier: its init, step and predict are compiled once for the module."""
+    with quick_compiles(tmp_path_factory.mktemp("xla_cache")):
+        yield
 
 
 def overview_lines(caplog, what):

@@ -8,9 +8,8 @@ from jax.sharding import PartitionSpec as P
 from configs import common, internvideo2_distill, videomae_pretrain
 from invideo_jax import aot, sharding
 from invideo_jax.train import checkpoint, optim
+from tests.compiling import FAST_COMPILE
 
-# LLVM -O0 halves compile time on 2 cores; the HLO, shardings and buffer sizes are those of the default level.
-FAST = {"xla_backend_optimization_level": 0}
 BATCH, STEPS = 8, 3
 # Width, heads and MLP split over fsdp=8 and tensor=2; scanned blocks put a `layers` axis on the block params.
 ENCODER = dict(width=32, depth=2, num_heads=2, mlp_dim=64, patch_size=8, tubelet_size=2, num_frames=4,
@@ -52,7 +51,7 @@ def argument_bounds(config, abstract):
 
 def test_fsdp_puts_an_eighth_of_the_train_state_on_each_device():
     config = vit_g_config((1, 8, 1), "fsdp")
-    compiled, abstract = aot.compile_train_step(config, FAST)
+    compiled, abstract = aot.compile_train_step(config, FAST_COMPILE)
     total, per_device = aot.state_bytes((abstract.params, abstract.opt_state))
     assert total > 700e6  # ~62M parameters, each with Adam's mu and nu
     # Replicated: norms, the MLP hidden and head biases (0.6% of the total here).
@@ -125,7 +124,7 @@ def runs():
     """Per mesh: (losses, state after STEPS steps, abstract state, memory stats), same initial state and batches."""
     initial, out = None, {}
     for name, (shape, rules) in MESHES.items():
-        compiled, abstract = aot.compile_train_step(classifier_config(shape, rules), FAST)
+        compiled, abstract = aot.compile_train_step(classifier_config(shape, rules), FAST_COMPILE)
         initial = initial_state(abstract) if initial is None else initial
         state = jax.tree.map(lambda x, a: jax.device_put(x, a.sharding), initial, abstract)
         batch_sh = sharding.batch_sharding(abstract.step.sharding.mesh)
