@@ -11,21 +11,38 @@ from invideo_jax.models.fusion import FusedVideoModel
 from invideo_jax.models.uniformerv2 import UniFormerV2
 from invideo_jax.models.vit import VisionTransformer
 
+# Compilation dominates the run time: a one-block multimodal encoder (with its global block and query token), random
+# values instead of compiled initialisations, and one jitted apply of MODEL shared by the tests.
 MASKED = dict(width=24, depth=2, num_heads=2, mlp_dim=48, patch_size=8, tubelet_size=2, num_frames=4,
               image_size=16, pool="mean")
-MULTIMODAL = dict(width=32, depth=2, num_heads=2, mlp_dim=64, patch_size=8, image_size=16, num_frames=4,
-                  global_layers=(1,))
+MULTIMODAL = dict(width=32, depth=1, num_heads=2, mlp_dim=64, patch_size=8, image_size=16, num_frames=4,
+                  global_layers=(0,))
 MODEL = FusedVideoModel(MASKED, MULTIMODAL, fusion_layers=(0, 1), direction="symmetric", num_heads=2,
                         num_classes=5)
+APPLY = jax.jit(MODEL.apply)
 
 
 def clip(seed=0):
     return np.random.default_rng(seed).standard_normal((2, 4, 16, 16, 3)).astype(np.float32)
 
 
+def random_variables(module, seed=0):
+    """Random values of `module`'s variables (from their shapes, nothing compiled): N(0, 0.2), norm scales and
+    BatchNorm variances 1 + |N(0, 0.2)|."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        value = rng.normal(0, 0.2, leaf.shape)
+        return (1 + np.abs(value) if jax.tree_util.keystr(path[-1:]) in ("['scale']", "['var']") else value).astype(
+            leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, nn.unbox(jax.eval_shape(module.init, jax.random.PRNGKey(0), clip())))
+
+
 @pytest.fixture(scope="module")
 def params():
-    return nn.unbox(jax.jit(MODEL.init)(jax.random.PRNGKey(0), clip()))["params"]
+    """Random parameters with the gates at zero, where the model initialises them."""
+    return set_gates(random_variables(MODEL)["params"], 0.0)
 
 
 def set_gates(params, value):
@@ -37,7 +54,11 @@ def set_gates(params, value):
 def test_zero_gates_give_the_standalone_encoders_features_exactly(params):
     assert set(params) == {"masked", "multimodal", "fusion_0", "fusion_1", "fusion_masked_0", "fusion_masked_1",
                            "head_multimodal", "head_masked"}
-    out = jax.jit(MODEL.apply)({"params": params}, clip())
+    # MODEL.init sets the gates to zero (jitted, it compiles no more than the gates: XLA drops the rest)
+    gates = jax.jit(lambda key: {k: v for k, v in traverse_util.flatten_dict(
+        nn.unbox(MODEL.init(key, clip()))["params"], sep="/").items() if k.endswith("_gate")})(jax.random.PRNGKey(0))
+    assert len(gates) == 8 and not any(np.any(v) for v in gates.values()), gates
+    out = APPLY({"params": params}, clip())
     masked = jax.jit(VisionTransformer(**MASKED).apply)({"params": params["masked"]}, clip())
     multimodal = jax.jit(UniFormerV2(**MULTIMODAL).apply)({"params": params["multimodal"]}, clip())
     np.testing.assert_array_equal(out["multimodal_features"], multimodal["features"])
@@ -47,7 +68,7 @@ def test_zero_gates_give_the_standalone_encoders_features_exactly(params):
 
 
 def test_gates_change_features_and_only_fusion_params_get_gradients(params):
-    out = jax.jit(MODEL.apply)({"params": set_gates(params, 0.5)}, clip())
+    out = APPLY({"params": set_gates(params, 0.5)}, clip())
     for k in ("multimodal_features", "masked_features"):
         assert np.abs(out[k] - out[f"{k}_unfused"]).max() > 1e-3, k
 
@@ -137,11 +158,7 @@ def test_init_from_the_two_supervised_checkpoints_starts_as_the_multimodal_class
     multimodal = dict(MULTIMODAL, local_blocks=True)  # BatchNorm statistics to restore as well
     vit = VisionTransformer(**MASKED, num_classes=5)
     uniformer = UniFormerV2(**multimodal, num_classes=5)
-    saved = {"masked": nn.unbox(jax.jit(vit.init)(jax.random.PRNGKey(1), clip())),
-             "multimodal": nn.unbox(jax.jit(uniformer.init)(jax.random.PRNGKey(2), clip()))}
-    rng = np.random.default_rng(0)
-    saved["multimodal"]["batch_stats"] = jax.tree.map(lambda x: x + rng.uniform(0.5, 1.0, x.shape).astype(x.dtype),
-                                                      saved["multimodal"]["batch_stats"])
+    saved = {"masked": random_variables(vit, seed=1), "multimodal": random_variables(uniformer, seed=2)}
     for name, tree in saved.items():
         ocp.PyTreeCheckpointer().save(tmp_path / name, tree)
 

@@ -4,11 +4,13 @@ Orbax INFO lines go to WORKDIR/log.txt, not to the terminal."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
 import jax
 import numpy as np
+import pytest
 import torch
 
 from invideo_jax.convert import cli, videomae
@@ -28,29 +30,46 @@ def run(args, cwd, env=None, timeout=600):
     return out
 
 
-def test_main_with_relative_workdir_checkpoints_resumes_and_keeps_the_terminal_quiet(tmp_path):
-    config = os.path.join(ROOT, "tests", "tiny_config.py")
-    first = run(["invideo_jax.main", f"--config={config}:steps=2,batch=8", "--workdir=run"], cwd=tmp_path)
-    stage = tmp_path / "run" / "classify"
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    """tests/tiny_config.py run by the real CLI from a temporary current directory into the relative workdir `run`,
+    then by the same command again once its step-4 checkpoint and summary are removed, as if it had stopped after its
+    step-2 checkpoint. The second run reads its compiled programs back from the workdir's XLA cache. Both compile
+    with XLA's LLVM optimisations and MLIR fusion emitters off: the same computations, compiled in a third of the
+    time. Returns the directory, the command, the environment, both runs' output and the log file after them."""
+    cwd = tmp_path_factory.mktemp("cli")
+    command = ["invideo_jax.main", f"--config={os.path.join(ROOT, 'tests', 'tiny_config.py')}:steps=4,batch=8",
+               "--workdir=run"]
+    env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="1",
+               XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_cpu_use_fusion_emitters=false")
+    first = run(command, cwd=cwd, env=env)
+    stage = cwd / "run" / "classify"
     assert (stage / "checkpoints" / "2").is_dir()
-    os.remove(stage / "summary.json")  # as if the run had stopped after its step-2 checkpoint
-    second = run(["invideo_jax.main", f"--config={config}:steps=4,batch=8", "--workdir=run"], cwd=tmp_path)
-    with open(stage / "summary.json") as f:
+    shutil.rmtree(stage / "checkpoints" / "4")
+    os.remove(stage / "summary.json")
+    second = run(command, cwd=cwd, env=env)
+    return cwd, command, env, (first, second), (cwd / "run" / "log.txt").read_text()
+
+
+def test_main_with_relative_workdir_checkpoints_resumes_and_keeps_the_terminal_quiet(pipeline_run):
+    cwd, _, _, outs, log = pipeline_run
+    with open(cwd / "run" / "classify" / "summary.json") as f:
         assert json.load(f)["steps"] == 4
-    log = (tmp_path / "run" / "log.txt").read_text()
     assert "resumed from step 2" in log
     assert "checkpoint_manager.py" in log  # Orbax's INFO lines are in the log file ...
-    for out in (first, second):  # ... not on the terminal, which shows the stages, results and the report
+    for out in outs:  # ... not on the terminal, which shows the stages, results and the report
         terminal = out.stdout + out.stderr
         assert not ABSL_INFO.search(terminal), ABSL_INFO.findall(terminal)[:3]
         assert "=== stage classify" in out.stdout and "classify: top-1" in out.stdout
-        assert f"report: {tmp_path / 'run' / 'report.md'}" in out.stdout
+        assert f"report: {cwd / 'run' / 'report.md'}" in out.stdout
 
 
-def test_alsologtostderr_brings_info_lines_back_to_the_terminal(tmp_path):
-    config = os.path.join(ROOT, "tests", "tiny_config.py")
-    out = run(["invideo_jax.main", f"--config={config}:steps=2,batch=8", "--workdir=run", "--alsologtostderr"],
-              cwd=tmp_path)
+def test_alsologtostderr_brings_info_lines_back_to_the_terminal(pipeline_run):
+    """The finished run once more, its summary removed: it resumes from its last checkpoint and evaluates."""
+    cwd, command, env, _, _ = pipeline_run
+    os.remove(cwd / "run" / "classify" / "summary.json")
+    out = run(command + ["--alsologtostderr"], cwd=cwd, env=env)
+    assert "resumed from step 4" in out.stderr and "classify: top-1" in out.stdout
     assert ABSL_INFO.search(out.stderr)
 
 
