@@ -13,6 +13,7 @@ shards them FSDP-style instead) and delegates to its task (invideo_jax/train/tas
       (evaluate/clip_features.py; each task's docstring says which features)
   video-text tasks also: tokenizer(), encode_text(params, model_state, ids) -> (N, E), logit_scale(params) -> float
 """
+import copy
 import dataclasses
 import math
 import os
@@ -20,6 +21,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -82,12 +84,32 @@ def convert(model, checkpoint: str, fmt: str, shardings) -> dict:
     return jax.device_put({k: v for k, v in variables.items() if k in shardings}, shardings)
 
 
+def cpu_float32(config):
+    """`config` with each bfloat16 compute `dtype` of its model set to float32 (a copy). CPUs without bfloat16 matmul
+    units emulate bfloat16: ViT-B 16x224 features came 23% slower than in float32 (docs/benchmarks.md). Parameters
+    are float32 in both, so the same weights load."""
+    config = copy.deepcopy(config)
+
+    def walk(node):
+        for key, value in node.items():
+            if hasattr(value, "items"):
+                walk(value)
+            elif key == "dtype" and value is not None and jnp.dtype(value) == jnp.bfloat16:
+                del node[key]  # a ConfigDict field keeps its first type: bfloat16's, for a dtype object
+                node[key] = "float32" if isinstance(value, str) else jnp.dtype(jnp.float32)
+
+    with config.unlocked():
+        walk(config.model)
+    return config
+
+
 def load(name: str, checkpoint: str, *, format: str | None = None, shard_params: bool = False,
          overrides=None) -> "InferenceModel":
     """The preset (or config file) `name` with weights from `checkpoint` (see the module docstring).
 
     `overrides`: {dotted config field: value}, e.g. {'data.tokenizer_path': DIR}. `shard_params`: FSDP over the
-    local devices (for models too large to replicate); the batch is split over every device either way.
+    local devices (for models too large to replicate); the batch is split over every device either way. On the CPU
+    backend the model computes in float32 whatever its config's `dtype` (`cpu_float32`); elsewhere as configured.
     """
     preset, checkpoint = presets.get(name), paths.resolve(checkpoint)
     fmt = format or (presets.OURS if os.path.isdir(checkpoint) else preset.format)
@@ -99,6 +121,8 @@ def load(name: str, checkpoint: str, *, format: str | None = None, shard_params:
         raise ValueError(f"{checkpoint} is a file: a checkpoint of ours is a directory; for PyTorch weights give "
                          f"a converter format, one of {api.FORMATS}")
     config = presets.build_config(preset, _stage_workdir(checkpoint, preset.stage), overrides)
+    if jax.default_backend() == "cpu":
+        config = cpu_float32(config)
     task = get_task(config)
     if not hasattr(task, "encode_video"):
         raise ValueError(f"{name}: task {config.task!r} has no inference interface (encode_video); see "

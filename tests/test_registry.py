@@ -106,6 +106,20 @@ def test_load_training_run_converted_dir_and_pytorch_file(tmp_path):
         from_run.tokenizer()
 
 
+def test_on_cpu_a_bfloat16_model_loads_computing_in_float32(tmp_path):
+    save(random_variables(tiny("vit"), seed=5), str(tmp_path / "ckpt"))
+    video = np.random.default_rng(2).normal(size=(8, 4, 32, 32, 3)).astype(np.float32)
+    as_configured = inference.load(tiny("vit"), str(tmp_path / "ckpt"))
+    bf16 = inference.load(tiny("vit"), str(tmp_path / "ckpt"), overrides={"model.kwargs.dtype": "bfloat16"})
+    assert bf16.config.model.kwargs.dtype == "float32"
+    np.testing.assert_array_equal(bf16.encode_video(video)["features"], as_configured.encode_video(video)["features"])
+    chat = presets.build_config(presets.get("configs/videochat2.py:tiny"))  # nested configs, dtype objects
+    in_float32 = inference.cpu_float32(chat)
+    for part in ("llm_config", "qformer_config", "vision_config"):
+        assert in_float32.model.kwargs[part].dtype == jnp.float32, part
+        assert chat.model.kwargs[part].dtype == jnp.bfloat16, part  # the given config is unchanged
+
+
 def test_videomae_features_are_the_encoder_on_every_token(tmp_path):
     variables = random_variables(tiny("videomae"), seed=4)
     save(variables, str(tmp_path / "ckpt"))
