@@ -50,6 +50,10 @@ def test_lengths_off_the_block_are_padded_and_masked(t, s):
     check_against_xla(*inputs(t=t, s=s))
 
 
+def test_head_dims_above_128_off_its_multiple_are_padded():
+    check_against_xla(*inputs(t=40, s=200, n=1, kv_heads=1, h=200))  # two key blocks: the kernel rejects 200
+
+
 def test_key_padding_mask_and_grouped_key_value_heads():
     q, k, v, cotangent = inputs(t=77, s=77, n=4, kv_heads=2)
     valid = np.arange(77)[None, :] < np.array([[60], [77]])

@@ -5,6 +5,8 @@
   - layout: ours [B, T, N, H] to the kernel's [B, N, T, H] and back; grouped key/value heads are repeated;
   - lengths that are not a multiple of the kernel's block (128; 1568 VideoMAE tokens, 77 CLIP text tokens) are padded,
     and the padded keys masked by segment ids (queries 1, real keys 1, padded keys 0); padded query rows are cut off;
+  - head dims above 128 that are not a multiple of it, which the kernel rejects (e.g. 200 in an attention pooling of
+    width 3200 over 16 heads), are zero-padded to one: zeros add nothing to q kᵀ, and the output's are cut off;
   - a key-padding mask ([B, 1, 1, S], e.g. BERT's) joins the segment ids; any other mask becomes an additive bias
     [B, N, T, S] (which holds the scores' size in HBM again), joined with the caller's `bias` (divided by the
     softmax scale: the kernel scales q kᵀ + ab) into the kernel's `ab`, whose gradient the kernel computes;
@@ -22,7 +24,7 @@ from jax.sharding import PartitionSpec as P
 from invideo_jax import sharding
 from invideo_jax.models import attention
 
-BLOCK = 128  # the kernel's default block along both sequence axes
+BLOCK = 128  # the kernel's default block along both sequence axes, and its head-dim unit above 128
 NEG_INF = -0.7 * float(jnp.finfo(jnp.float32).max)  # the bias of a masked-out score (finite: no NaN in the grads)
 
 
@@ -49,6 +51,7 @@ def flash_attention(q, k, v, *, bias=None, mask=None, is_causal: bool = False, s
     if k.shape[2] != n:  # grouped-query attention: the kernel wants as many key/value heads as query heads
         k, v = (jnp.repeat(x, n // k.shape[2], axis=2) for x in (k, v))
     t_pad, s_pad = (BLOCK * math.ceil(length / BLOCK) for length in (t, s))
+    h_pad = h if h <= BLOCK else BLOCK * math.ceil(h / BLOCK)
     key_mask = _key_padding(mask, b, s)
     if bias is not None:  # the kernel scales (q kᵀ + ab)
         bias = bias.astype(jnp.float32) / scale
@@ -61,7 +64,8 @@ def flash_attention(q, k, v, *, bias=None, mask=None, is_causal: bool = False, s
         kv_ids = kv_ids & _pad(key_mask, 1, s_pad)
     kv_ids = jnp.broadcast_to(kv_ids, (b, s_pad)).astype(jnp.int32)
     q_ids = jnp.ones((b, t_pad), jnp.int32)
-    q, k, v = (_pad(x, 1, length).transpose(0, 2, 1, 3) for x, length in ((q, t_pad), (k, s_pad), (v, s_pad)))
+    q, k, v = (_pad(_pad(x, 3, h_pad), 1, length).transpose(0, 2, 1, 3)
+               for x, length in ((q, t_pad), (k, s_pad), (v, s_pad)))
 
     def kernel(q, k, v, bias, q_ids, kv_ids):
         return pallas_flash.flash_attention(q, k, v, bias, pallas_flash.SegmentIds(q_ids, kv_ids), causal=is_causal,
@@ -77,7 +81,7 @@ def flash_attention(q, k, v, *, bias=None, mask=None, is_causal: bool = False, s
         kernel = jax.shard_map(kernel, mesh=mesh, in_specs=(qkv, qkv, qkv, None if bias is None else qkv, ids, ids),
                                out_specs=qkv, check_vma=False)
     out = kernel(q, k, v, bias, q_ids, kv_ids)
-    return out.transpose(0, 2, 1, 3)[:, :t]
+    return out.transpose(0, 2, 1, 3)[:, :t, :, :h]
 
 
 attention.register("tpu_flash", flash_attention, platform="tpu")
