@@ -13,6 +13,7 @@ flags.FLAGS.mark_as_parsed()
 import pytest  # noqa: E402
 
 from invideo_jax.data import synthetic  # noqa: E402
+from tests import compiling  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +23,11 @@ def synthetic_videos(tmp_path_factory) -> str:
     root = str(tmp_path_factory.mktemp("synthetic_videos"))
     synthetic.write_dataset(root, num_train=16, num_val=8, num_frames=8, size=16, seed=0)
     return root
+
+
+@pytest.fixture(scope="module")
+def quick_compiling(tmp_path_factory):
+    """For a module that asks for it (`pytestmark = pytest.mark.usefixtures("quick_compiling")`): its programs
+    compiled with LLVM's optimisations off, and each once for the module (tests/compiling.py)."""
+    with compiling.quick_compiles(tmp_path_factory.mktemp("xla_cache")):
+        yield

@@ -24,6 +24,8 @@ from invideo_jax.train.tasks import get_task
 from invideo_jax.train.tasks.align import check_audio_fields, matching_loss
 from tests.test_align import TEXT, VISION, tiny_config
 
+pytestmark = pytest.mark.usefixtures("quick_compiling")  # conftest.py
+
 AUDIO = dict(AUDIO_SIZES["tiny"], num_mel_bins=64, scan=False, dtype="float32")
 AUDIO_FRAMES = 64  # 0.66 s of log-mel: the demo clips last 1 s
 

@@ -11,7 +11,8 @@ from invideo_jax import stages
 from invideo_jax.models.vit import VisionTransformer
 from invideo_jax.train import trainer
 from tests import tiny_config
-from tests.compiling import quick_compiles
+
+pytestmark = pytest.mark.usefixtures("quick_compiling")  # conftest.py
 
 
 def classifier_config(data_dir, **overrides):
@@ -23,13 +24,6 @@ def classifier_config(data_dir, **overrides):
     config.mesh.data = 1
     config.update(overrides)
     return config
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compile_once(tmp_path_factory):
-    """Every run here trains the same classifier: its init, step and predict are compiled once for the module."""
-    with quick_compiles(tmp_path_factory.mktemp("xla_cache")):
-        yield
 
 
 def overview_lines(caplog, what):

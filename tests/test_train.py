@@ -12,7 +12,8 @@ import pytest
 from configs import common
 from invideo_jax.train import trainer
 from invideo_jax.train.tasks import get_task
-from tests.compiling import quick_compiles
+
+pytestmark = pytest.mark.usefixtures("quick_compiling")  # conftest.py
 
 ENCODER = dict(width=32, depth=2, num_heads=2, mlp_dim=64, patch_size=8, tubelet_size=2, num_frames=4,
                image_size=16)
@@ -40,13 +41,6 @@ def pretrain_config(data_dir):
                                           decoder_mlp_dim=32), data_dir, 0)
     c.mask = common.mask_config(ratio=0.75)
     return c
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compile_once(tmp_path_factory):
-    """The runs here share their compiled programs (the uninterrupted run's and the resumed run's are the same)."""
-    with quick_compiles(tmp_path_factory.mktemp("xla_cache")):
-        yield
 
 
 def saved_params(workdir, step):
