@@ -73,7 +73,9 @@ Parameter counts (jax.eval_shape; tests/test_distill.py), 1B student at 8 frames
 
 Fits (TPU compiler via `python -m invideo_jax.aot`, docs/scale.md): 1B with its teachers at batch 4096 on v5p-64
 (32 chips) with `--config.grad_accum_steps=4` (32 clips per chip per microbatch): peak 54.8 of 95 GiB per chip
-(defaults: bf16, remat=full, FSDP over every chip). From stored targets and 6B: not compiled at paper scale.
+(defaults: bf16, remat=full, FSDP over every chip); with `attn=tpu_flash` 20.9 GiB, or 38.4 GiB with
+`grad_accum_steps=2`. From stored targets (`targets=DIR`): v5p-64 with `grad_accum_steps=2`, peak 26.8 GiB (34.4
+with `attn=tpu_flash`). 6B: not compiled at paper scale.
 """
 import ml_collections
 
