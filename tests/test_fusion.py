@@ -10,6 +10,7 @@ from flax import traverse_util
 from invideo_jax.models.fusion import FusedVideoModel
 from invideo_jax.models.uniformerv2 import UniFormerV2
 from invideo_jax.models.vit import VisionTransformer
+from tests.compiling import FAST_COMPILE
 
 # Compilation dominates the run time: a one-block multimodal encoder (with its global block and query token), random
 # values instead of compiled initialisations, and one jitted apply of MODEL shared by the tests.
@@ -74,7 +75,8 @@ def test_gates_change_features_and_only_fusion_params_get_gradients(params):
 
     for freeze in (True, False):
         model = MODEL.clone(freeze_encoders=freeze)
-        grads = jax.jit(jax.grad(lambda p: model.apply({"params": p}, clip())["logits"].sum()))(params)
+        grads = jax.jit(jax.grad(lambda p: model.apply({"params": p}, clip())["logits"].sum()),
+                        compiler_options=FAST_COMPILE)(params)
         flat = traverse_util.flatten_dict(grads, sep="/")
         gates = {k: v for k, v in flat.items() if k.endswith("_gate")}
         assert len(gates) == 8 and all(v != 0 for v in gates.values()), gates
@@ -131,7 +133,7 @@ def test_training_steps_leave_the_frozen_encoders_bitwise_unchanged(params):
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), batch_stats={},
                        rng=jax.random.PRNGKey(0))
     batch = {"video": clip(1), "targets": np.eye(5, dtype=np.float32)[[1, 3]]}
-    step = jax.jit(trainer.make_train_step(task, tx, schedule))
+    step = jax.jit(trainer.make_train_step(task, tx, schedule), compiler_options=FAST_COMPILE)
     new = state
     for _ in range(3):
         new, metrics = step(new, batch)

@@ -19,6 +19,7 @@ from invideo_jax.models.uniformerv2 import UniFormerV2
 from invideo_jax.train import optim, trainer
 from invideo_jax.train.state import TrainState
 from invideo_jax.train.tasks import get_task
+from tests.compiling import FAST_COMPILE
 
 TINY = dict(width=32, depth=2, num_heads=2, mlp_dim=64, patch_size=8, image_size=16, num_frames=4, num_classes=8)
 LOCAL = dict(TINY, temporal_downsample=True, local_blocks=True, global_layers=(0, 1))
@@ -239,9 +240,9 @@ def test_classification_task_train_step_updates_batch_stats():
         batch = dict(jax.tree.map(np.asarray, batch), video=clip(4, seed=6),
                      targets=np.eye(8, dtype=np.float32)[[0, 3, 5, 7]])
         step = jax.jit(trainer.make_train_step(task, tx, schedule),
-                       in_shardings=(shardings, sharding.batch_sharding(mesh)))
+                       in_shardings=(shardings, sharding.batch_sharding(mesh)), compiler_options=FAST_COMPILE)
         new, metrics = step(state, batch)
-        logits = jax.jit(task.predict)(new.params, new.batch_stats, batch)["logits"]
+        logits = jax.jit(task.predict, compiler_options=FAST_COMPILE)(new.params, new.batch_stats, batch)["logits"]
     assert np.isfinite(metrics["loss"]) and metrics["skipped"] == 0 and logits.shape == (4, 8)
     for name in ("lmhra1", "lmhra2"):
         before = batch_stats["backbone"]["transformer"]["blocks_0"][name]["bn"]

@@ -10,6 +10,7 @@ from configs import videochat2 as recipes
 from invideo_jax import sharding
 from invideo_jax.models.llm import CausalLM
 from invideo_jax.train import optim
+from tests.compiling import FAST_COMPILE
 
 HF = {  # the official config.json values, in transformers' names
     "vicuna_7b": (transformers.LlamaConfig, dict(vocab_size=32001, hidden_size=4096, intermediate_size=11008,
@@ -67,10 +68,10 @@ def test_tiny_variant_trains_the_adapters_and_bridge_only():
         out = model.apply({"params": p}, video, ids, visual, mask, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
         return jax.numpy.mean(jax.nn.log_softmax(out["logits"])[..., 0])
 
-    grads = jax.jit(jax.grad(loss))(params)
+    grads = jax.jit(jax.grad(loss), compiler_options=FAST_COMPILE)(params)
     assert all(bool(jax.numpy.isfinite(g).all()) for g in jax.tree.leaves(grads))
     tx, _ = optim.make_optimizer(config.optim, params, total_steps=10, global_batch=2)
-    updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+    updates, _ = jax.jit(tx.update, compiler_options=FAST_COMPILE)(grads, tx.init(params), params)
     flat = {jax.tree_util.keystr(k, simple=True, separator="/"): u
             for k, u in jax.tree_util.tree_leaves_with_path(updates)}
     for path, update in flat.items():
