@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from invideo_jax.data import transforms
 
@@ -55,7 +56,9 @@ def test_short_side_crops_along_long_side():
 def test_resize_box_resamples_the_region():
     clip = _gradient_clip()
     square = clip[:, :, 15:75]
-    np.testing.assert_array_equal(transforms.resize_box(square, (0, 0, 60, 60), 60), square)
+    whole = transforms.resize_box(square, (0, 0, 60, 60), 60)  # the whole frame at its size: returned as is
+    np.testing.assert_array_equal(whole, [np.asarray(Image.fromarray(f).resize((60, 60), Image.Resampling.BILINEAR,
+                                                                              box=(0, 0, 60, 60))) for f in square])
     crop = transforms.resize_box(clip, (30, 0, 90, 60), 30)
     assert crop.shape == (3, 30, 30, 3)
     red = crop[0, :, :, 0].mean(0)

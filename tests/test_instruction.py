@@ -170,7 +170,8 @@ def test_read_instruction_json(tmp_path):
             instruction.read_instruction_json(str(path))
 
 
-def test_batches_keep_images_and_videos_apart(tmp_path, tok):
+def media_records(tmp_path, tok, **cfg_fields):
+    """(records, data config, encode): 3 videos (one with bounds), 2 images and a missing video."""
     rng = np.random.default_rng(0)
     records = []
     for k in range(3):
@@ -182,11 +183,16 @@ def test_batches_keep_images_and_videos_apart(tmp_path, tok):
         records.append(InstructionRecord(str(tmp_path / f"i{k}.png"), True, (QA("", "", "dog"),)))
     records.append(InstructionRecord(str(tmp_path / "missing.mp4"), False, (QA("", "", "gone"),)))
     cfg = ml_collections.ConfigDict(dict(num_frames=4, crop_size=16, rrc_scale=(0.5, 1.0), rrc_ratio=(0.75, 1.33),
-                                         flip=True, normalize="imagenet", threads=1, prefetch=1))
+                                         flip=True, normalize="imagenet", threads=1, prefetch=1, **cfg_fields))
 
     def encode_record(record, rng):
         return encode(tok, "mistral", record.qa, length=40)
 
+    return records, cfg, encode_record
+
+
+def test_batches_keep_images_and_videos_apart(tmp_path, tok):
+    records, cfg, encode_record = media_records(tmp_path, tok)
     it = instruction.train_iterator(records, cfg, encode_record, seed=0, batch_size=2, process_index=0,
                                     process_count=1)
     kinds, bad = set(), 0
@@ -199,3 +205,26 @@ def test_batches_keep_images_and_videos_apart(tmp_path, tok):
         kinds |= kind
         bad += batch["bad"].sum()
     assert kinds == {"cat", "dog"} and bad >= 1  # the missing video was replaced and counted
+
+
+def test_cached_videos_give_identical_batches_and_decode_each_file_once(tmp_path, tok, monkeypatch):
+    whole = []  # the videos decoded whole (the cache's reads); the plain iterator decodes clips
+    decode = instruction.decode_frames
+
+    def counting_decode(path, indices_for, **kwargs):
+        if indices_for is np.arange:
+            whole.append(path)
+        return decode(path, indices_for, **kwargs)
+
+    monkeypatch.setattr(instruction, "decode_frames", counting_decode)
+    iterators = {}
+    for cache in (False, True):
+        records, cfg, encode_record = media_records(tmp_path, tok, cache_videos=cache)
+        iterators[cache] = instruction.train_iterator(records, cfg, encode_record, seed=0, batch_size=2,
+                                                      process_index=0, process_count=1)
+    for _ in range(8):  # about 3 epochs of each kind
+        plain, cached = next(iterators[False]), next(iterators[True])
+        for key in plain:
+            np.testing.assert_array_equal(cached[key], plain[key], err_msg=key)
+    readable = [path for path in whole if "missing" not in path]
+    assert len(readable) == len(set(readable)) == 5, whole

@@ -30,9 +30,11 @@ Batches (`train_iterator`): each step is all-video or all-image (pitfall P14): s
 probability proportional to the number of records of that kind (the same on every host), then the examples at
 positions [i B, (i + 1) B) of that kind's own shuffled endless order. A still image is repeated over the clip's
 frames. A video that does not decode, or a record that does not fit, is replaced by another record of its kind
-(`bad` = 1 in the batch, summed in the training metrics as `bad_videos`).
+(`bad` = 1 in the batch, summed in the training metrics as `bad_videos`). With `data.cache_videos`, each video is
+decoded whole once and kept in memory (as the other pipelines do).
 """
 import dataclasses
+import functools
 import os
 
 import grain
@@ -41,7 +43,7 @@ from absl import logging
 
 from invideo_jax.data import pipeline, transforms
 from invideo_jax.data.annotations import is_image_path, read_annotations, read_json_file
-from invideo_jax.data.video import BadVideo, decode_frames, frame_rate, segment_indices
+from invideo_jax.data.video import BadVideo, cached_frames, decode_frames, frame_rate, segment_indices
 
 TEMPLATES = ("mistral", "vicuna", "internvideo2")
 VIDEO_START, VIDEO_END = "<Video>", "</Video>"
@@ -229,10 +231,12 @@ class InstructionBatches:
         self.seed, self.host_seed = seed, host_seed
         kinds = sorted(k for k, n in totals.items() if n)
         self.kinds, self.weights = kinds, np.asarray([totals[k] for k in kinds], float) / sum(totals.values())
+        self.videos = {} if cfg.get("cache_videos") else None
 
     def kind(self, step: int) -> str:
         return self.kinds[int(np.random.default_rng([self.seed, step]).choice(len(self.kinds), p=self.weights))]
 
+    @functools.lru_cache(maxsize=8)
     def _order(self, kind: str, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.host_seed, epoch, KINDS.index(kind)]).permutation(len(self.groups[kind]))
 
@@ -242,7 +246,11 @@ class InstructionBatches:
         if record.start is not None and not record.is_image:
             fps = frame_rate(record.path)
             bounds = (round(record.start * fps), round(record.end * fps)) if fps > 0 else None
-        frames = decode_frames(record.path, lambda n: clip_indices(n, cfg.num_frames, rng, bounds))
+        indices_for = lambda n: clip_indices(n, cfg.num_frames, rng, bounds)
+        if self.videos is None:
+            frames = decode_frames(record.path, indices_for)
+        else:
+            frames = cached_frames(self.videos, record.path, lambda: decode_frames(record.path, np.arange), indices_for)
         box = transforms.random_resized_crop_box(frames.shape[1], frames.shape[2], rng, cfg.rrc_scale, cfg.rrc_ratio)
         clip = transforms.resize_box(frames, box, cfg.crop_size)
         if cfg.flip and rng.random() < 0.5:

@@ -61,8 +61,8 @@ from absl import logging
 
 from invideo_jax.data import audio, transforms
 from invideo_jax.data.annotations import FORMATS, read_annotations
-from invideo_jax.data.video import (BadVideo, decode_frames, dense_indices, frame_rate, read_frame_folder,
-                                    segment_indices, within)
+from invideo_jax.data.video import (BadVideo, cached_frames, decode_frames, dense_indices, frame_rate,
+                                    read_frame_folder, segment_indices, within)
 
 MAX_REPLACEMENTS = 10
 _CHOICES = {
@@ -145,10 +145,7 @@ class FileVideoSource:
     def decode(self, record, indices_for, min_frames: int) -> np.ndarray:
         if self.cache is None:
             return self._read(record, indices_for, min_frames)
-        if record.path not in self.cache:
-            self.cache[record.path] = self._read(record, np.arange, min_frames)
-        frames = self.cache[record.path]
-        return frames[np.asarray(indices_for(len(frames)))]
+        return cached_frames(self.cache, record.path, lambda: self._read(record, np.arange, min_frames), indices_for)
 
     def __len__(self) -> int:
         return len(self.records)

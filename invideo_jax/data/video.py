@@ -104,6 +104,15 @@ def decode_frames(source: str | bytes, indices_for: Callable[[int], np.ndarray],
     return clip.reshape(indices.shape + clip.shape[1:])
 
 
+def cached_frames(cache: dict, key: str, read_all: Callable[[], np.ndarray],
+                  indices_for: Callable[[int], np.ndarray]) -> np.ndarray:
+    """Frames indices_for(frame_count) of the whole video cache[key], which read_all() decodes the first time."""
+    if key not in cache:
+        cache[key] = read_all()
+    frames = cache[key]
+    return frames[np.asarray(indices_for(len(frames)))]
+
+
 def read_frame_folder(directory: str, frame_count: int, indices_for: Callable[[int], np.ndarray], *,
                       template: str = "img_{:05}.jpg", start_index: int = 1, min_frames: int = 1) -> np.ndarray:
     """Frames indices_for(frame_count) (any shape) of a folder of numbered images: frame i is the file
