@@ -118,6 +118,26 @@ def workdir(tmp_path_factory, synthetic_videos):
     return root
 
 
+def test_stage3_batches_are_of_one_bucket_length_and_cut_nothing(workdir):
+    task = get_task(_config(demo.get_config("smoke,batch=4").stages.chat_stage3, workdir))
+    assert len(task.lengths) == 2  # open-ended questions and multiple choice
+    it = task.train_iterator(seed=0, batch_size=4)
+    seen = set()
+    for _ in range(8):
+        batch = next(it)
+        seen.add(batch["ids"].shape[1])
+        assert not batch["mask"][:, -1].any()  # every conversation ends before its bucket does
+    assert seen == set(task.lengths)
+
+
+@pytest.mark.parametrize("buckets", [(168,), (24, 24), (-1,)])
+def test_bad_length_buckets_are_named(workdir, buckets):
+    config = _config(demo.get_config("smoke,batch=4").stages.chat_stage3, workdir)
+    config.videochat.length_buckets = buckets
+    with pytest.raises(ValueError, match="length_buckets"):
+        get_task(config)
+
+
 def abstract_params(config):
     """The model's parameters as shapes (ShapeDtypeStructs on one device): a leaf that a restore does not fill stays
     one, and equals no array."""

@@ -185,8 +185,8 @@ def media_records(tmp_path, tok, **cfg_fields):
     cfg = ml_collections.ConfigDict(dict(num_frames=4, crop_size=16, rrc_scale=(0.5, 1.0), rrc_ratio=(0.75, 1.33),
                                          flip=True, normalize="imagenet", threads=1, prefetch=1, **cfg_fields))
 
-    def encode_record(record, rng):
-        return encode(tok, "mistral", record.qa, length=40)
+    def encode_record(record, rng, length):
+        return encode(tok, "mistral", record.qa, length=length or 40)
 
     return records, cfg, encode_record
 
@@ -228,3 +228,19 @@ def test_cached_videos_give_identical_batches_and_decode_each_file_once(tmp_path
             np.testing.assert_array_equal(cached[key], plain[key], err_msg=key)
     readable = [path for path in whole if "missing" not in path]
     assert len(readable) == len(set(readable)) == 5, whole
+
+
+def test_length_groups_give_batches_of_one_length(tmp_path, tok):
+    records, cfg, encode_record = media_records(tmp_path, tok)
+    lengths = [40, 40, 60, 40, 40, 60]  # v0 v1 | v2 | i0 i1 | missing (replaced by v2, its group's other record)
+    it = instruction.train_iterator(records, cfg, encode_record, seed=0, batch_size=2, lengths=lengths,
+                                    process_index=0, process_count=1)
+    seen = set()
+    for _ in range(12):
+        batch = next(it)
+        length = batch["ids"].shape[1]
+        assert all(batch[key].shape == (2, length) for key in ("ids", "mask", "label_mask", "visual_mask"))
+        answers = {tok.decode(ids[labels]).split()[0] for ids, labels in zip(batch["ids"], batch["label_mask"])}
+        assert answers == ({"cat"} if length == 60 else answers) and len(answers) == 1, (length, answers)
+        seen.add(length)
+    assert seen == {40, 60}

@@ -26,13 +26,15 @@ L - 1 is cut at the end, as the official does; a record left with no supervised 
 every channel of position 0 instead (pitfall P1, AA PR #264); we train with the proper embedding, which inference
 uses too, and say so rather than reproduce the bug.
 
-Batches (`train_iterator`): each step is all-video or all-image (pitfall P14): step i draws its kind with
-probability proportional to the number of records of that kind (the same on every host), then the examples at
-positions [i B, (i + 1) B) of that kind's own shuffled endless order. A still image is repeated over the clip's
+Batches (`train_iterator`): each step is all-video or all-image (pitfall P14) and, when the task gives each record
+a length bucket, of one sequence length: step i draws its group (kind, length) with probability proportional to
+the number of records in it (the same on every host), then the examples at positions [i B, (i + 1) B) of that
+group's own shuffled endless order. A still image is repeated over the clip's
 frames. A video that does not decode, or a record that does not fit, is replaced by another record of its kind
 (`bad` = 1 in the batch, summed in the training metrics as `bad_videos`). With `data.cache_videos`, each video is
 decoded whole once and kept in memory (as the other pipelines do).
 """
+import collections
 import dataclasses
 import functools
 import os
@@ -223,24 +225,27 @@ def clip_indices(video_frames: int, num_frames: int, rng, bounds=None) -> np.nda
 
 
 class InstructionBatches:
-    """Step index -> one batch of a single media kind (a grain random-access map)."""
+    """Step index -> one batch of a single group: media kind and sequence length (a grain random-access map)."""
 
     def __init__(self, groups: dict, totals: dict, cfg, encode, batch_size: int, seed: int, host_seed: int):
-        """`seed` picks each step's kind (the same on every host), `host_seed` this host's examples."""
+        """`groups` and `totals`: (kind, length) -> this host's records, all hosts' count. `seed` picks each step's
+        group (the same on every host), `host_seed` this host's examples."""
         self.groups, self.cfg, self.encode, self.batch_size = groups, cfg, encode, batch_size
         self.seed, self.host_seed = seed, host_seed
-        kinds = sorted(k for k, n in totals.items() if n)
-        self.kinds, self.weights = kinds, np.asarray([totals[k] for k in kinds], float) / sum(totals.values())
+        self.keys = sorted(totals)
+        self.weights = np.asarray([totals[k] for k in self.keys], float) / sum(totals.values())
         self.videos = {} if cfg.get("cache_videos") else None
 
-    def kind(self, step: int) -> str:
-        return self.kinds[int(np.random.default_rng([self.seed, step]).choice(len(self.kinds), p=self.weights))]
+    def group(self, step: int) -> tuple:
+        return self.keys[int(np.random.default_rng([self.seed, step]).choice(len(self.keys), p=self.weights))]
 
     @functools.lru_cache(maxsize=8)
-    def _order(self, kind: str, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.host_seed, epoch, KINDS.index(kind)]).permutation(len(self.groups[kind]))
+    def _order(self, group: tuple, epoch: int) -> np.ndarray:
+        kind, length = group
+        seed = [self.host_seed, epoch, KINDS.index(kind)] + ([] if length is None else [length])
+        return np.random.default_rng(seed).permutation(len(self.groups[group]))
 
-    def _example(self, record, rng) -> dict:
+    def _example(self, record, rng, length) -> dict:
         cfg = self.cfg
         bounds = None
         if record.start is not None and not record.is_image:
@@ -255,19 +260,20 @@ class InstructionBatches:
         clip = transforms.resize_box(frames, box, cfg.crop_size)
         if cfg.flip and rng.random() < 0.5:
             clip = clip[:, :, ::-1]
-        return {"video": transforms.normalize(clip, cfg.normalize), **self.encode(record, rng)}
+        return {"video": transforms.normalize(clip, cfg.normalize), **self.encode(record, rng, length)}
 
     def __call__(self, step: int) -> dict:
-        kind = self.kind(step)
-        records = self.groups[kind]
+        group = self.group(step)
+        kind, length = group
+        records = self.groups[group]
         rng = np.random.default_rng([self.host_seed, step])
         examples, bad = [], []
         for j in range(self.batch_size):
             position = step * self.batch_size + j
-            index = int(self._order(kind, position // len(records))[position % len(records)])
+            index = int(self._order(group, position // len(records))[position % len(records)])
             for attempt in range(MAX_REPLACEMENTS + 1):
                 try:
-                    examples.append(self._example(records[index], rng))
+                    examples.append(self._example(records[index], rng, length))
                     bad.append(int(attempt > 0))
                     break
                 except (BadVideo, TooLong) as e:
@@ -279,16 +285,20 @@ class InstructionBatches:
         return dict(batch, bad=np.asarray(bad, np.int32), label=np.full(self.batch_size, -1, np.int32))
 
 
-def train_iterator(records, cfg, encode, *, seed: int, batch_size: int, process_index=None, process_count=None):
-    """This host's endless, resumable iterator of instruction batches (module docstring). `encode(record, rng)` ->
-    the token fields of one record (the task's template and tokenizers; may raise TooLong)."""
+def train_iterator(records, cfg, encode, *, seed: int, batch_size: int, lengths=None, process_index=None,
+                   process_count=None):
+    """This host's endless, resumable iterator of instruction batches (module docstring). `encode(record, rng,
+    length)` -> the token fields of one record, `length` positions long (the task's template and tokenizers; may
+    raise TooLong). `lengths`: each record's length (None: the task's one length, passed to `encode` as None); a
+    batch then holds records of one length only."""
     process_index, process_count = pipeline.process_slice(process_index, process_count)
-    totals = {kind: sum(r.is_image == (kind == "image") for r in records) for kind in KINDS}
-    groups = {kind: [r for r in records if r.is_image == (kind == "image")][process_index::process_count]
-              for kind in totals}
-    for kind, n in totals.items():
-        if n and not groups[kind]:
-            raise ValueError(f"no {kind} records for host {process_index} of {process_count}")
+    keys = [("image" if r.is_image else "video", n) for r, n in zip(records, lengths or [None] * len(records))]
+    totals = collections.Counter(keys)
+    groups = {k: [r for r, key in zip(records, keys) if key == k][process_index::process_count] for k in totals}
+    for (kind, length), records_here in groups.items():
+        if not records_here:
+            of_length = "" if length is None else f" of length {length}"
+            raise ValueError(f"no {kind} records{of_length} for host {process_index} of {process_count}")
     batches = InstructionBatches(groups, totals, cfg, encode, batch_size, seed, pipeline.host_seed(seed, process_index))
     steps = grain.MapDataset.range(2 ** 62).map(batches)
     return iter(steps.to_iter_dataset(grain.ReadOptions(num_threads=cfg.threads, prefetch_buffer_size=cfg.prefetch)))

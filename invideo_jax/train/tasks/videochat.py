@@ -10,6 +10,9 @@ train/tasks/videochat_qformer.py).
                       LLM is frozen. With `videochat.eval_questions` (a question list in evaluate/mvbench.py's format,
                       videos under `videochat.eval_video_root`) the run ends with evaluate/question_set.py's accuracies
                       on them (replies of at most `videochat.eval_max_new_tokens` tokens) and per-question predictions.
+                      Sequences hold `videochat.max_text_tokens` text tokens besides the visual ones; with
+                      `videochat.length_buckets` (increasing shorter text lengths) each record goes to the shortest
+                      that holds it and every batch is of one length: less padding, one compile per length.
 
 `stage_init_from(stage, model_kwargs, stage1=..., stage2=..., llm=...)` builds `config.init_from` for the chain:
 stage 2 restores the encoder, vision_layernorm and the Q-Former's query side from stage 1 (the 64 extra queries
@@ -35,7 +38,7 @@ def default_videochat_config() -> ml_collections.ConfigDict:
     """`config.videochat`: the instruction data and tokenizers of stages 2 and 3."""
     return ml_collections.ConfigDict(dict(
         stage=3, template="mistral", llm_tokenizer="", instruction_files=(), caption_prompts=(STAGE2_PROMPT,),
-        max_text_tokens=512, qformer_tokenizer="bert", qformer_tokenizer_path="", instruction_length=32,
+        max_text_tokens=512, length_buckets=(), qformer_tokenizer="bert", qformer_tokenizer_path="", instruction_length=32,
         shuffle_qa=True, eval_questions="", eval_video_root="", eval_max_new_tokens=100))
 
 
@@ -114,6 +117,11 @@ class Task:
             "num_extra_query", 64)
         self.text_input = self.model.qformer_config.get("text_input", True)
         self.length = self.v.max_text_tokens + self.num_visual
+        buckets = tuple(self.v.length_buckets)
+        if list(buckets) != sorted(set(buckets)) or any(not 0 < b < self.v.max_text_tokens for b in buckets):
+            raise ValueError(f"config.videochat.length_buckets={buckets}: expected increasing text lengths below "
+                             f"max_text_tokens={self.v.max_text_tokens}")
+        self.lengths = tuple(b + self.num_visual for b in buckets) + (self.length,)
         self.init_from_mapping = {"": "params"}
         self._tokenizers = None
         if self.v.get("eval_questions"):
@@ -131,15 +139,16 @@ class Task:
             self._tokenizers = (llm_tokenizer.load(self.v.llm_tokenizer), qformer)
         return self._tokenizers
 
-    def encode_record(self, record, rng) -> dict:
-        """The token fields of one record (QA order shuffled as the official, stage 2's prompt drawn)."""
+    def encode_record(self, record, rng, length=None) -> dict:
+        """The token fields of one record, `length` positions long (default: all of them; QA order shuffled as the
+        official, stage 2's prompt drawn)."""
         tok, qtok = self.tokenizers()
         qa = list(record.qa)
         if self.v.shuffle_qa and len(qa) > 1:
             qa = [qa[k] for k in rng.permutation(len(qa))]
         msg = " " + str(rng.choice(list(self.v.caption_prompts))) if self.v.stage == 2 else ""
         before, pieces = instruction.conversation(self.v.template, qa, msg)
-        out = instruction.encode_conversation(tok, before, pieces, self.num_visual, self.length,
+        out = instruction.encode_conversation(tok, before, pieces, self.num_visual, length or self.length,
                                               instruction.bos_after_visual(self.v.template))
         if qtok is not None:
             ids = qtok.encode([instruction.qformer_instruction(self.v.template, qa)])[0]
@@ -154,10 +163,20 @@ class Task:
             raise ValueError("config.videochat.instruction_files is empty: name (json, media root) pairs")
         return [r for path, root in self.v.instruction_files for r in instruction.read_instruction_json(path, root)[0]]
 
+    def record_lengths(self, records) -> list | None:
+        """Each record's sequence length: the shortest of `self.lengths` that holds it as one draw of `encode_record`
+        tokenizes it (a later draw that is longer is cut at the end); None without `videochat.length_buckets`."""
+        if len(self.lengths) == 1:
+            return None
+        rng = np.random.default_rng(0)
+        tokens = [int(self.encode_record(r, rng)["mask"].sum()) for r in records]
+        return [next((n for n in self.lengths if count <= n), self.length) for count in tokens]
+
     def train_iterator(self, *, seed, batch_size, process_index=None, process_count=None):
-        return instruction.train_iterator(self.records(), self.config.data, self.encode_record, seed=seed,
-                                          batch_size=batch_size, process_index=process_index,
-                                          process_count=process_count)
+        records = self.records()
+        return instruction.train_iterator(records, self.config.data, self.encode_record, seed=seed,
+                                          batch_size=batch_size, lengths=self.record_lengths(records),
+                                          process_index=process_index, process_count=process_count)
 
     def stored_batch_shapes(self, batch_size: int) -> dict:
         """The token fields of a batch (for the AOT compile)."""
