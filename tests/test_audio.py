@@ -13,6 +13,7 @@ import torch
 from invideo_jax.data import audio
 from invideo_jax.data.video import write_video
 from invideo_jax.models import audio as audio_model
+from tests.random_trees import draw_like
 
 FPS = 10
 RATE = 44100  # the encoded rate: decoding resamples to 16 kHz
@@ -224,9 +225,7 @@ TINY = dict(audio_model.AUDIO_SIZES["tiny"], num_mel_bins=32)
 
 def random_params(model, fbank, seed=0):
     """Random parameters of the model's shapes (no jitted init: random initialisers compile slowly on CPU)."""
-    shapes = nn.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), fbank)["params"])
-    rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape) * 0.2, jnp.float32), shapes)
+    return draw_like(nn.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), fbank)["params"]), seed, std=0.2)
 
 
 def torch_buckets(n, num_buckets, max_distance):

@@ -26,6 +26,7 @@ from invideo_jax.convert import bert as convert_bert
 from invideo_jax.convert import common
 from invideo_jax.data.tokenizer import load_tokenizer
 from invideo_jax.models.bert import Bert
+from tests.random_trees import draw_like
 
 TOL = 1e-4
 SENTENCES = ["A man is playing a guitar on the stage.", "Two dogs run through the snow!"]
@@ -212,9 +213,7 @@ def test_mlm_head_matches_transformers_masked_lm():
 
 
 def random_variables(model, seed=0):
-    rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(s.dtype),
-                        convert_bert.expected_variables(model))
+    return draw_like(convert_bert.expected_variables(model), seed)
 
 
 def test_round_trip_hf_bert_model_with_cross_attention(hf_fusion):

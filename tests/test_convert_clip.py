@@ -19,6 +19,7 @@ from invideo_jax.models.multimodal import VideoTextModel
 from invideo_jax.models.uniformerv2 import UniFormerV2
 from invideo_jax.train.init_from import restore_subtrees
 from tests import test_caption as caption_ref  # the official caption decoder's state and forward, re-derived
+from tests.random_trees import draw_like
 
 TOL = 1e-4
 WIDTH, HEADS, DEPTH, PATCH, IMAGE, FRAMES, CLASSES = 32, 2, 2, 8, 16, 4, 5
@@ -70,8 +71,7 @@ apply_classifier = jax.jit(classifier().apply)  # compiled once for the tests th
 
 
 def random_variables(model, seed=0):
-    rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(s.dtype), clip.expected_variables(model))
+    return draw_like(clip.expected_variables(model), seed)
 
 
 def same(a, b) -> bool:

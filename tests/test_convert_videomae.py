@@ -18,6 +18,7 @@ from invideo_jax import losses, masking
 from invideo_jax.convert import cli, common, videomae
 from invideo_jax.models.videomae import VideoMAE
 from invideo_jax.models.vit import VisionTransformer
+from tests.random_trees import draw_like
 from tests.test_internvideo2 import gelu, layer_norm, multi_head
 
 TOL = 1e-4
@@ -78,8 +79,7 @@ def assert_close(name, ours, theirs):
 
 
 def random_params(model, seed=0):
-    rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(s.dtype), videomae.expected_params(model))
+    return draw_like(videomae.expected_params(model), seed)
 
 
 def same_tree(a, b):

@@ -11,6 +11,7 @@ from invideo_jax.models.fusion import FusedVideoModel
 from invideo_jax.models.uniformerv2 import UniFormerV2
 from invideo_jax.models.vit import VisionTransformer
 from tests.compiling import FAST_COMPILE
+from tests.random_trees import draw_like
 
 # Compilation dominates the run time: a one-block multimodal encoder (with its global block and query token), random
 # values instead of compiled initialisations, and one jitted apply of MODEL shared by the tests.
@@ -30,14 +31,8 @@ def clip(seed=0):
 def random_variables(module, seed=0):
     """Random values of `module`'s variables (from their shapes, nothing compiled): N(0, 0.2), norm scales and
     BatchNorm variances 1 + |N(0, 0.2)|."""
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        value = rng.normal(0, 0.2, leaf.shape)
-        return (1 + np.abs(value) if jax.tree_util.keystr(path[-1:]) in ("['scale']", "['var']") else value).astype(
-            leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(draw, nn.unbox(jax.eval_shape(module.init, jax.random.PRNGKey(0), clip())))
+    shapes = nn.unbox(jax.eval_shape(module.init, jax.random.PRNGKey(0), clip()))
+    return draw_like(shapes, seed, std=0.2, unit_norms=True)
 
 
 @pytest.fixture(scope="module")

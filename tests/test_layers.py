@@ -10,11 +10,11 @@ import torch
 
 from invideo_jax.convert import common
 from invideo_jax.models import layers
+from tests.random_trees import draw_like
 
 
 def randomize(tree, seed=0):
-    rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda x: rng.standard_normal(x.shape).astype(np.float32) * 0.3, tree)
+    return draw_like(tree, seed, std=0.3)
 
 
 def test_sincos_1d_interleaved_matches_formula():

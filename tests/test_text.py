@@ -8,6 +8,7 @@ import torch
 
 from invideo_jax.convert import common
 from invideo_jax.models.text import CLIPText
+from tests.random_trees import draw_like
 
 VOCAB, CONTEXT, WIDTH, HEADS, MLP, EMBED, DEPTH = 64, 12, 32, 2, 64, 16, 2
 EOT = VOCAB - 1  # as in CLIP, the end-of-text id is the largest id
@@ -19,9 +20,7 @@ def tower(**kw):
 
 
 def random_params(model, ids, seed=0):
-    rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda a: (0.3 * rng.standard_normal(a.shape)).astype(np.float32),
-                        common.abstract_params(model, ids))
+    return draw_like(common.abstract_params(model, ids), seed, std=0.3)
 
 
 def ids_with_eot(lengths, total, seed=0):

@@ -20,6 +20,7 @@ from invideo_jax.train import optim, trainer
 from invideo_jax.train.state import TrainState
 from invideo_jax.train.tasks import get_task
 from tests.compiling import FAST_COMPILE
+from tests.random_trees import draw_like
 
 TINY = dict(width=32, depth=2, num_heads=2, mlp_dim=64, patch_size=8, image_size=16, num_frames=4, num_classes=8)
 LOCAL = dict(TINY, temporal_downsample=True, local_blocks=True, global_layers=(0, 1))
@@ -56,9 +57,8 @@ def variables():
     return nn.unbox(jax.jit(MODEL.init)(jax.random.key(0, impl="rbg"), clip()))
 
 
-def randomize(tree, seed=1, scale=0.3):
-    rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape) * scale, x.dtype), tree)
+def randomize(tree, seed=1):
+    return draw_like(tree, seed, std=0.3)
 
 
 def without_local(tree):

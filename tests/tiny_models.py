@@ -7,9 +7,6 @@ videomae, uniformerv2 (local UniBlocks: BatchNorm statistics), videotext, intern
 """
 import os
 
-import jax
-import numpy as np
-
 from invideo_jax import inference, presets, sharding
 from invideo_jax.train.tasks import get_task
 
@@ -70,13 +67,7 @@ def random_variables(name: str, seed: int = 0, overrides=None) -> dict:
     scales and BatchNorm variances around 1."""
     config = presets.build_config(presets.get(name), overrides=overrides)
     boxed = inference.abstract_variables(get_task(config), config)
-    rng = np.random.default_rng(seed)
+    from tests.random_trees import draw_like  # here: the commands load this file by path, without `tests`
 
-    def draw(path, leaf):
-        value = rng.normal(0, 0.1, leaf.shape)
-        if jax.tree_util.keystr(path[-1:]).strip("[]'") in ("scale", "var"):
-            value = 1 + np.abs(value)
-        return value.astype(leaf.dtype)
-
-    return {k: jax.tree_util.tree_map_with_path(draw, sharding.strip_boxes(boxed[k]))
-            for k in ("params", "batch_stats") if boxed.get(k)}
+    shapes = {k: sharding.strip_boxes(boxed[k]) for k in ("params", "batch_stats") if boxed.get(k)}
+    return draw_like(shapes, seed, std=0.1, unit_norms=True)
