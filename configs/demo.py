@@ -196,7 +196,7 @@ CHAT_QFORMER = dict(encoder_width=STUDENT["width"], num_query=8, num_extra_query
                     mlp_dim=256, vocab_size=64, max_len=16, cross_attention_freq=2, dropout=0.1, text_input=False)
 CHAT_LORA = dict(lora_rank=16, lora_alpha=32.0, lora_dropout=0.1)
 CHAT_TEXT_TOKENS = {2: 32, 3: 168}  # the LLM's text positions per example (besides the visual tokens) in stages 2, 3
-CHAT_SHORT_TEXT = 24  # stage 3's shorter batches: the open-ended questions (at most 20 text tokens; multiple choice 153)
+CHAT_SHORT_TEXT = 24  # stage 3's shorter batches: open-ended questions (at most 20 text tokens; multiple choice 153)
 
 
 def _chat_data(c, arg):

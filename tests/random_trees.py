@@ -5,7 +5,8 @@ import numpy as np
 
 def draw_like(tree, seed: int = 0, std: float = 1.0, unit_norms: bool = False):
     """Numpy arrays of the shapes and dtypes of `tree`'s leaves (arrays or ShapeDtypeStructs): N(0, std), drawn in
-    leaf order; with `unit_norms`, the leaves named 'scale' or 'var' (norm scales, BatchNorm variances) 1 + |N(0, std)|."""
+    leaf order; with `unit_norms`, the leaves named 'scale' or 'var' (norm scales, BatchNorm variances)
+    1 + |N(0, std)|."""
     rng = np.random.default_rng(seed)
 
     def draw(path, leaf):

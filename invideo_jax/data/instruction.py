@@ -29,11 +29,10 @@ uses too, and say so rather than reproduce the bug.
 Batches (`train_iterator`): each step is all-video or all-image (pitfall P14) and, when the task gives each record
 a length bucket, of one sequence length: step i draws its group (kind, length) with probability proportional to
 the number of records in it (the same on every host), then the examples at positions [i B, (i + 1) B) of that
-group's own shuffled endless order. A still image is repeated over the clip's
-frames. A video that does not decode, or a record that does not fit, is replaced by another record of its kind
-(`bad` = 1 in the batch, summed in the training metrics as `bad_videos`). With `data.cache_videos`, each video is
-decoded whole once and kept in memory (as the other pipelines do).
-"""
+group's own shuffled endless order. A still image is repeated over the clip's frames. A video that does not decode,
+or a record that does not fit, is replaced by another record of its group (`bad` = 1 in the batch, summed in the
+training metrics as `bad_videos`). With `data.cache_videos`, each video is decoded whole once and kept in memory (as
+the other pipelines do)."""
 import collections
 import dataclasses
 import functools

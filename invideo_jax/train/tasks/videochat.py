@@ -38,8 +38,8 @@ def default_videochat_config() -> ml_collections.ConfigDict:
     """`config.videochat`: the instruction data and tokenizers of stages 2 and 3."""
     return ml_collections.ConfigDict(dict(
         stage=3, template="mistral", llm_tokenizer="", instruction_files=(), caption_prompts=(STAGE2_PROMPT,),
-        max_text_tokens=512, length_buckets=(), qformer_tokenizer="bert", qformer_tokenizer_path="", instruction_length=32,
-        shuffle_qa=True, eval_questions="", eval_video_root="", eval_max_new_tokens=100))
+        max_text_tokens=512, length_buckets=(), qformer_tokenizer="bert", qformer_tokenizer_path="",
+        instruction_length=32, shuffle_qa=True, eval_questions="", eval_video_root="", eval_max_new_tokens=100))
 
 
 # ----------------------------------------------------------------------------------------------------------
