@@ -189,11 +189,11 @@ class ScriptedChat:
     def read_clip(self, path, bounds=None):
         return np.zeros((1,))
 
-    def visual_tokens(self, clip, instruction_text=""):
-        return None
+    def encode(self, clips, instructions):
+        return clips
 
-    def answer(self, visual, text, max_new_tokens=100):
-        return next(reply for key, reply in self.replies.items() if key in text)
+    def answers(self, visual, texts, max_new_tokens=100):
+        return [next(reply for key, reply in self.replies.items() if key in text) for text in texts]
 
 
 def test_question_set_scores_by_hand(tmp_path):
@@ -202,9 +202,9 @@ def test_question_set_scores_by_hand(tmp_path):
          "task": "colour_mc"},
         {"video": "b.mp4", "question": "Colour two?", "answer": "cyan", "candidates": ["cyan", "red", "green",
                                                                                        "blue"], "task": "colour_mc"},
+        {"video": "a.mp4", "question": "Which colour?", "answer": "red", "task": "colour_open"},
         {"video": "c.mp4", "question": "Colour three?", "answer": "red", "candidates": ["blue", "red"],
          "task": "colour_mc"},
-        {"video": "a.mp4", "question": "Which colour?", "answer": "red", "task": "colour_open"},
         {"video": "b.mp4", "question": "What colour?", "answer": "cyan", "task": "colour_open"},
     ]
     path = tmp_path / "q.json"
@@ -217,8 +217,13 @@ def test_question_set_scores_by_hand(tmp_path):
     assert out["chat/colour_mc/questions"] == 3
     assert out["chat/colour_mc/chance"] == pytest.approx((1 / 4 + 1 / 4 + 1 / 2) / 3)
     assert out["chat/colour_open"] == 0.5 and out["chat/open"] == 0.5 and out["bad_videos"] == 0
-    assert out["predictions"]["correct"].tolist() == [True, False, False, True, False]
-    assert out["predictions"]["ground_truth"].tolist()[:3] == ["(B) red", "(A) cyan", "(B) red"]
+    assert out["predictions"]["correct"].tolist() == [True, False, True, False, False]  # in the list's order
+    assert out["predictions"]["ground_truth"].tolist() == ["(B) red", "(A) cyan", "", "(B) red", ""]
+    # in batches of 2 (each of one kind, the last one padded): the same records in the same order
+    pairs = question_set.evaluate(ScriptedChat(replies), mvbench.read_questions(str(path), str(tmp_path)),
+                                  batch_size=2)
+    for field, values in out["predictions"].items():
+        assert pairs["predictions"][field].tolist() == values.tolist()
 
 
 def test_report_chat_section_from_a_hand_made_summary(tmp_path):

@@ -133,10 +133,11 @@ def test_run_writes_predictions_whose_counts_give_the_accuracies(tmp_path):
     ]
     (tmp_path / "questions.json").write_text(json.dumps(questions))
     output = tmp_path / "out" / "predictions.json"
-    code = mvbench.main([f"--model={videochat_tiny.NAME}", f"--checkpoint={files['checkpoint']}",
-                         f"--tokenizer={files['tokenizer']}", f"--questions={tmp_path / 'questions.json'}",
-                         f"--video_root={tmp_path / 'videos'}", f"--output={output}", "--max_new_tokens=6"])
-    assert code == 0
+    run = lambda out, *flags: mvbench.main([
+        f"--model={videochat_tiny.NAME}", f"--checkpoint={files['checkpoint']}", f"--tokenizer={files['tokenizer']}",
+        f"--questions={tmp_path / 'questions.json'}", f"--video_root={tmp_path / 'videos'}", f"--output={out}",
+        "--max_new_tokens=6", *flags])
+    assert run(output) == 0
     written = json.loads(output.read_text())
     rows, summary = written["predictions"], written["summary"]
     assert [r["index"] for r in rows] == [0, 1, 2, 3, 4]
@@ -156,7 +157,11 @@ def test_run_writes_predictions_whose_counts_give_the_accuracies(tmp_path):
     assert summary["overall"]["correct"] == sum(r["correct"] for r in rows)
     assert summary["overall"]["accuracy"] == sum(r["correct"] for r in rows) / 5
     assert summary["strict_accuracy"] == sum(r["strict_correct"] for r in rows) / 5
-    assert summary["settings"]["frames"] == 16
+    assert summary["settings"]["frames"] == 16 and summary["settings"]["batch_size"] == mvbench.BATCH_SIZE
+    # one question at a time: every record as in the batch (greedy replies do not depend on the batch)
+    alone = tmp_path / "out" / "alone.json"
+    assert run(alone, "--batch_size=1") == 0
+    assert json.loads(alone.read_text())["predictions"] == rows
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """MVBench-style evaluation of a VideoChat model over a JSON list of questions, per-question predictions written.
 
   python -m invideo_jax.evaluate.mvbench --model NAME --checkpoint PATH --questions QUESTIONS.json \
-      --video_root DIR --output PREDICTIONS.json [--tokenizer DIR] [--frames 16] [--normalize clip]
+      --video_root DIR --output PREDICTIONS.json [--tokenizer DIR] [--frames 16] [--normalize clip] \
+      [--batch_size 8]
 
 QUESTIONS.json: a list of {"video": path (relative to --video_root), "question": str, "answer": str,
 "candidates": [str, ...] (multiple choice; without it the question is open-ended), "task": str (default "default"),
@@ -26,6 +27,9 @@ Open-ended questions: the question alone with the chat prompt, greedy decoding, 
 the reply's first line, correct when it equals the answer after lower-casing, trimming, collapsing spaces and
 dropping a final dot (exact match).
 A video that does not decode counts as wrong (its record says why; `bad_videos` counts them).
+Questions are answered in batches (`--batch_size` of one kind: multiple choice or open-ended): their clips encoded
+together, their prompts left-padded together, greedy decoding for the batch; each reply is the one the question gets
+alone.
 
 The output (written atomically): {"summary": {"overall", "per_task": {task: {"correct", "total", "accuracy"}},
 "strict_accuracy", "bad_videos", "settings"}, "predictions": [one record per question, in order]}.
@@ -35,6 +39,8 @@ import json
 import os
 import re
 import sys
+
+import numpy as np
 
 from invideo_jax.data.annotations import read_json_file
 
@@ -46,6 +52,7 @@ ANSWER_PROMPT = "Best option:("
 RETURN_PROMPT = "("
 FRAMES = 16
 MAX_NEW_TOKENS = 100
+BATCH_SIZE = 8
 
 
 def format_question(question: str, candidates, answer: str) -> tuple:
@@ -108,31 +115,19 @@ def read_questions(path: str, root: str = "") -> list:
     return questions
 
 
-def answer_question(chat, question: dict, max_new_tokens: int = MAX_NEW_TOKENS) -> dict:
-    """One question's prediction record (see the module docstring)."""
-    from invideo_jax.data.video import BadVideo
+def _prompt(chat, question: dict) -> tuple:
+    """(the Q-Former's instruction, the LLM prompt) of a question (see the module docstring)."""
     from invideo_jax.evaluate import videochat
 
-    record = {k: question[k] for k in ("index", "task", "video", "question", "answer")}
-    choice = question["candidates"] is not None
-    record["kind"] = "multiple_choice" if choice else "open_ended"
-    if choice:
-        record["ground_truth"] = question["ground_truth"]
-    try:
-        clip = chat.read_clip(question["video"], question["bounds"])
-    except BadVideo as e:
-        return dict(record, prediction=None, letter="", correct=False, strict_correct=False,
-                    error=f"video does not decode: {e}")
-    if choice:
-        visual = chat.visual_tokens(clip, SYSTEM)
-        text = videochat.prompt(chat.template, SYSTEM + question["text"] + QUESTION_PROMPT, system=SYSTEM,
-                                answer_prefix=ANSWER_PROMPT)
-    else:
-        visual = chat.visual_tokens(clip, videochat.CHAT_INSTRUCTION)
-        text = videochat.prompt(chat.template, question["question"])
-    reply = chat.answer(visual, text, max_new_tokens=max_new_tokens)
+    if question["candidates"] is None:
+        return videochat.CHAT_INSTRUCTION, videochat.prompt(chat.template, question["question"])
+    return SYSTEM, videochat.prompt(chat.template, SYSTEM + question["text"] + QUESTION_PROMPT, system=SYSTEM,
+                                    answer_prefix=ANSWER_PROMPT)
+
+
+def _scored(record: dict, question: dict, reply: str) -> dict:
     first_line = reply.strip().split("\n")[0]
-    if not choice:
+    if question["candidates"] is None:
         correct = normalize_answer(first_line) == normalize_answer(question["answer"])
         return dict(record, prediction=first_line, letter="", correct=correct, strict_correct=correct)
     prediction = RETURN_PROMPT + first_line
@@ -140,6 +135,62 @@ def answer_question(chat, question: dict, max_new_tokens: int = MAX_NEW_TOKENS) 
     return dict(record, prediction=prediction, letter=letter,
                 correct=official_correct(prediction, question["ground_truth"]),
                 strict_correct=letter == question["ground_truth"][1])
+
+
+def answer_questions(chat, questions: list, max_new_tokens: int = MAX_NEW_TOKENS, rows: int = 0) -> list:
+    """The prediction records (module docstring) of questions answered together: each clip read once, the clips
+    encoded in one batch and the replies decoded in one (greedy: each the reply it gets alone). The model runs on
+    `rows` rows (the last question's repeated; 0: one per question whose video decodes), so that batches of one size
+    compile once."""
+    from invideo_jax.data.video import BadVideo
+
+    records, clips, asked = [], {}, []
+    for question in questions:
+        record = {k: question[k] for k in ("index", "task", "video", "question", "answer")}
+        choice = question["candidates"] is not None
+        record["kind"] = "multiple_choice" if choice else "open_ended"
+        if choice:
+            record["ground_truth"] = question["ground_truth"]
+        key = (question["video"], question["bounds"])
+        if key not in clips:
+            try:
+                clips[key] = chat.read_clip(*key)
+            except BadVideo as e:
+                clips[key] = e
+        if isinstance(clips[key], BadVideo):
+            record.update(prediction=None, letter="", correct=False, strict_correct=False,
+                          error=f"video does not decode: {clips[key]}")
+        else:
+            asked.append(len(records))
+        records.append(record)
+    if asked:
+        run = asked + asked[-1:] * (rows - len(asked))
+        instructions, prompts = zip(*(_prompt(chat, questions[k]) for k in run))
+        visual = chat.encode(np.stack([clips[questions[k]["video"], questions[k]["bounds"]] for k in run]),
+                             instructions)
+        for k, reply in zip(asked, chat.answers(visual, prompts, max_new_tokens=max_new_tokens)):
+            records[k] = _scored(records[k], questions[k], reply)
+    return records
+
+
+def answer_all(chat, questions: list, max_new_tokens: int = MAX_NEW_TOKENS, batch_size: int = BATCH_SIZE,
+               on_answer=None) -> list:
+    """`answer_questions` over the whole list in batches of `batch_size` questions of one kind (multiple choice or
+    open-ended: similar prompt lengths pad little); the records in the questions' order. `on_answer(record)` is called
+    as each is ready."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: expected >= 1")
+    records = [None] * len(questions)
+    for choice in (True, False):
+        picked = [k for k, q in enumerate(questions) if (q["candidates"] is not None) == choice]
+        for first in range(0, len(picked), batch_size):
+            batch = picked[first:first + batch_size]
+            answered = answer_questions(chat, [questions[k] for k in batch], max_new_tokens, rows=batch_size)
+            for k, record in zip(batch, answered):
+                records[k] = record
+                if on_answer:
+                    on_answer(record)
+    return records
 
 
 def summarize(predictions: list) -> dict:
@@ -175,7 +226,12 @@ def parse_args(argv):
     parser.add_argument("--frames", type=int, default=FRAMES, help="frames per video (official: 16)")
     parser.add_argument("--normalize", default="clip", help="mean/std: clip (the official notebook) or imagenet")
     parser.add_argument("--max_new_tokens", type=int, default=MAX_NEW_TOKENS)
-    return parser.parse_args(argv)
+    parser.add_argument("--batch_size", type=int, default=BATCH_SIZE,
+                        help="questions answered together (greedy replies do not depend on it)")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch_size={args.batch_size}: expected >= 1")
+    return args
 
 
 def main(argv) -> int:
@@ -192,15 +248,18 @@ def main(argv) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {' '.join(str(e).split())[:1000]}", file=sys.stderr)
         return 2
-    predictions = []
-    for question in questions:
-        predictions.append(answer_question(chat, question, args.max_new_tokens))
-        row = predictions[-1]
-        print(f"[{len(predictions)}/{len(questions)}] {row['task']}: {row['prediction']!r} "
+    done = []
+
+    def show(row):
+        done.append(row)
+        print(f"[{len(done)}/{len(questions)}] {row['task']}: {row['prediction']!r} "
               f"({'correct' if row['correct'] else 'wrong'})", flush=True)
+
+    predictions = answer_all(chat, questions, args.max_new_tokens, args.batch_size, on_answer=show)
     summary = summarize(predictions)
     summary["settings"] = {"model": args.model, "checkpoint": args.checkpoint, "frames": args.frames,
                            "normalize": args.normalize, "max_new_tokens": args.max_new_tokens,
+                           "batch_size": args.batch_size,
                            "questions": paths.resolve(args.questions)}
     write(paths.resolve(args.output), summary, predictions)
     for task, s in summary["per_task"].items():

@@ -30,9 +30,10 @@ An answer prefix (MVBench's `Best option:(`) follows the last tag after a space.
 (but internvideo2, above). The Q-Former reads `instruction` (chat: "Watch the video and answer the question.";
 MVBench: its system prompt; internvideo2 and models without Q-Former text: nothing), up to its max_len tokens.
 
-Decoding: `generate.py` on the spliced embeddings, prompts left-padded to a multiple of 64 tokens (one compile per
-bucket); stops at EOS (mistral, internvideo2) or `###` (vicuna); a leading <unk> / BOS token is dropped and the text
-is cut at `</s>` / `###` (vicuna: after `Assistant:`), as the official `answer` does.
+Decoding: `generate.py` on the spliced embeddings, a batch's prompts left-padded to the longest's multiple of 64
+tokens (one compile per batch size and bucket); stops at EOS (mistral, internvideo2) or `###` (vicuna); a leading
+<unk> / BOS token is dropped and the text is cut at `</s>` / `###` (vicuna: after `Assistant:`), as the official
+`answer` does.
 """
 import dataclasses
 import os
@@ -156,29 +157,40 @@ class ChatModel:
         box = transforms.short_side_crop_box(frames.shape[1], frames.shape[2], self.crop_size, self.crop_size)
         return transforms.normalize(transforms.resize_box(frames, box, self.crop_size), self.normalize)
 
-    def visual_tokens(self, clip: np.ndarray, instruction_text: str = "") -> jax.Array:
-        """(1, Q, D_llm): the projected Q-Former outputs of one clip, the Q-Former reading `instruction_text`."""
+    def encode(self, clips: np.ndarray, instructions) -> jax.Array:
+        """(B, Q, D_llm): the projected Q-Former outputs of clips (B, T, S, S, 3), the Q-Former reading each clip's
+        instruction text."""
         ids = mask = None
         if self.qformer_tokenizer is not None and self.template != "internvideo2":
-            ids = np.asarray(self.qformer_tokenizer.encode([instruction_text]))
+            ids = np.asarray(self.qformer_tokenizer.encode(list(instructions)))
             mask = (ids != self.qformer_tokenizer.pad_id).astype(np.int32)
-        return self._encode(self.params, jnp.asarray(clip)[None], ids, mask)
+        return self._encode(self.params, jnp.asarray(clips), ids, mask)
 
-    def _inputs(self, visual, text: str) -> tuple:
-        """(embeds (1, P, D), mask (1, P)) of a prompt, left-padded to a multiple of PROMPT_BUCKET."""
-        if text.count(PLACEHOLDER) != 1:
-            raise ValueError(f"the prompt must hold {PLACEHOLDER} exactly once: {text!r}")
+    def visual_tokens(self, clip: np.ndarray, instruction_text: str = "") -> jax.Array:
+        """(1, Q, D_llm): `encode` of one clip."""
+        return self.encode(np.asarray(clip)[None], [instruction_text])
+
+    def _inputs(self, visual, texts) -> tuple:
+        """(embeds (B, P, D), mask (B, P)) of prompts, each left-padded to the longest's multiple of PROMPT_BUCKET."""
         tok = self.tokenizer
-        before, after = text.split(PLACEHOLDER)
         bos_after = [tok.bos_id] if instruction.bos_after_visual(self.template) else []
-        before_ids, after_ids = tok.encode(before, bos=True), bos_after + tok.encode(after)
-        length = len(before_ids) + self.num_visual + len(after_ids)
-        pad = -(-length // PROMPT_BUCKET) * PROMPT_BUCKET - length
-        ids = np.asarray([[tok.pad_id] * (pad + len(before_ids) + self.num_visual) + after_ids], np.int32)
-        ids[0, pad:pad + len(before_ids)] = before_ids
-        mask = np.arange(ids.shape[1])[None] >= pad
-        visual_mask = np.zeros_like(mask)
-        visual_mask[0, pad + len(before_ids):pad + len(before_ids) + self.num_visual] = True
+        rows = []
+        for text in texts:
+            if text.count(PLACEHOLDER) != 1:
+                raise ValueError(f"the prompt must hold {PLACEHOLDER} exactly once: {text!r}")
+            before, after = text.split(PLACEHOLDER)
+            rows.append((tok.encode(before, bos=True), bos_after + tok.encode(after)))
+        longest = max(len(before) + len(after) for before, after in rows) + self.num_visual
+        width = -(-longest // PROMPT_BUCKET) * PROMPT_BUCKET
+        ids = np.full((len(rows), width), tok.pad_id, np.int32)
+        mask, visual_mask = np.zeros((2, len(rows), width), bool)
+        for row, (before, after) in enumerate(rows):
+            start = width - len(before) - self.num_visual - len(after)
+            visual_start = start + len(before)
+            ids[row, start:visual_start] = before
+            ids[row, visual_start + self.num_visual:] = after
+            mask[row, start:] = True
+            visual_mask[row, visual_start:visual_start + self.num_visual] = True
         return self._embed(self.params["llm"], ids, visual, visual_mask), mask
 
     def _sampling(self, max_new_tokens, temperature, top_p, seed) -> dict:
@@ -186,20 +198,26 @@ class ChatModel:
                     stop_sequences=stop_sequences(self.template, self.tokenizer), pad_id=self.tokenizer.pad_id,
                     rng=jax.random.PRNGKey(seed))
 
-    def answer(self, visual, text: str, *, max_new_tokens: int = 100, temperature: float = 0.0, top_p: float = 1.0,
-               seed: int = 0) -> str:
-        """The cleaned reply to a prompt (greedy by default: MVBench's do_sample=False)."""
-        embeds, mask = self._inputs(visual, text)
+    def answers(self, visual, texts, *, max_new_tokens: int = 100, temperature: float = 0.0, top_p: float = 1.0,
+                seed: int = 0) -> list:
+        """The cleaned replies to prompts (`texts`, one per row of `visual`) decoded together; greedy by default
+        (MVBench's do_sample=False), which gives each prompt the reply it gets alone. A sampled reply depends on the
+        batch it is drawn in."""
+        embeds, mask = self._inputs(visual, texts)
         out = gen.generate(self.llm, self.params["llm"], embeds=embeds, mask=mask,
                            **self._sampling(max_new_tokens, temperature, top_p, seed))
-        tokens = np.asarray(out["tokens"])[0, :int(out["lengths"][0])]
-        return clean_answer(self.template, self.decode(tokens))
+        tokens, lengths = np.asarray(out["tokens"]), np.asarray(out["lengths"])
+        return [clean_answer(self.template, self.decode(row[:n])) for row, n in zip(tokens, lengths)]
+
+    def answer(self, visual, text: str, **sampling) -> str:
+        """The cleaned reply to one prompt (`answers`' keywords)."""
+        return self.answers(visual, [text], **sampling)[0]
 
     def stream_answer(self, visual, text: str, *, max_new_tokens: int = 200, temperature: float = 1.0,
                       top_p: float = 0.9, seed: int = 0):
         """Yields the reply's text in pieces as the tokens come (`reply_pieces`); `clean_answer` of the joined pieces
         is `answer`'s reply for the same settings."""
-        embeds, mask = self._inputs(visual, text)
+        embeds, mask = self._inputs(visual, [text])
         steps = gen.stream(self.llm, self.params["llm"], embeds=embeds, mask=mask,
                            **self._sampling(max_new_tokens, temperature, top_p, seed))
         yield from reply_pieces((int(step[0]) for step in steps), self.decode)

@@ -9,7 +9,8 @@ train/tasks/videochat_qformer.py).
                       Q-Former reads the template's instruction (`videochat.qformer_tokenizer`); LoRA trains, the base
                       LLM is frozen. With `videochat.eval_questions` (a question list in evaluate/mvbench.py's format,
                       videos under `videochat.eval_video_root`) the run ends with evaluate/question_set.py's accuracies
-                      on them (replies of at most `videochat.eval_max_new_tokens` tokens) and per-question predictions.
+                      on them (replies of at most `videochat.eval_max_new_tokens` tokens, `eval_batch_size` questions
+                      at a time) and per-question predictions.
                       Sequences hold `videochat.max_text_tokens` text tokens besides the visual ones; with
                       `videochat.length_buckets` (increasing shorter text lengths) each record goes to the shortest
                       that holds it and every batch is of one length: less padding, one compile per length.
@@ -218,4 +219,4 @@ class Task:
         d = self.config.data
         chat = videochat.ChatModel(self.model, state.params, self.v.template, tok, qtok, d.num_frames, d.crop_size,
                                    d.normalize)
-        return question_set.evaluate(chat, questions, self.v.eval_max_new_tokens)
+        return question_set.evaluate(chat, questions, self.v.eval_max_new_tokens, self.config.eval_batch_size)
