@@ -32,6 +32,7 @@ import jax
 import numpy as np
 
 from invideo_jax import sharding
+from invideo_jax.data import pipeline
 from invideo_jax.train import optim, trainer
 from invideo_jax.train.tasks import get_task
 
@@ -145,6 +146,16 @@ def with_slices(config, num_slices: int):
 # ----------------------------------------------------------------------------------------------------------
 
 
+def abstract_batch(config, batch_sharding, batch_size=None, task=None) -> dict:
+    """ShapeDtypeStructs of a global batch as the data pipeline yields it (default: the training batch size), with
+    the fields a task reads from elsewhere (stored teacher targets: `task.stored_batch_shapes`)."""
+    batch_size = batch_size or config.batch_size
+    shapes = dict(pipeline.batch_spec(config.data, batch_size))
+    if hasattr(task, "stored_batch_shapes"):
+        shapes.update(task.stored_batch_shapes(batch_size))
+    return {key: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=batch_sharding) for key, s in shapes.items()}
+
+
 @dataclasses.dataclass
 class Setup:
     mesh: jax.sharding.Mesh
@@ -166,7 +177,7 @@ def setup(config, devices=None) -> Setup:
     task = get_task(config)
     batch_sh = sharding.batch_sharding(mesh)
     sharding.local_batch_size(config.batch_size, mesh)  # the batch must split over the batch axes
-    batch = trainer.abstract_batch(config, batch_sh, task=task)
+    batch = abstract_batch(config, batch_sh, task=task)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rule_table):
         key = jax.eval_shape(lambda: jax.random.PRNGKey(0))
         boxed = jax.eval_shape(task.init_variables, key, batch)
@@ -180,7 +191,7 @@ def trace_train_step(config, devices=None):
     """(traced train step (its `.jaxpr`, `.lower()`), abstract TrainState with shardings) for `config.mesh` and
     `config.sharding_rules`."""
     s = setup(config, devices)
-    batch = trainer.abstract_batch(config, s.batch_sharding, task=s.task)
+    batch = abstract_batch(config, s.batch_sharding, task=s.task)
     with jax.set_mesh(s.mesh), nn.logical_axis_rules(sharding.rules(config.sharding_rules)):
         step = jax.jit(trainer.make_train_step(s.task, s.tx, s.schedule, config.get("grad_accum_steps", 1)),
                        in_shardings=(s.shardings, s.batch_sharding),
@@ -192,7 +203,7 @@ def trace_predict_step(config, devices=None):
     """The traced evaluation step (`task.predict` as the trainer jits it) at `config.eval_batch_size`."""
     s = setup(config, devices)
     sharding.local_batch_size(config.eval_batch_size, s.mesh)
-    batch = trainer.abstract_batch(config, s.batch_sharding, config.eval_batch_size, s.task)
+    batch = abstract_batch(config, s.batch_sharding, config.eval_batch_size, s.task)
     with jax.set_mesh(s.mesh), nn.logical_axis_rules(sharding.rules(config.sharding_rules)):
         predict = jax.jit(s.task.predict, in_shardings=(s.shardings.params, s.shardings.batch_stats,
                                                         s.batch_sharding))

@@ -7,7 +7,7 @@ from jax.sharding import PartitionSpec as P
 
 from configs import common, internvideo2_distill, videomae_pretrain
 from invideo_jax import aot, sharding
-from invideo_jax.train import checkpoint, optim, trainer
+from invideo_jax.train import checkpoint, optim
 from tests.compiling import FAST_COMPILE
 
 BATCH, STEPS = 8, 3
@@ -45,7 +45,7 @@ def classifier_config(shape, rules):
 def argument_bounds(config, abstract):
     """A step's argument bytes per device lie between its state shards and those plus its batch shard."""
     state = aot.state_bytes(abstract)[1]
-    batch = trainer.abstract_batch(config, sharding.batch_sharding(abstract.step.sharding.mesh))
+    batch = aot.abstract_batch(config, sharding.batch_sharding(abstract.step.sharding.mesh))
     return state, state + aot.state_bytes(batch)[1]
 
 

@@ -1,6 +1,5 @@
 """The train loop: exact resume, stage-to-stage restore, and configs that fail fast naming the field."""
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -54,13 +53,10 @@ def metric_rows(workdir):
         return [{k: v for k, v in json.loads(line).items() if k != "clips_per_s"} for line in f]
 
 
-def test_resumed_run_equals_uninterrupted_run_bitwise(tmp_path, synthetic_videos, caplog):
+def test_resumed_run_equals_uninterrupted_run_bitwise(tmp_path, synthetic_videos):
     config = classifier_config(synthetic_videos)
     whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
-    with caplog.at_level(logging.INFO):
-        trainer.train(config, whole)
-    # the steps ran the program compiled ahead: the pipeline's batches have the shapes trainer.abstract_batch says
-    assert "train step compiled ahead" in caplog.text and "other shapes" not in caplog.text
+    trainer.train(config, whole)
     assert trainer.train(config, broken, stop_after=4) is None  # "preempted" after step 4
     assert not os.path.exists(os.path.join(broken, trainer.SUMMARY))
     trainer.train(config, broken)  # restarts from step 4, data position included
@@ -85,28 +81,6 @@ def test_classifier_restores_the_pretrained_encoder(tmp_path, synthetic_videos):
     for name in ("patch_embed", "transformer"):
         jax.tree.map(np.testing.assert_array_equal, source[name], target[name])
     assert "head" in target and "head" not in source
-
-
-def test_compiled_ahead_runs_its_program_for_its_shapes_and_jit_for_others():
-    jitted = jax.jit(lambda x, y: x * 2 + y)
-    calls = []
-
-    class Counting:  # the jitted function, counting the calls that reach it
-        lower = jitted.lower
-
-        def __call__(self, *args):
-            calls.append(args)
-            return jitted(*args)
-
-    mesh = jax.sharding.Mesh(jax.devices()[:1], ("data",))
-    abstract = (jax.ShapeDtypeStruct((3,), np.float32), jax.ShapeDtypeStruct((), np.float32))
-    step = trainer.CompiledAhead(Counting(), abstract, mesh, ())
-    x = np.arange(3, dtype=np.float32)
-    np.testing.assert_array_equal(step(x, np.float32(1)), [1, 3, 5])
-    assert not calls  # the program compiled ahead ran
-    np.testing.assert_array_equal(step(x[:2], np.float32(1)), [1, 3])
-    np.testing.assert_array_equal(step(x.astype(np.int32), np.float32(0)), [0, 2, 4])
-    assert len(calls) == 2  # other shape, other dtype: through jit
 
 
 def test_bad_config_values_name_the_field(synthetic_videos):

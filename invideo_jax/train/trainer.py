@@ -6,7 +6,6 @@ restarted in the same workdir resumes from its latest checkpoint, data position 
 checkpoints the current step and exits with PREEMPTED_EXIT_CODE; a non-finite loss or gradient skips the step or
 stops the run (`config.nonfinite`). See docs/fault_tolerance.md.
 """
-import concurrent.futures
 import contextlib
 import functools
 import json
@@ -54,50 +53,6 @@ class Preempted(SystemExit):
 def example_batch(config, batch_size):
     """Zeros shaped like a training batch (`pipeline.batch_spec`; for shapes only)."""
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), pipeline.batch_spec(config.data, batch_size))
-
-
-def abstract_batch(config, batch_sharding, batch_size=None, task=None) -> dict:
-    """ShapeDtypeStructs of a global batch as the data pipeline yields it (default: the training batch size), with
-    the fields a task reads from elsewhere (stored teacher targets: `task.stored_batch_shapes`)."""
-    batch_size = batch_size or config.batch_size
-    shapes = dict(pipeline.batch_spec(config.data, batch_size))
-    if hasattr(task, "stored_batch_shapes"):
-        shapes.update(task.stored_batch_shapes(batch_size))
-    return {key: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=batch_sharding) for key, s in shapes.items()}
-
-
-def _signature(tree) -> tuple:
-    return jax.tree.structure(tree), tuple((tuple(x.shape), np.dtype(x.dtype)) for x in jax.tree.leaves(tree))
-
-
-class CompiledAhead:
-    """`jitted` whose compile for `abstract_args` (ShapeDtypeStructs with shardings) runs in a background thread from
-    construction on, alongside whatever comes before the first call (initialising or restoring the state, starting
-    the data). A call whose arguments have those shapes and dtypes runs that program; any other goes through
-    `jitted` (compiled at its first call, and logged)."""
-
-    def __init__(self, jitted, abstract_args: tuple, mesh, rule_table, name: str = "train step"):
-        self._jitted, self._name, self._signature, self._others = jitted, name, _signature(abstract_args), set()
-
-        def compile_ahead():
-            with jax.set_mesh(mesh), nn.logical_axis_rules(rule_table):
-                start = time.perf_counter()
-                compiled = jitted.lower(*abstract_args).compile()
-                logging.info("%s compiled ahead in %.1f s", name, time.perf_counter() - start)
-                return compiled
-
-        executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile_ahead")
-        self._compiled = executor.submit(compile_ahead)
-        executor.shutdown(wait=False)
-
-    def __call__(self, *args):
-        signature = _signature(args)
-        if signature == self._signature:
-            return self._compiled.result()(*args)
-        if signature not in self._others:
-            self._others.add(signature)
-            logging.info("%s: arguments of other shapes than compiled ahead; compiling for them", self._name)
-        return self._jitted(*args)
 
 
 def state_shardings(boxed, tx, mesh, rule_table):
@@ -255,13 +210,6 @@ def train(config, workdir: str, stop_after: int = 0):
                                             total_steps=config.total_steps, global_batch=config.batch_size)
         abstract, shardings = state_shardings(boxed, tx, mesh, rule_table)
 
-        # ------------------------------------------------------------ steps (compiling while the state and data start)
-        train_step = CompiledAhead(
-            jax.jit(make_train_step(task, tx, schedule, config.get("grad_accum_steps", 1)),
-                    in_shardings=(shardings, batch_sh), out_shardings=(shardings, sharding.replicated(mesh)),
-                    donate_argnums=(0,)),
-            (abstract, abstract_batch(config, batch_sh, task=task)), mesh, rule_table)
-
         def init_state(rng):
             init_rng, state_rng = jax.random.split(rng)
             variables = nn.unbox(task.init_variables(init_rng, batch))
@@ -291,6 +239,10 @@ def train(config, workdir: str, stop_after: int = 0):
                 state = state.replace(opt_state=ema.restart(state.opt_state, state.params))
             start_step = 0
 
+        # ------------------------------------------------------------ steps
+        train_step = jax.jit(make_train_step(task, tx, schedule, config.get("grad_accum_steps", 1)),
+                             in_shardings=(shardings, batch_sh), out_shardings=(shardings, sharding.replicated(mesh)),
+                             donate_argnums=(0,))
         predict = jax.jit(task.predict, in_shardings=(shardings.params, shardings.batch_stats, batch_sh))
         evaluate = getattr(task, "evaluate", None)  # a task without one is evaluated by its training loss only
 
