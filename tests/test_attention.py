@@ -74,10 +74,10 @@ def case_arrays(t, s, n, kv_heads, masked, head_dim=8, batch=2, seed=0, bias=Non
     return q, k, v, mask, d_out, bias
 
 
-def check_against_numpy(kernel, case):
+def check_against_numpy(kernel, case, batch=2):
     """kernel(q, k, v, bias=, mask=, is_causal=, scale=) and its vector-Jacobian product against float64 numpy."""
     t, s, n, kv_heads, masked, is_causal, bias_shape = CASES[case]
-    q, k, v, mask, d_out, bias = case_arrays(t, s, n, kv_heads, masked, bias=bias_shape)
+    q, k, v, mask, d_out, bias = case_arrays(t, s, n, kv_heads, masked, batch=batch, bias=bias_shape)
     scale = 0.3
     want, want_grads = numpy_attention(q, k, v, mask, is_causal, scale, d_out, bias)
     args = [jnp.asarray(a) for a in (q, k, v) + (() if bias is None else (bias,))]
@@ -103,6 +103,16 @@ def test_cpu_blocked_kernel_with_several_query_blocks_and_a_padded_last_block(ca
     check_against_numpy(functools.partial(attention_cpu.blocked_attention, block=5), case)
 
 
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_cpu_blocked_kernel_with_several_chunks_of_clips(case):
+    """6 clips in chunks of 2 (room for the block scores of 2 clips, not 3) and of 1; blocks of 5 queries."""
+    t, s, n = CASES[case][:3]
+    block = -(-t // -(-t // 5))
+    for chunk_bytes in (2 * n * block * s * 4, 1):
+        check_against_numpy(functools.partial(attention_cpu.blocked_attention, block=5, chunk_bytes=chunk_bytes), case,
+                            batch=6)
+
+
 def test_cpu_blocked_kernel_takes_a_mask_of_fewer_axes():
     q, k, v, _, d_out, _ = case_arrays(12, 12, 2, 2, False)
     mask = np.random.default_rng(1).random((12, 12)) < 0.7
@@ -115,12 +125,15 @@ def test_cpu_blocked_kernel_takes_a_mask_of_fewer_axes():
     np.testing.assert_allclose(vjp(jnp.asarray(d_out))[0], want_dq, atol=1e-5, rtol=1e-4)
 
 
-def test_cpu_default_blocks_long_sequences_only():
+def test_cpu_default_blocks_large_score_matrices_only():
+    """Scores [B, N, T, S] of 2 x 2 x 512 x 512 float32 are 4 MiB: blocked; one key fewer stays below: XLA."""
     assert attention.resolve(None) == attention.resolve("auto") == "cpu_auto"
-    for t, kernel in ((attention_cpu.MIN_QUERIES - 1, "xla"), (attention_cpu.MIN_QUERIES, "cpu_blocked")):
-        q, k, v, _, _, _ = case_arrays(t, t, 2, 2, False, head_dim=4, batch=1)
+    assert attention_cpu.MIN_SCORES_BYTES == 2 * 2 * 512 * 512 * 4
+    for s, kernel in ((511, "xla"), (512, "cpu_blocked")):
+        q, _, _, _, _, _ = case_arrays(512, s, 2, 2, False, head_dim=4, batch=2)
+        _, k, v, _, _, _ = case_arrays(512, s, 2, 2, False, head_dim=4, batch=2, seed=1)
         want = attention.attention(q, k, v, impl=kernel)
-        np.testing.assert_array_equal(attention.attention(q, k, v), want, err_msg=f"{t} queries: {kernel}")
+        np.testing.assert_array_equal(attention.attention(q, k, v), want, err_msg=f"{s} keys: {kernel}")
 
 
 def test_scale_defaults_to_inverse_sqrt_head_dim():
