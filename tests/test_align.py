@@ -22,6 +22,8 @@ from invideo_jax.train import checkpoint, init_from as restore, optim, trainer
 from invideo_jax.train.tasks import get_task
 from invideo_jax.train.tasks.align import gather_in_groups, interleave, matching_loss
 
+pytestmark = pytest.mark.usefixtures("quick_compiling")  # conftest.py
+
 VISION = dict(width=32, depth=1, num_heads=2, mlp_dim=64, patch_size=16, tubelet_size=1, num_frames=4, image_size=32,
               attn_pool_heads=2, clip_embed_dim=24)
 TEXT = dict(vocab_size=30522, width=32, depth=2, num_heads=2, mlp_dim=64, max_len=16, fusion_layer=1)

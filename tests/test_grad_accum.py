@@ -20,6 +20,8 @@ from invideo_jax.train import trainer
 from invideo_jax.train.state import TrainState
 from invideo_jax.train.tasks import get_task
 
+pytestmark = pytest.mark.usefixtures("quick_compiling")  # conftest.py
+
 VIT = dict(width=32, depth=1, num_heads=2, mlp_dim=64, patch_size=8, tubelet_size=2, num_frames=4, image_size=16,
            final_norm=False, pool="mean", num_classes=8)
 # UniFormerV2 with local UniBlocks (two BatchNorm layers) and no dropout, so that no step depends on its random key;

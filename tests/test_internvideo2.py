@@ -19,6 +19,8 @@ from invideo_jax.models.posembed import resample_pos_embed
 from invideo_jax.models.vit import VisionTransformer
 from invideo_jax.train.init_from import restore_subtrees
 
+pytestmark = pytest.mark.usefixtures("quick_compiling")  # conftest.py
+
 # Tiny model: 2 frames of 12x12, patch 4 -> 2 x 3 x 3 = 18 patch tokens + CLS; 4 heads of 8; MLP ratio 2.5.
 TINY = dict(width=32, depth=2, num_heads=4, mlp_dim=80, patch_size=4, num_frames=2, image_size=12,
             attn_pool_heads=4, clip_embed_dim=24, num_classes=5, return_layers=(0, 1))

@@ -9,6 +9,8 @@ from invideo_jax.convert import common, llama
 from invideo_jax.models.llm import CausalLM
 from tests import hf_tiny
 
+pytestmark = pytest.mark.usefixtures("quick_compiling")  # conftest.py
+
 TOL = 1e-4
 
 

@@ -15,6 +15,8 @@ from invideo_jax.models.llm import CausalLM
 from invideo_jax.models.videochat import VideoChat
 from tests import hf_tiny
 
+pytestmark = pytest.mark.usefixtures("quick_compiling")  # conftest.py
+
 TOL = 1e-4
 RANK, ALPHA = 4, 8.0
 
