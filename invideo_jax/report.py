@@ -14,7 +14,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from invideo_jax.data.video import decode_frames  # noqa: E402
+from invideo_jax.evaluate import multiview  # noqa: E402
 from invideo_jax.train import metrics as metrics_lib  # noqa: E402
+from invideo_jax.train.trainer import PREDICTIONS  # noqa: E402
 
 LOSS_PLOT = "plot_losses.png"
 ACCURACY_PLOT = "plot_accuracy.png"
@@ -35,15 +37,26 @@ def binomial(p: float, n: int) -> Estimate:
     return Estimate(p, math.sqrt(p * (1 - p) / n) if n else float("nan"))
 
 
-def compare(name_a: str, a: Estimate, name_b: str, b: Estimate) -> str:
-    """A sentence on a - b in points, with CONFIDENCE_SE standard errors of the difference (the two errors taken as
-    independent), both to 0.1 point: "A beats B by x ± y points" when the difference exceeds that, else "not
-    distinguishable"."""
-    diff, margin = round(100 * (a.value - b.value), 1), round(100 * CONFIDENCE_SE * math.hypot(a.se, b.se), 1)
-    if abs(diff) > margin:  # decided on the printed numbers, so that the sentence agrees with them
-        winner, loser = (name_a, name_b) if diff > 0 else (name_b, name_a)
-        return f"{winner} beats {loser} by {abs(diff):.1f} ± {margin:.1f} points"
-    return f"{name_a} and {name_b} are not distinguishable ({diff:+.1f} ± {margin:.1f} points)"
+def independent_difference(a: Estimate, b: Estimate) -> Estimate:
+    """a - b for two estimates with independent errors."""
+    return Estimate(a.value - b.value, math.hypot(a.se, b.se))
+
+
+def paired_difference(hits_a: np.ndarray, hits_b: np.ndarray) -> Estimate:
+    """The difference of two accuracies on the same examples (per-example hits, in one order): the mean per-example
+    difference and its standard error (a paired test; only the examples where the two disagree carry it)."""
+    diff = np.asarray(hits_a, np.float64) - np.asarray(hits_b, np.float64)
+    return Estimate(float(diff.mean()), float(diff.std() / math.sqrt(len(diff))))
+
+
+def compare(name_a: str, name_b: str, diff: Estimate) -> str:
+    """A sentence on `diff` = a - b in points, with CONFIDENCE_SE standard errors of it, both to 0.1 point: "A beats
+    B by x ± y points" when the difference exceeds that, else "not distinguishable"."""
+    value, margin = round(100 * diff.value, 1), round(100 * CONFIDENCE_SE * diff.se, 1)
+    if abs(value) > margin:  # decided on the printed numbers, so that the sentence agrees with them
+        winner, loser = (name_a, name_b) if value > 0 else (name_b, name_a)
+        return f"{winner} beats {loser} by {abs(value):.1f} ± {margin:.1f} points"
+    return f"{name_a} and {name_b} are not distinguishable ({value:+.1f} ± {margin:.1f} points)"
 
 
 def _percent(e: Estimate) -> str:
@@ -112,14 +125,45 @@ def comparison_table(results: dict, rows) -> str:
     return "\n".join(lines)
 
 
-def claims(results: dict, pairs) -> str:
+def class_predictions(workdir: str, name: str):
+    """The per-video class probabilities (`MultiViewAccumulator.predictions`) that classifier stage `name` wrote
+    into its PREDICTIONS file, or None."""
+    path = os.path.join(workdir, name, PREDICTIONS)
+    if not os.path.exists(path):
+        return None
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files} if "probs" in f.files else None
+
+
+def _class_predictions_of(workdir: str, results: dict, ref):
+    """The per-video class probabilities of the result `ref` names (a classifier stage, or an ensemble of them:
+    its members' averaged; not a metric), or None."""
+    if not isinstance(ref, str) or ":" in ref or ref not in results:
+        return None
+    members = [class_predictions(workdir, m) for m in results[ref].get("members", [ref])]
+    return None if any(m is None for m in members) else multiview.ensemble(members)
+
+
+def difference(results: dict, a, b, workdir: str = "") -> Estimate:
+    """a - b for refs as in `measured`: paired over the videos (`paired_difference`) when both are classifiers whose
+    per-video predictions in `workdir` cover the same videos, otherwise with the two errors taken as independent."""
+    pa, pb = (_class_predictions_of(workdir, results, ref) if workdir else None for ref in (a, b))
+    if pa is not None and pb is not None and np.array_equal(pa["video_index"], pb["video_index"]):
+        return paired_difference(multiview.top1_hits(pa), multiview.top1_hits(pb))
+    return independent_difference(measured(results, a), measured(results, b))
+
+
+def claims(results: dict, pairs, workdir: str = "") -> str:
     """One generated sentence per (ref A, ref B) pair of `config.claims` (refs as in `measured`; a number is labelled
-    'chance')."""
+    'chance'), each difference as `difference` measures it."""
     label = lambda ref: "chance" if isinstance(ref, (int, float)) else ref
-    lines = [f"- {compare(label(a), measured(results, a), label(b), measured(results, b))}." for a, b in pairs]
-    note = (f"Each difference is given ± {CONFIDENCE_SE} standard errors of the difference (binomial standard errors "
-            "of the two accuracies taken as independent, which overstates it when both are measured on the same "
-            "videos); a difference inside that interval is reported as not distinguishable.")
+    lines = [f"- {compare(label(a), label(b), difference(results, a, b, workdir))}." for a, b in pairs]
+    note = (f"Each difference is given ± {CONFIDENCE_SE} standard errors. Two classifiers are compared video by video "
+            "on the same held-out videos (a paired test: the standard error of the mean per-video difference in "
+            "correctness, carried by the videos on which they disagree); an accuracy against chance or another "
+            "stage's metric takes the binomial standard errors as independent. A difference inside its interval is "
+            "reported as not distinguishable. The intervals cover the draw of the held-out videos, not the "
+            "randomness of training (seeds, the CPU's rounding).")
     return "\n".join(lines + ["", note])
 
 
@@ -218,14 +262,14 @@ def chat_claims(results: dict, name: str) -> str:
         mc = _chat_estimate(ev, f"{kind}_mc")
         if mc and f"chat/{kind}_mc/chance" in ev:
             chance = Estimate(ev[f"chat/{kind}_mc/chance"])
-            lines.append(f"- {compare(f'{kind} multiple choice', mc, 'chance', chance)}.")
+            lines.append(f"- {compare(f'{kind} multiple choice', 'chance', independent_difference(mc, chance))}.")
     return "\n".join(lines)
 
 
 def chat_samples(workdir: str, name: str, count: int = 3) -> str:
     """A markdown table of `count` held-out answers (the i-th video's open-ended question of the i-th type) with
     each video's middle frame, written as CHAT_FRAME png files; '' without the stage's predictions."""
-    path = os.path.join(workdir, name, "predictions.npz")
+    path = os.path.join(workdir, name, PREDICTIONS)
     if not os.path.exists(path):
         return ""
     with np.load(path) as f:
@@ -266,7 +310,7 @@ def write(workdir: str, config, results: dict) -> str:
     title = config.get("report_title", "invideo_jax pipeline report")
     parts = [f"# {title}", "", config.get("report_intro", ""), "", "## Results", "", results_table(results), ""]
     if config.get("claims"):
-        parts += ["## Comparisons", "", claims(results, config.claims), ""]
+        parts += ["## Comparisons", "", claims(results, config.claims, workdir), ""]
     if config.get("comparison"):
         parts += [f"## {config.get('comparison_title', 'Comparison')}", "",
                   comparison_table(results, config.comparison), ""]

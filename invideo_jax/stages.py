@@ -15,7 +15,6 @@ import os
 import time
 
 import jax
-import numpy as np
 from absl import logging
 
 from invideo_jax import console, distributed, paths, report, sharding
@@ -60,12 +59,12 @@ def check_init_from(pipeline, workdir: str) -> None:
 
 
 def _predictions(workdir: str, stage: str) -> dict:
-    path = os.path.join(workdir, stage, trainer.PREDICTIONS)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} is missing: stage {stage} gives no per-video predictions to ensemble (a "
-                                "classification stage finished by an older version? delete its directory to re-run it)")
-    with np.load(path) as f:
-        return dict(f)
+    predictions = report.class_predictions(workdir, stage)
+    if predictions is None:
+        raise FileNotFoundError(f"{os.path.join(workdir, stage, trainer.PREDICTIONS)} is missing: stage {stage} gives "
+                                "no per-video class predictions to ensemble (a classification stage finished by an "
+                                "older version? delete its directory to re-run it)")
+    return predictions
 
 
 def _fill(node, workdir):
@@ -129,7 +128,7 @@ def run_pipeline(config, workdir: str) -> dict:
             print(f"    {name}: {console.headline(results[name])}", flush=True)
         upstream_ran = True
     for name, members in ensembles.items():
-        results[name] = {"eval": multiview.ensemble([_predictions(workdir, m) for m in members]),
+        results[name] = {"eval": multiview.accuracy(multiview.ensemble([_predictions(workdir, m) for m in members])),
                          "members": list(members)}
     if distributed.is_main():
         path = report.write(workdir, config, results)

@@ -1,6 +1,7 @@
 """The report's intervals and generated comparison sentences, on hand-worked numbers."""
 import math
 
+import numpy as np
 import pytest
 
 from invideo_jax import report
@@ -15,12 +16,52 @@ def test_binomial_standard_error():
 
 def test_compare_states_a_difference_only_beyond_two_standard_errors():
     # 80% ± 3 against 70% ± 4: the difference's standard error is 5 points, so the margin is 10.
-    assert report.compare("A", Estimate(0.80, 0.03), "B", Estimate(0.70, 0.04)) == \
+    diff = lambda a, b: report.independent_difference(Estimate(*a), Estimate(*b))
+    assert report.compare("A", "B", diff((0.80, 0.03), (0.70, 0.04))) == \
         "A and B are not distinguishable (+10.0 ± 10.0 points)"
-    assert report.compare("A", Estimate(0.81, 0.03), "B", Estimate(0.70, 0.04)) == "A beats B by 11.0 ± 10.0 points"
-    assert report.compare("A", Estimate(0.50), "B", Estimate(0.60, 0.03)) == "B beats A by 10.0 ± 6.0 points"
-    assert report.compare("A", Estimate(0.125), "B", Estimate(0.125)) == \
-        "A and B are not distinguishable (+0.0 ± 0.0 points)"
+    assert report.compare("A", "B", diff((0.81, 0.03), (0.70, 0.04))) == "A beats B by 11.0 ± 10.0 points"
+    assert report.compare("A", "B", diff((0.50,), (0.60, 0.03))) == "B beats A by 10.0 ± 6.0 points"
+    assert report.compare("A", "B", diff((0.125,), (0.125,))) == "A and B are not distinguishable (+0.0 ± 0.0 points)"
+
+
+def test_paired_difference_is_carried_by_the_examples_where_the_two_disagree():
+    # 100 examples: both right on 60, both wrong on 29, only A right on 10, only B right on 1. The per-example
+    # differences are +1 (10), -1 (1), 0 (89): mean 0.09, variance 0.11 - 0.09^2 = 0.1019, so SE sqrt(0.1019 / 100).
+    a = np.array([1] * 60 + [0] * 29 + [1] * 10 + [0] * 1, bool)
+    b = np.array([1] * 60 + [0] * 29 + [0] * 10 + [1] * 1, bool)
+    assert report.paired_difference(a, b) == pytest.approx(Estimate(0.09, math.sqrt(0.1019 / 100)))
+    assert report.compare("A", "B", report.paired_difference(a, b)) == "A beats B by 9.0 ± 6.4 points"
+    # Taken as independent (70% and 61% on 100 each) the margin is 13.4 points and hides the difference.
+    assert report.compare("A", "B", report.independent_difference(report.binomial(0.70, 100), report.binomial(
+        0.61, 100))) == "A and B are not distinguishable (+9.0 ± 13.4 points)"
+
+
+def _write_predictions(workdir, name, probs, labels):
+    (workdir / name).mkdir()
+    np.savez(workdir / name / "predictions.npz", video_index=np.arange(len(labels)), probs=np.asarray(probs, float),
+             label=np.asarray(labels))
+
+
+def test_claims_pair_classifiers_and_ensembles_video_by_video(tmp_path):
+    # 4 videos of 2 classes. a is right on videos 0-2, b on videos 0 and 3; their average on 0, 1 and 3.
+    labels = [0, 1, 0, 1]
+    _write_predictions(tmp_path, "a", [[0.9, 0.1], [0.4, 0.6], [0.8, 0.2], [0.7, 0.3]], labels)
+    _write_predictions(tmp_path, "b", [[0.6, 0.4], [0.7, 0.3], [0.3, 0.7], [0.1, 0.9]], labels)
+    results = {"a": {"eval": {"top1": 0.75, "num_videos": 4}}, "b": {"eval": {"top1": 0.5, "num_videos": 4}},
+               "ens": {"eval": {"top1": 0.75, "num_videos": 4}, "members": ["a", "b"]},
+               "vt": {"eval": {"zero_shot/top1": 0.5, "num_videos": 4}}}
+    # a - b per video: 0, +1, +1, -1 -> mean 0.25, SE sqrt((3/4 - 1/16) / 4).
+    paired = Estimate(0.25, math.sqrt((0.75 - 0.0625) / 4))
+    assert report.difference(results, "a", "b", str(tmp_path)) == pytest.approx(paired)
+    # ens - b per video: 0, +1, 0, 0.
+    assert report.difference(results, "ens", "b", str(tmp_path)) == pytest.approx(Estimate(0.25, math.sqrt(
+        (0.25 - 0.0625) / 4)))
+    # Without the workdir, or against another metric, the binomial errors are taken as independent.
+    independent = report.independent_difference(report.binomial(0.75, 4), report.binomial(0.5, 4))
+    assert report.difference(results, "a", "b") == pytest.approx(independent)
+    assert report.difference(results, "a", "vt:zero_shot/top1", str(tmp_path)) == pytest.approx(independent)
+    assert report.claims(results, [("a", "b")], str(tmp_path)).startswith(
+        f"- a and b are not distinguishable (+25.0 ± {200 * paired.se:.1f} points).")
 
 
 def test_measured_reads_accuracies_recalls_in_percent_and_constants():

@@ -46,19 +46,27 @@ class MultiViewAccumulator:
     def result(self) -> dict:
         """top1 and top5 accuracy (fractions) over the videos seen, num_videos, num_views, and `predictions`."""
         predictions = self.predictions()
-        return {"num_videos": len(predictions["video_index"]), "num_views": int(self.view_counts.sum()),
-                **top_k_accuracy(predictions["probs"], predictions["label"]), "predictions": predictions}
+        return {**accuracy(predictions), "num_views": int(self.view_counts.sum()), "predictions": predictions}
 
 
 def ensemble(members: list) -> dict:
-    """Late fusion of classifiers: top-k accuracy of their `predictions` (same videos) with probabilities averaged."""
+    """Late fusion of classifiers evaluated on the same videos: their `predictions` with probabilities averaged."""
     first = members[0]
     for i, other in enumerate(members[1:], 1):
         if not (np.array_equal(other["video_index"], first["video_index"])
                 and np.array_equal(other["label"], first["label"])):
             raise ValueError(f"ensemble member {i} was evaluated on other videos or labels than member 0")
-    probs = np.mean([m["probs"] for m in members], axis=0)
-    return {"num_videos": len(first["video_index"]), **top_k_accuracy(probs, first["label"])}
+    return dict(first, probs=np.mean([m["probs"] for m in members], axis=0))
+
+
+def accuracy(predictions: dict) -> dict:
+    """num_videos, top1 and top5 of `predictions` (as `MultiViewAccumulator.predictions`)."""
+    return {"num_videos": len(predictions["video_index"]), **top_k_accuracy(predictions["probs"], predictions["label"])}
+
+
+def top1_hits(predictions: dict) -> np.ndarray:
+    """(videos,) bool in the order of `predictions`: whether each video's highest probability is its label."""
+    return np.asarray(predictions["probs"]).argmax(-1) == np.asarray(predictions["label"])
 
 
 def top_k_accuracy(scores: np.ndarray, labels: np.ndarray, ks=(1, 5)) -> dict[str, float]:
