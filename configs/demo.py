@@ -272,7 +272,7 @@ def get_config(arg=None):
     arg = common.parse_arg(arg, train=1280, labels=160, val=640, pretrain_steps=300, finetune_steps=200,
                            multimodal_steps=600, multimodal_finetune_steps=250, fusion_steps=300, iv2_distill_steps=300,
                            iv2_align_steps=400, iv2_finetune_steps=200, chat_lm_steps=300, chat_stage1_steps=200,
-                           chat_stage2_steps=200, chat_stage3_steps=300, chat_stage3_lr=1e-3, batch=32, workers=0)
+                           chat_stage2_steps=200, chat_stage3_steps=500, chat_stage3_lr=1e-3, batch=32, workers=0)
     pretrain = common.train_config("videomae_pretrain", dict(encoder=ENCODER, **DECODER))
     pretrain = _data(pretrain, arg, num_classes=0)
     # Random (not tube) masking: on a 4x4 patch grid a masked tube hides a place in every frame, while a
