@@ -61,9 +61,9 @@ def check_init_from(pipeline, workdir: str) -> None:
 def _predictions(workdir: str, stage: str) -> dict:
     predictions = report.class_predictions(workdir, stage)
     if predictions is None:
-        raise FileNotFoundError(f"{os.path.join(workdir, stage, trainer.PREDICTIONS)} is missing: stage {stage} gives "
-                                "no per-video class predictions to ensemble (a classification stage finished by an "
-                                "older version? delete its directory to re-run it)")
+        raise FileNotFoundError(f"{os.path.join(workdir, stage, trainer.PREDICTIONS)} is missing or holds no class "
+                                f"probabilities: stage {stage} gives no per-video predictions to ensemble (a "
+                                "classification stage finished by an older version? delete its directory to re-run it)")
     return predictions
 
 

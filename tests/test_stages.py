@@ -3,6 +3,7 @@ import json
 import os
 
 import ml_collections
+import numpy as np
 import pytest
 
 from invideo_jax import stages
@@ -105,3 +106,11 @@ def test_named_init_from_sources_resolve_each_stage_and_ensembles_average_predic
     c.ensembles = ml_collections.ConfigDict({"m1": ("m1", "m2")})
     with pytest.raises(ValueError, match="ensembles.m1"):
         stages.run_pipeline(c, str(tmp_path))
+
+
+def test_an_ensemble_member_without_class_probabilities_is_named(tmp_path):
+    (tmp_path / "chat").mkdir()
+    np.savez(tmp_path / "chat" / "predictions.npz", prediction=np.array(["red"]))  # a stage's other predictions
+    for stage in ("chat", "never_ran"):
+        with pytest.raises(FileNotFoundError, match=f"{stage}/predictions.npz is missing or holds no class"):
+            stages._predictions(str(tmp_path), stage)
